@@ -1,0 +1,252 @@
+"""The control loop's state machine, without a framework.
+
+Each method takes an event as plain values and returns the messages to send as
+data: `(dpid, FlowSpec | MeterSpec | PacketOut | Barrier)`.  The app turns
+framework events into these calls and sends what comes back; unit tests call
+them directly.  Not thread-safe: the app holds one lock around every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Union
+
+import numpy as np
+
+from controller import rules
+from controller.config import Config
+from controller.forwarding import FLOOD, Forwarder, FlowRegistry
+from controller.inventory import Inventory
+from controller.ofwire import flow_stats_heads
+from controller.packets import LldpSigner, parse_frame
+from controller.rules import Barrier, FlowSpec, MeterSpec, PacketOut
+from controller.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler,
+                              PortDelta, PortStatsTracker, by_device)
+from controller.topology import Topology
+
+LOG = logging.getLogger("iotguard.core")
+
+Message = Union[FlowSpec, MeterSpec, PacketOut, Barrier]
+Out = list[tuple[int, Message]]
+
+
+@dataclass
+class SwitchState:
+    dpid: int
+    ports: set[int] = field(default_factory=set)
+    connected_at: float = 0.0
+    polls: int = 0
+    last_poll: float | None = None
+    flow_entries: int = 0
+    port_deltas: dict[int, PortDelta] = field(default_factory=dict)
+
+
+class Core:
+    def __init__(self, config: Config, clock=time.monotonic, wall=time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.wall = wall
+        self.registry = FlowRegistry()
+        self.forwarder = Forwarder(self.registry, config.idle_timeout)
+        self.topology = Topology(link_timeout=max(3.5 * config.lldp_interval, 2.0))
+        self.inventory = Inventory(config)
+        self.flow_tracker = FlowStatsTracker()
+        self.port_tracker = PortStatsTracker()
+        self.assembler = MultipartAssembler()
+        self.lldp = LldpSigner()
+        self.switches: dict[int, SwitchState] = {}
+        self.traffic: dict[str, DeviceTraffic] = {}
+        self.traffic_time: dict[str, float] = {}
+        self.started = wall()
+        self.counters = {"packet_in": 0, "lldp_in": 0, "flow_entries": 0, "polls": 0,
+                         "malformed": 0}
+
+    # ------------------------------------------------------------ switches
+    def switch_connected(self, dpid: int) -> Out:
+        """Start from a known state: our old rules go, the pipeline comes back."""
+        self.switches[dpid] = SwitchState(dpid, connected_at=self.clock())
+        self.topology.add_switch(dpid)
+        self.flow_tracker.forget(dpid)
+        self.port_tracker.forget(dpid)
+        self.forwarder.switch_leave(dpid)
+        meters, flows = rules.pipeline(self.config.packet_in_rate, self.config.packet_in_burst)
+        out: Out = [(dpid, rules.delete_all_ours())]
+        out += [(dpid, MeterSpec(m.meter_id, 0, 0, command="delete")) for m in meters]
+        out += [(dpid, m) for m in meters]
+        out += [(dpid, f) for f in flows]
+        out.append((dpid, Barrier()))
+        return out
+
+    def switch_ports(self, dpid: int, ports: Iterable[int]) -> Out:
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return []
+        sw.ports = {p for p in ports if 0 < p < 0xFFFFFF00}
+        return self._probe(dpid)
+
+    def switch_disconnected(self, dpid: int) -> None:
+        self.switches.pop(dpid, None)
+        self.topology.remove_switch(dpid)
+        self.flow_tracker.forget(dpid)
+        self.port_tracker.forget(dpid)
+        self.assembler.forget(dpid)
+        self.forwarder.switch_leave(dpid)
+
+    def port_status(self, dpid: int, port: int, up: bool) -> Out:
+        sw = self.switches.get(dpid)
+        if sw is None or not 0 < port < 0xFFFFFF00:
+            return []
+        if up:
+            sw.ports.add(port)
+            return [(dpid, PacketOut(self.lldp.build(dpid, port), port))]
+        sw.ports.discard(port)
+        self.topology.port_down(dpid, port)
+        return [(dpid, f) for f in self.forwarder.port_down(dpid, port)]
+
+    # ------------------------------------------------------------ LLDP
+    def _probe(self, dpid: int) -> Out:
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return []
+        return [(dpid, PacketOut(self.lldp.build(dpid, p), p)) for p in sorted(sw.ports)]
+
+    def lldp_tick(self) -> Out:
+        """Probe every port; forget links that stopped answering."""
+        for gone in self.topology.expire_links(self.clock()):
+            LOG.info("link gone: %016x:%d -> %016x:%d", *gone)
+        out: Out = []
+        for dpid in list(self.switches):
+            out += self._probe(dpid)
+        return out
+
+    # ------------------------------------------------------------ packet-in
+    def packet_in(self, dpid: int, in_port: int, data: bytes) -> Out:
+        if dpid not in self.switches:
+            return []
+        now = self.clock()
+        pkt = parse_frame(data)
+        if pkt is None:
+            self.counters["malformed"] += 1
+            return []
+        if pkt.eth_type == rules.ETH_TYPE_LLDP:
+            self.counters["lldp_in"] += 1
+            origin = self.lldp.verify(data)
+            if origin is not None and origin[0] in self.switches and origin != (dpid, in_port):
+                if self.topology.add_link(origin[0], origin[1], dpid, in_port, now):
+                    LOG.info("link: %016x:%d -> %016x:%d", origin[0], origin[1], dpid, in_port)
+            return []
+        self.counters["packet_in"] += 1
+        if not self.topology.is_trunk(dpid, in_port):
+            if pkt.arp_spa is not None:
+                self.inventory.observe(pkt.eth_src, self.wall(), pkt.arp_spa, ip_is_own=True)
+            else:
+                self.inventory.observe(pkt.eth_src, self.wall(), pkt.ipv4_src)
+            if self.topology.observe(pkt.eth_src, dpid, in_port, now):
+                loc = self.topology.location(pkt.eth_src)
+                LOG.debug("device %s at %016x:%d", pkt.eth_src, loc.dpid, loc.port)
+        decision = self.forwarder.packet_in(dpid, in_port, pkt)
+        out: Out = [(dpid, f) for f in decision.flows]
+        if decision.out_port is None:
+            return out
+        port: int | str = "flood" if decision.out_port == FLOOD else decision.out_port
+        out.append((dpid, PacketOut(data, port, in_port)))
+        return out
+
+    # ------------------------------------------------------------ stats
+    def flow_stats_part(self, dpid: int, xid: int, body: bytes, more: bool) -> dict[str, DeviceTraffic] | None:
+        parts = self.assembler.add(dpid, xid, body, more)
+        if parts is None:
+            return None
+        return self.flow_stats(dpid, b"".join(parts))
+
+    def flow_stats(self, dpid: int, body: bytes) -> dict[str, DeviceTraffic]:
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return {}
+        now = self.clock()
+        heads = flow_stats_heads(body)
+        deltas = self.flow_tracker.update(dpid, heads, now)
+        sw.polls += 1
+        sw.last_poll = self.wall()
+        sw.flow_entries = len(heads)
+        self.counters["polls"] += 1
+        self.counters["flow_entries"] += len(heads)
+        if deltas.window <= 0:
+            return {}
+        per_dev = by_device(deltas, self.registry, self.topology.edge_dpid)
+        for mac, t in per_dev.items():
+            self.traffic[mac] = t
+            self.traffic_time[mac] = now
+        self._forget_vanished()
+        return per_dev
+
+    def _forget_vanished(self) -> None:
+        """Drop registry ids no connected switch holds any more."""
+        if len(self.registry) < 4096:
+            return
+        live = [self.flow_tracker.active_cookies(d) for d in self.switches]
+        live_ids = set((np.concatenate(live) & np.uint64(rules.COOKIE_ID_MASK)).tolist()) if live else set()
+        self.registry.forget([fid for fid in list(self.registry._keys) if fid not in live_ids])
+
+    def flow_removed(self, dpid: int, cookie: int, packets: int, nbytes: int, duration: float) -> None:
+        if dpid in self.switches and rules.cookie_kind(cookie) == rules.Kind.FORWARD:
+            delta = self.flow_tracker.removed(dpid, cookie, packets, nbytes, duration, self.clock())
+            for mac, t in by_device(delta, self.registry, self.topology.edge_dpid).items():
+                cur = self.traffic.get(mac)
+                if cur is not None:   # fold the tail into the device's last window
+                    cur.tx_bytes += t.tx_bytes
+                    cur.tx_packets += t.tx_packets
+                    cur.rx_bytes += t.rx_bytes
+                    cur.rx_packets += t.rx_packets
+
+    def port_stats(self, dpid: int, ports: Iterable[tuple[int, int, int, int, int]]) -> list[PortDelta]:
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return []
+        deltas = self.port_tracker.update(dpid, ports, self.clock())
+        for d in deltas:
+            sw.port_deltas[d.port] = d
+        return deltas
+
+    # ------------------------------------------------------------ views
+    def devices_view(self) -> list[dict]:
+        now = self.clock()
+        stale = 3 * self.config.poll_interval + 1
+        rows = []
+        seen_macs = set()
+        for mac, rec in sorted(self.inventory.devices.items(), key=lambda kv: kv[1].name):
+            seen_macs.add(mac)
+            loc = self.topology.location(mac)
+            t = self.traffic.get(mac)
+            rates = t.rates() if t is not None and now - self.traffic_time.get(mac, 0) <= stale \
+                else DeviceTraffic(mac, 1.0).rates()
+            rows.append({
+                "name": rec.name, "mac": mac, "ips": list(rec.ips), "tags": list(rec.tags),
+                "configured": rec.configured, "seen": True,
+                "dpid": f"{loc.dpid:016x}" if loc else None, "port": loc.port if loc else None,
+                "first_seen": rec.first_seen, "last_seen": rec.last_seen,
+                **{k: round(v, 3) for k, v in rates.items()},
+            })
+        for dev in self.config.devices:
+            if dev.mac not in seen_macs and not any(dev.name == r["name"] for r in rows):
+                rows.append({"name": dev.name, "mac": dev.mac, "ips": list(dev.ips),
+                             "tags": list(dev.tags), "configured": True, "seen": False,
+                             "dpid": None, "port": None, "first_seen": None, "last_seen": None,
+                             **DeviceTraffic("", 1.0).rates()})
+        return rows
+
+    def health_view(self) -> dict:
+        return {
+            "status": "ok",
+            "uptime_s": round(self.wall() - self.started, 1),
+            "switches": [{"dpid": f"{s.dpid:016x}", "ports": len(s.ports), "polls": s.polls,
+                          "last_poll": s.last_poll, "flow_entries": s.flow_entries}
+                         for s in sorted(self.switches.values(), key=lambda s: s.dpid)],
+            "links": [{"src": f"{a:016x}", "src_port": ap, "dst": f"{b:016x}", "dst_port": bp}
+                      for a, ap, b, bp in self.topology.links()],
+            "devices": len(self.inventory.devices),
+            "poll_interval_s": self.config.poll_interval,
+            "counters": dict(self.counters),
+        }

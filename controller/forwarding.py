@@ -1,0 +1,144 @@
+"""Table 1: a learning forwarder that installs one flow per conversation.
+
+Pure logic: it takes a parsed packet-in and returns what to do with the packet
+and which `FlowSpec`s to install.  Flow ids come from `FlowRegistry`, which is
+also how the stats path maps a cookie back to a (source, destination) device
+pair without parsing any match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from controller import rules
+from controller.rules import FlowKey, FlowSpec
+
+FLOOD = -1
+
+
+@dataclass(frozen=True)
+class PacketInfo:
+    """The fields of a packet-in the core cares about (the app parses the frame)."""
+
+    eth_src: str
+    eth_dst: str
+    eth_type: int
+    ipv4_src: str | None = None
+    ipv4_dst: str | None = None
+    ip_proto: int | None = None
+    tp_src: int | None = None
+    tp_dst: int | None = None
+    arp_spa: str | None = None
+    arp_tpa: str | None = None
+
+
+def is_group_mac(mac: str) -> bool:
+    return bool(int(mac[:2], 16) & 1)
+
+
+class FlowRegistry:
+    """Dense flow ids for FlowKeys, plus numpy arrays of their device indexes.
+
+    Ids are never reused while a key is alive, so a cookie in a stats reply
+    always names the conversation it was installed for.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._ids: dict[FlowKey, int] = {}
+        self._keys: dict[int, FlowKey] = {}
+        self._next = 1
+        self.macs: list[str] = []
+        self._mac_idx: dict[str, int] = {}
+        self.src_dev = np.full(capacity, -1, dtype=np.int64)
+        self.dst_dev = np.full(capacity, -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def mac_index(self, mac: str) -> int:
+        idx = self._mac_idx.get(mac)
+        if idx is None:
+            idx = self._mac_idx[mac] = len(self.macs)
+            self.macs.append(mac)
+        return idx
+
+    def id_for(self, key: FlowKey) -> int:
+        fid = self._ids.get(key)
+        if fid is not None:
+            return fid
+        fid = self._next
+        self._next += 1
+        if fid > rules.COOKIE_ID_MASK:
+            raise OverflowError("flow id space exhausted")
+        if fid >= len(self.src_dev):
+            grow = max(len(self.src_dev), fid + 1)
+            self.src_dev = np.concatenate([self.src_dev, np.full(grow, -1, dtype=np.int64)])
+            self.dst_dev = np.concatenate([self.dst_dev, np.full(grow, -1, dtype=np.int64)])
+        self._ids[key] = fid
+        self._keys[fid] = key
+        self.src_dev[fid] = self.mac_index(key.eth_src)
+        self.dst_dev[fid] = self.mac_index(key.eth_dst)
+        return fid
+
+    def key_for(self, fid: int) -> FlowKey | None:
+        return self._keys.get(fid)
+
+    def forget(self, fids) -> None:
+        """Drop ids no switch holds any more (called with vanished flows)."""
+        for fid in fids:
+            key = self._keys.pop(int(fid), None)
+            if key is not None:
+                del self._ids[key]
+                self.src_dev[int(fid)] = -1
+                self.dst_dev[int(fid)] = -1
+
+
+@dataclass
+class Decision:
+    out_port: int | None                # a port, FLOOD, or None to drop
+    flows: list[FlowSpec] = field(default_factory=list)
+    key: FlowKey | None = None
+
+
+class Forwarder:
+    """Per-switch MAC learning; installs a FlowKey flow once both ends are known."""
+
+    def __init__(self, registry: FlowRegistry, idle_timeout: int = 10) -> None:
+        self.registry = registry
+        self.idle_timeout = idle_timeout
+        self.mac_to_port: dict[int, dict[str, int]] = {}
+
+    def packet_in(self, dpid: int, in_port: int, pkt: PacketInfo) -> Decision:
+        table = self.mac_to_port.setdefault(dpid, {})
+        flows: list[FlowSpec] = []
+        if not is_group_mac(pkt.eth_src):
+            old = table.get(pkt.eth_src)
+            if old != in_port:
+                table[pkt.eth_src] = in_port
+                if old is not None:   # the MAC moved: flows toward it now blackhole
+                    flows.append(rules.delete_forwarding_to(pkt.eth_src))
+        if is_group_mac(pkt.eth_dst):
+            return Decision(FLOOD, flows)
+        out = table.get(pkt.eth_dst)
+        if out is None:
+            return Decision(FLOOD, flows)
+        if out == in_port:
+            return Decision(None, flows)
+        key = rules.flow_key(pkt.eth_src, pkt.eth_dst, pkt.eth_type, pkt.ipv4_dst,
+                             pkt.ip_proto, pkt.tp_dst)
+        fid = self.registry.id_for(key)
+        flows.append(rules.forward(key, fid, out, self.idle_timeout))
+        return Decision(out, flows, key)
+
+    def port_down(self, dpid: int, port: int) -> list[FlowSpec]:
+        """Forget MACs learned on a port that went down, and their flows."""
+        table = self.mac_to_port.get(dpid, {})
+        gone = [mac for mac, p in table.items() if p == port]
+        for mac in gone:
+            del table[mac]
+        return [rules.delete_forwarding_to(mac) for mac in gone]
+
+    def switch_leave(self, dpid: int) -> None:
+        self.mac_to_port.pop(dpid, None)

@@ -1,0 +1,255 @@
+"""Flow and port statistics as per-poll deltas, keyed by device.
+
+Pure and vectorised: the input is the numpy head array from `ofwire` (or any
+array with cookie/packet_count/byte_count/duration_sec/duration_nsec fields),
+the output plain dataclasses.  Handles the three ways counters lie:
+
+* a flow deleted and re-added between polls (counters or duration go back):
+  the delta is the new counter, not a negative number;
+* a flow that idles out: its flow-removed message carries the final counters,
+  so the tail since the last poll is counted once (`removed`);
+* a flow that vanishes without a flow-removed (switch restart, lost message):
+  reported in `vanished`, its unseen tail is lost and said to be.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from controller import rules
+from controller.forwarding import FlowRegistry
+
+
+class MultipartAssembler:
+    """Collects OFPMPF_REPLY_MORE parts per (dpid, xid) until the last one."""
+
+    def __init__(self, max_parts: int = 4096) -> None:
+        self._parts: dict[tuple[int, int], list] = {}
+        self.max_parts = max_parts
+
+    def add(self, dpid: int, xid: int, body, more: bool) -> list | None:
+        """Returns all parts' bodies in order once the reply is complete."""
+        parts = self._parts.setdefault((dpid, xid), [])
+        parts.append(body)
+        if len(parts) > self.max_parts:
+            del self._parts[(dpid, xid)]
+            raise ValueError(f"switch {dpid:#x} sent more than {self.max_parts} parts for xid {xid}")
+        if more:
+            return None
+        return self._parts.pop((dpid, xid))
+
+    def forget(self, dpid: int) -> None:
+        for k in [k for k in self._parts if k[0] == dpid]:
+            del self._parts[k]
+
+    def pending(self, dpid: int) -> int:
+        return sum(1 for k in self._parts if k[0] == dpid)
+
+
+@dataclass
+class FlowDeltas:
+    """What changed on one switch since its previous poll (arrays align)."""
+
+    dpid: int
+    time: float
+    window: float
+    cookie: np.ndarray
+    packets: np.ndarray
+    bytes: np.ndarray
+    duration: np.ndarray
+    reset: np.ndarray
+    vanished: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+
+    def __len__(self) -> int:
+        return len(self.cookie)
+
+
+@dataclass
+class DeviceTraffic:
+    """One device's traffic over one poll window, counted at its edge switch."""
+
+    mac: str
+    window: float
+    tx_bytes: int = 0
+    tx_packets: int = 0
+    rx_bytes: int = 0
+    rx_packets: int = 0
+    flows: int = 0
+
+    def rates(self) -> dict[str, float]:
+        w = self.window if self.window > 0 else 1.0
+        return {"tx_bytes_per_s": self.tx_bytes / w, "tx_packets_per_s": self.tx_packets / w,
+                "rx_bytes_per_s": self.rx_bytes / w, "rx_packets_per_s": self.rx_packets / w,
+                "bytes_per_s": (self.tx_bytes + self.rx_bytes) / w,
+                "packets_per_s": (self.tx_packets + self.rx_packets) / w}
+
+
+@dataclass
+class _Snapshot:
+    time: float
+    cookie: np.ndarray   # sorted, unique
+    packets: np.ndarray
+    bytes: np.ndarray
+    duration: np.ndarray
+
+
+def _aggregate(entries: np.ndarray):
+    """Sum entries sharing a cookie (response rules may share one)."""
+    cookie = entries["cookie"].astype(np.uint64)
+    packets = entries["packet_count"].astype(np.int64)
+    nbytes = entries["byte_count"].astype(np.int64)
+    duration = entries["duration_sec"].astype(np.float64) + entries["duration_nsec"] * 1e-9
+    uniq, inv = np.unique(cookie, return_inverse=True)
+    if len(uniq) == len(cookie):
+        order = np.argsort(cookie, kind="stable")
+        return cookie[order], packets[order], nbytes[order], duration[order]
+    p = np.bincount(inv, weights=packets, minlength=len(uniq)).astype(np.int64)
+    b = np.bincount(inv, weights=nbytes, minlength=len(uniq)).astype(np.int64)
+    d = np.full(len(uniq), np.inf)
+    np.minimum.at(d, inv, duration)
+    return uniq, p, b, d
+
+
+class FlowStatsTracker:
+    """Turns successive flow-stats replies of each switch into deltas."""
+
+    def __init__(self) -> None:
+        self._prev: dict[int, _Snapshot] = {}
+        self._removed: dict[int, set[int]] = {}
+
+    def update(self, dpid: int, entries: np.ndarray, now: float) -> FlowDeltas:
+        cookie, packets, nbytes, duration = _aggregate(entries)
+        prev = self._prev.get(dpid)
+        removed = self._removed.pop(dpid, set())
+        if prev is None:
+            # First sight: counters since install are not this window's traffic.
+            d_p = np.zeros_like(packets)
+            d_b = np.zeros_like(nbytes)
+            reset = np.zeros(len(cookie), dtype=bool)
+            window = 0.0
+            vanished = np.zeros(0, dtype=np.uint64)
+        else:
+            window = max(now - prev.time, 0.0)
+            pcookie, pp, pb, pd = prev.cookie, prev.packets, prev.bytes, prev.duration
+            if removed:
+                keep = ~np.isin(pcookie, np.fromiter(removed, dtype=np.uint64, count=len(removed)))
+                pcookie, pp, pb, pd = pcookie[keep], pp[keep], pb[keep], pd[keep]
+            pos = np.searchsorted(pcookie, cookie)
+            pos_c = np.minimum(pos, max(len(pcookie) - 1, 0))
+            known = (pos < len(pcookie)) & (pcookie[pos_c] == cookie) if len(pcookie) else \
+                np.zeros(len(cookie), dtype=bool)
+            prev_p = np.where(known, pp[pos_c] if len(pp) else 0, 0)
+            prev_b = np.where(known, pb[pos_c] if len(pb) else 0, 0)
+            prev_d = np.where(known, pd[pos_c] if len(pd) else 0.0, 0.0)
+            reset = known & ((packets < prev_p) | (nbytes < prev_b) | (duration + 1e-6 < prev_d))
+            base = known & ~reset
+            d_p = packets - np.where(base, prev_p, 0)
+            d_b = nbytes - np.where(base, prev_b, 0)
+            vanished = np.setdiff1d(pcookie, cookie, assume_unique=True)
+        self._prev[dpid] = _Snapshot(now, cookie, packets, nbytes, duration)
+        return FlowDeltas(dpid, now, window, cookie, d_p, d_b, duration, reset, vanished)
+
+    def removed(self, dpid: int, cookie: int, packets: int, nbytes: int, duration: float,
+                now: float) -> FlowDeltas:
+        """A flow-removed message: count its tail since the last poll, once."""
+        prev = self._prev.get(dpid)
+        d_p, d_b = packets, nbytes
+        window = 0.0
+        if prev is not None:
+            window = max(now - prev.time, 0.0)
+            if cookie not in self._removed.get(dpid, ()):
+                i = int(np.searchsorted(prev.cookie, np.uint64(cookie)))
+                if i < len(prev.cookie) and int(prev.cookie[i]) == cookie \
+                        and packets >= prev.packets[i] and nbytes >= prev.bytes[i]:
+                    d_p, d_b = packets - int(prev.packets[i]), nbytes - int(prev.bytes[i])
+            else:
+                d_p = d_b = 0   # already counted by an earlier removal
+            self._removed.setdefault(dpid, set()).add(cookie)
+        arr = lambda v, t: np.asarray([v], dtype=t)  # noqa: E731
+        return FlowDeltas(dpid, now, window, arr(cookie, np.uint64), arr(d_p, np.int64),
+                          arr(d_b, np.int64), arr(duration, np.float64), np.zeros(1, dtype=bool))
+
+    def forget(self, dpid: int) -> None:
+        self._prev.pop(dpid, None)
+        self._removed.pop(dpid, None)
+
+    def active_cookies(self, dpid: int) -> np.ndarray:
+        prev = self._prev.get(dpid)
+        return prev.cookie if prev is not None else np.zeros(0, dtype=np.uint64)
+
+
+def by_device(deltas: FlowDeltas, registry: FlowRegistry,
+              edge_dpid: Callable[[str], int | None]) -> dict[str, DeviceTraffic]:
+    """Attribute forwarding-flow deltas to devices, each at its own edge switch.
+
+    A conversation crosses several switches; counting it only where the source
+    (for tx) or the destination (for rx) is plugged in counts it exactly once.
+    """
+    c = deltas.cookie
+    ours = (c & np.uint64(rules.COOKIE_KIND_MASK)) == np.uint64(rules.cookie(rules.Kind.FORWARD))
+    fid = (c[ours] & np.uint64(rules.COOKIE_ID_MASK)).astype(np.int64)
+    fid = np.where(fid < len(registry.src_dev), fid, 0)
+    src = registry.src_dev[fid]
+    dst = registry.dst_dev[fid]
+    pk, by = deltas.packets[ours], deltas.bytes[ours]
+    n = len(registry.macs)
+    if n == 0:
+        return {}
+    edges = np.array([-1 if (e := edge_dpid(m)) is None else e for m in registry.macs],
+                     dtype=np.int64)
+    here = edges == deltas.dpid
+    tx_mask = (src >= 0) & here[np.maximum(src, 0)]
+    rx_mask = (dst >= 0) & here[np.maximum(dst, 0)]
+    tx_b = np.bincount(src[tx_mask], weights=by[tx_mask], minlength=n)
+    tx_p = np.bincount(src[tx_mask], weights=pk[tx_mask], minlength=n)
+    rx_b = np.bincount(dst[rx_mask], weights=by[rx_mask], minlength=n)
+    rx_p = np.bincount(dst[rx_mask], weights=pk[rx_mask], minlength=n)
+    nflows = np.bincount(src[tx_mask], minlength=n)
+    out: dict[str, DeviceTraffic] = {}
+    for i in np.flatnonzero(here):
+        out[registry.macs[i]] = DeviceTraffic(
+            registry.macs[i], deltas.window, int(tx_b[i]), int(tx_p[i]), int(rx_b[i]),
+            int(rx_p[i]), int(nflows[i]))
+    return out
+
+
+@dataclass
+class PortDelta:
+    dpid: int
+    port: int
+    window: float
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    reset: bool = False
+
+
+class PortStatsTracker:
+    """Port counters as deltas; a switch restart resets them, which is not negative traffic."""
+
+    def __init__(self) -> None:
+        self._prev: dict[tuple[int, int], tuple[float, tuple[int, int, int, int]]] = {}
+
+    def update(self, dpid: int, ports: Iterable[tuple[int, int, int, int, int]],
+               now: float) -> list[PortDelta]:
+        """ports: (port_no, rx_bytes, tx_bytes, rx_packets, tx_packets)."""
+        out = []
+        for port, *counters in ports:
+            cur = tuple(int(x) for x in counters)
+            prev = self._prev.get((dpid, port))
+            self._prev[(dpid, port)] = (now, cur)
+            if prev is None:
+                continue
+            t0, old = prev
+            reset = any(c < o for c, o in zip(cur, old))
+            d = cur if reset else tuple(c - o for c, o in zip(cur, old))
+            out.append(PortDelta(dpid, port, max(now - t0, 0.0), *d, reset=reset))
+        return out
+
+    def forget(self, dpid: int) -> None:
+        for k in [k for k in self._prev if k[0] == dpid]:
+            del self._prev[k]

@@ -1,0 +1,139 @@
+"""Switches, inter-switch links and where each device is plugged in.
+
+A networkx graph holds switches (nodes) and links learned from LLDP (edges,
+with the port at each end).  A port that carries a link is a trunk: a MAC seen
+there is somebody else's device, flooded or forwarded through, never local.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+
+@dataclass(frozen=True)
+class Location:
+    dpid: int
+    port: int
+
+
+@dataclass
+class _Sighting:
+    loc: Location
+    first_seen: float
+    last_seen: float
+
+
+class Topology:
+    def __init__(self, link_timeout: float = 3.5, move_grace: float = 3.0) -> None:
+        self.graph = nx.Graph()
+        self.link_timeout = link_timeout
+        self.move_grace = move_grace
+        self._link_seen: dict[tuple[int, int, int, int], float] = {}
+        self._trunks: set[tuple[int, int]] = set()
+        self._where: dict[str, _Sighting] = {}
+
+    # ------------------------------------------------------------ switches
+    def add_switch(self, dpid: int) -> None:
+        self.graph.add_node(dpid)
+
+    def remove_switch(self, dpid: int) -> None:
+        if dpid in self.graph:
+            self.graph.remove_node(dpid)
+        for key in [k for k in self._link_seen if dpid in (k[0], k[2])]:
+            del self._link_seen[key]
+        self._rebuild_trunks()
+        for mac in [m for m, s in self._where.items() if s.loc.dpid == dpid]:
+            del self._where[mac]
+
+    @property
+    def switches(self) -> list[int]:
+        return sorted(self.graph.nodes)
+
+    # ------------------------------------------------------------ links
+    def add_link(self, src_dpid: int, src_port: int, dst_dpid: int, dst_port: int,
+                 now: float) -> bool:
+        """Record an LLDP sighting (src sent, dst received). True if the link is new."""
+        key = (src_dpid, src_port, dst_dpid, dst_port)
+        new = key not in self._link_seen
+        self._link_seen[key] = now
+        if new:
+            self.graph.add_edge(src_dpid, dst_dpid, ports={src_dpid: src_port, dst_dpid: dst_port})
+            self._rebuild_trunks()
+            for port_end in ((src_dpid, src_port), (dst_dpid, dst_port)):
+                for mac in [m for m, s in self._where.items()
+                            if (s.loc.dpid, s.loc.port) == port_end]:
+                    del self._where[mac]   # it was a trunk all along
+        return new
+
+    def expire_links(self, now: float) -> list[tuple[int, int, int, int]]:
+        gone = [k for k, t in self._link_seen.items() if now - t > self.link_timeout]
+        for k in gone:
+            del self._link_seen[k]
+        if gone:
+            self._rebuild_graph_edges()
+        return gone
+
+    def port_down(self, dpid: int, port: int) -> None:
+        gone = [k for k in self._link_seen if (k[0], k[1]) == (dpid, port) or (k[2], k[3]) == (dpid, port)]
+        for k in gone:
+            del self._link_seen[k]
+        if gone:
+            self._rebuild_graph_edges()
+        for mac in [m for m, s in self._where.items() if s.loc == Location(dpid, port)]:
+            del self._where[mac]
+
+    def _rebuild_graph_edges(self) -> None:
+        self.graph.remove_edges_from(list(self.graph.edges))
+        for (a, ap, b, bp) in self._link_seen:
+            self.graph.add_edge(a, b, ports={a: ap, b: bp})
+        self._rebuild_trunks()
+
+    def _rebuild_trunks(self) -> None:
+        self._trunks = {(k[0], k[1]) for k in self._link_seen} | {(k[2], k[3]) for k in self._link_seen}
+
+    def is_trunk(self, dpid: int, port: int) -> bool:
+        return (dpid, port) in self._trunks
+
+    def links(self) -> list[tuple[int, int, int, int]]:
+        return sorted(self._link_seen)
+
+    # ------------------------------------------------------------ devices
+    def observe(self, mac: str, dpid: int, port: int, now: float) -> bool:
+        """A packet from `mac` entered (dpid, port).  True if its location changed.
+
+        The first edge port a device is seen on wins; a later sighting elsewhere
+        only moves it once the old place has been silent for `move_grace`
+        seconds.  This keeps a flooded copy arriving over a not-yet-discovered
+        trunk from stealing the location, while a device that really moved is
+        followed.
+        """
+        if self.is_trunk(dpid, port):
+            return False
+        loc = Location(dpid, port)
+        cur = self._where.get(mac)
+        if cur is not None and cur.loc == loc:
+            cur.last_seen = now
+            return False
+        if cur is None or now - cur.last_seen > self.move_grace:
+            self._where[mac] = _Sighting(loc, now, now)
+            return True
+        return False
+
+    def location(self, mac: str) -> Location | None:
+        s = self._where.get(mac)
+        return s.loc if s else None
+
+    def edge_dpid(self, mac: str) -> int | None:
+        s = self._where.get(mac)
+        return s.loc.dpid if s else None
+
+    def forget_device(self, mac: str) -> None:
+        self._where.pop(mac, None)
+
+    def path(self, a: int, b: int) -> list[int] | None:
+        try:
+            return nx.shortest_path(self.graph, a, b)
+        except (nx.NetworkXNoPath, nx.NodeNotFound):
+            return None
