@@ -1,0 +1,128 @@
+import struct
+
+from controller import rules
+from controller.config import parse_config
+from controller.core import Core
+from controller.packets import mac_bytes
+from controller.rules import Barrier, FlowSpec, Kind, MeterSpec, PacketOut
+
+CAM, HUB = "00:00:00:00:00:11", "00:00:00:00:00:12"
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def core():
+    cfg = parse_config("""
+devices:
+  - {name: camera-1, mac: "00:00:00:00:00:11", tags: [camera]}
+  - {name: hub, ip: 10.0.0.12, tags: [hub]}
+  - {name: never-seen, mac: "00:00:00:00:00:99"}
+""")
+    clock = Clock()
+    return Core(cfg, clock=clock, wall=clock), clock
+
+
+def arp(src, spa, tpa):
+    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac_bytes(src),
+                       bytes(map(int, spa.split("."))), b"\0" * 6, bytes(map(int, tpa.split("."))))
+    return mac_bytes("ff:ff:ff:ff:ff:ff") + mac_bytes(src) + b"\x08\x06" + body
+
+
+def tcp(src, dst, ip_src, ip_dst, dport):
+    l4 = struct.pack("!HH", 40000, dport) + b"\0" * 16
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0,
+                     bytes(map(int, ip_src.split("."))), bytes(map(int, ip_dst.split("."))))
+    return mac_bytes(dst) + mac_bytes(src) + b"\x08\x00" + ip + l4
+
+
+def body(rows):
+    """Raw flow-stats entries: (cookie, packets, bytes, duration)."""
+    out = b""
+    for c, p, b, d in rows:
+        out += struct.pack("!HBxIIHHHH4xQQQ", 56, 1, d, 0, 200, 10, 0, 1, c, p, b)
+        out += struct.pack("!HH4x", 1, 4)
+    return out
+
+
+def test_switch_connect_clears_ours_then_installs_pipeline():
+    c, _ = core()
+    out = c.switch_connected(1)
+    msgs = [m for d, m in out]
+    assert all(d == 1 for d, _ in out)
+    assert msgs[0] == rules.delete_all_ours()
+    assert [m.command for m in msgs if isinstance(m, MeterSpec)] == ["delete", "delete", "add", "add"]
+    assert [m for m in msgs if isinstance(m, FlowSpec) and m.command == "add"] == \
+        rules.pipeline(1000, 200)[1]
+    assert isinstance(msgs[-1], Barrier)
+
+
+def test_ports_get_signed_lldp_probes_and_links_are_learned():
+    c, clock = core()
+    c.switch_connected(1), c.switch_connected(2)
+    probes = c.switch_ports(1, [1, 2, 0xFFFFFFFE])
+    assert [(d, m.out_port) for d, m in probes] == [(1, 1), (1, 2)]
+    frame = probes[1][1].data
+    assert c.packet_in(2, 3, frame) == []
+    assert c.topology.is_trunk(1, 2) and c.topology.is_trunk(2, 3)
+    assert c.health_view()["links"] == [{"src": "%016x" % 1, "src_port": 2,
+                                         "dst": "%016x" % 2, "dst_port": 3}]
+
+
+def test_forged_lldp_from_a_host_port_is_ignored():
+    c, _ = core()
+    c.switch_connected(1)
+    other = Core(c.config).lldp.build(1, 9)
+    c.packet_in(1, 4, other)
+    assert c.topology.links() == []
+
+
+def test_devices_learned_named_located_and_forwarded():
+    c, clock = core()
+    c.switch_connected(1)
+    out = c.packet_in(1, 1, arp(CAM, "10.0.0.11", "10.0.0.12"))
+    assert out == [(1, PacketOut(arp(CAM, "10.0.0.11", "10.0.0.12"), "flood", 1))]
+    c.packet_in(1, 2, arp(HUB, "10.0.0.12", "10.0.0.11"))
+    out = c.packet_in(1, 1, tcp(CAM, HUB, "10.0.0.11", "10.0.0.12", 23))
+    flows = [m for _, m in out if isinstance(m, FlowSpec)]
+    assert len(flows) == 1 and flows[0].match_dict["tcp_dst"] == 23
+    assert out[-1][1].out_port == 2
+    devs = {d["name"]: d for d in c.devices_view()}
+    assert devs["camera-1"]["dpid"] == "%016x" % 1 and devs["camera-1"]["port"] == 1
+    assert devs["camera-1"]["tags"] == ["camera"] and devs["camera-1"]["ips"] == ["10.0.0.11"]
+    assert devs["hub"]["mac"] == HUB and devs["hub"]["port"] == 2     # named by IP
+    assert devs["never-seen"]["seen"] is False and devs["never-seen"]["dpid"] is None
+
+    # two polls later the camera's rate is known
+    cookie = flows[0].cookie
+    c.flow_stats(1, body([(cookie, 0, 0, 0)]))
+    clock.t += 2.0
+    per = c.flow_stats(1, body([(cookie, 200, 30000, 2)]))
+    assert per[CAM].tx_bytes == 30000 and per[HUB].rx_bytes == 30000
+    devs = {d["name"]: d for d in c.devices_view()}
+    assert devs["camera-1"]["tx_bytes_per_s"] == 15000.0
+    assert devs["camera-1"]["packets_per_s"] == 100.0
+    assert devs["hub"]["rx_bytes_per_s"] == 15000.0
+
+
+def test_multipart_flow_stats_wait_for_last_part():
+    c, clock = core()
+    c.switch_connected(1)
+    assert c.flow_stats_part(1, 5, body([(rules.cookie(Kind.FORWARD, 1), 1, 1, 1)]), True) is None
+    assert c.switches[1].polls == 0
+    assert c.flow_stats_part(1, 5, body([(rules.cookie(Kind.FORWARD, 2), 1, 1, 1)]), False) == {}
+    assert c.switches[1].polls == 1 and c.switches[1].flow_entries == 2
+
+
+def test_disconnect_forgets_switch():
+    c, _ = core()
+    c.switch_connected(1)
+    c.packet_in(1, 1, arp(CAM, "10.0.0.11", "10.0.0.12"))
+    c.switch_disconnected(1)
+    assert c.packet_in(1, 1, arp(CAM, "10.0.0.11", "10.0.0.12")) == []
+    assert c.topology.location(CAM) is None

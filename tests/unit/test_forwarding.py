@@ -1,0 +1,63 @@
+from controller import rules
+from controller.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
+
+A, B = "00:00:00:00:00:01", "00:00:00:00:00:02"
+
+
+def pkt(src, dst, **kw):
+    return PacketInfo(src, dst, kw.pop("eth_type", 0x0800), **kw)
+
+
+def test_unknown_destination_floods_without_a_flow():
+    f = Forwarder(FlowRegistry())
+    d = f.packet_in(1, 1, pkt(A, B, ipv4_dst="10.0.0.2", ip_proto=6, tp_dst=80))
+    assert d.out_port == FLOOD and d.flows == []
+
+
+def test_known_destination_installs_conversation_flow():
+    reg = FlowRegistry()
+    f = Forwarder(reg, idle_timeout=7)
+    f.packet_in(1, 2, pkt(B, "ff:ff:ff:ff:ff:ff", eth_type=0x0806))
+    d = f.packet_in(1, 1, pkt(A, B, ipv4_dst="10.0.0.2", ip_proto=6, tp_dst=80))
+    assert d.out_port == 2
+    (flow,) = d.flows
+    fid = rules.cookie_id(flow.cookie)
+    assert reg.key_for(fid) == d.key
+    assert reg.macs[reg.src_dev[fid]] == A and reg.macs[reg.dst_dev[fid]] == B
+    assert flow.idle_timeout == 7
+    again = f.packet_in(1, 1, pkt(A, B, ipv4_dst="10.0.0.2", ip_proto=6, tp_dst=80))
+    assert again.flows[0].cookie == flow.cookie   # same conversation, same id
+
+
+def test_group_destination_floods():
+    f = Forwarder(FlowRegistry())
+    assert f.packet_in(1, 1, pkt(A, "01:00:5e:00:00:01")).out_port == FLOOD
+
+
+def test_same_port_is_dropped():
+    f = Forwarder(FlowRegistry())
+    f.packet_in(1, 1, pkt(B, A, eth_type=0x0806))
+    assert f.packet_in(1, 1, pkt(A, B, eth_type=0x0806)).out_port is None
+
+
+def test_moved_mac_deletes_flows_toward_it():
+    f = Forwarder(FlowRegistry())
+    f.packet_in(1, 1, pkt(A, B, eth_type=0x0806))
+    d = f.packet_in(1, 4, pkt(A, B, eth_type=0x0806))
+    assert rules.delete_forwarding_to(A) in d.flows
+
+
+def test_port_down_forgets_macs_and_flows():
+    f = Forwarder(FlowRegistry())
+    f.packet_in(1, 3, pkt(A, B, eth_type=0x0806))
+    assert f.port_down(1, 3) == [rules.delete_forwarding_to(A)]
+    assert A not in f.mac_to_port[1]
+
+
+def test_registry_grows_and_forgets():
+    reg = FlowRegistry(capacity=2)
+    ids = [reg.id_for(rules.flow_key(A, B, 0x0800, f"10.0.0.{i}", 6, 80)) for i in range(1, 10)]
+    assert ids == list(range(1, 10)) and len(reg.src_dev) >= 10
+    reg.forget([ids[0]])
+    assert reg.key_for(ids[0]) is None and reg.src_dev[ids[0]] == -1
+    assert reg.id_for(rules.flow_key(A, B, 0x0800, "10.0.0.1", 6, 80)) == 10
