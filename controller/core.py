@@ -23,7 +23,7 @@ from controller.ofwire import flow_stats_heads
 from controller.packets import LldpSigner, parse_frame
 from controller.rules import Barrier, FlowSpec, MeterSpec, PacketOut
 from controller.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler,
-                              PortDelta, PortStatsTracker, by_device)
+                              PortDelta, PortStatsTracker, by_device, edge_array)
 from controller.topology import Topology
 
 LOG = logging.getLogger("iotguard.core")
@@ -60,6 +60,10 @@ class Core:
         self.traffic: dict[str, DeviceTraffic] = {}
         self.traffic_time: dict[str, float] = {}
         self.started = wall()
+        self._edges: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._edges_key: tuple[int, int] = (-1, -1)
+        self._retire: set[int] = set()     # flow ids that vanished somewhere
+        self._retired_at = 0.0
         self.counters = {"packet_in": 0, "lldp_in": 0, "flow_entries": 0, "polls": 0,
                          "malformed": 0}
 
@@ -146,7 +150,7 @@ class Core:
             if self.topology.observe(pkt.eth_src, dpid, in_port, now):
                 loc = self.topology.location(pkt.eth_src)
                 LOG.debug("device %s at %016x:%d", pkt.eth_src, loc.dpid, loc.port)
-        decision = self.forwarder.packet_in(dpid, in_port, pkt)
+        decision = self.forwarder.packet_in(dpid, in_port, pkt, now)
         out: Out = [(dpid, f) for f in decision.flows]
         if decision.out_port is None:
             return out
@@ -175,25 +179,44 @@ class Core:
         self.counters["flow_entries"] += len(heads)
         if deltas.window <= 0:
             return {}
-        per_dev = by_device(deltas, self.registry, self.topology.edge_dpid)
+        per_dev = by_device(deltas, self.registry, self._edge_array())
         for mac, t in per_dev.items():
             self.traffic[mac] = t
             self.traffic_time[mac] = now
-        self._forget_vanished()
+        if len(deltas.vanished):
+            self._retire.update(int(c) & rules.COOKIE_ID_MASK for c in deltas.vanished
+                                if rules.cookie_kind(int(c)) == rules.Kind.FORWARD)
+        self._retire_ids(now)
         return per_dev
 
-    def _forget_vanished(self) -> None:
-        """Drop registry ids no connected switch holds any more."""
-        if len(self.registry) < 4096:
+    def _edge_array(self) -> np.ndarray:
+        key = (self.topology.version, len(self.registry.macs))
+        if key != self._edges_key:
+            self._edges = edge_array(self.registry, self.topology.edge_dpid)
+            self._edges_key = key
+        return self._edges
+
+    def _retire_ids(self, now: float) -> None:
+        """Forget flow ids that no switch holds and nobody re-learned lately.
+
+        Bounds the registry under scans (one id per probed port) without ever
+        dropping an id whose flow is installed but not yet seen in a poll.
+        """
+        grace = max(5 * self.config.poll_interval, 5.0)
+        if not self._retire or now - self._retired_at < grace:
             return
-        live = [self.flow_tracker.active_cookies(d) for d in self.switches]
-        live_ids = set((np.concatenate(live) & np.uint64(rules.COOKIE_ID_MASK)).tolist()) if live else set()
-        self.registry.forget([fid for fid in list(self.registry._keys) if fid not in live_ids])
+        self._retired_at = now
+        live: set[int] = set()
+        for dpid in self.switches:
+            live.update((self.flow_tracker.active_cookies(dpid) & np.uint64(rules.COOKIE_ID_MASK)).tolist())
+        self.registry.forget([f for f in self._retire if f not in live], unused_since=now - grace)
+        self._retire.clear()
 
     def flow_removed(self, dpid: int, cookie: int, packets: int, nbytes: int, duration: float) -> None:
         if dpid in self.switches and rules.cookie_kind(cookie) == rules.Kind.FORWARD:
             delta = self.flow_tracker.removed(dpid, cookie, packets, nbytes, duration, self.clock())
-            for mac, t in by_device(delta, self.registry, self.topology.edge_dpid).items():
+            self._retire.add(rules.cookie_id(cookie))
+            for mac, t in by_device(delta, self.registry, self._edge_array()).items():
                 cur = self.traffic.get(mac)
                 if cur is not None:   # fold the tail into the device's last window
                     cur.tx_bytes += t.tx_bytes

@@ -53,6 +53,7 @@ class FlowRegistry:
         self._mac_idx: dict[str, int] = {}
         self.src_dev = np.full(capacity, -1, dtype=np.int64)
         self.dst_dev = np.full(capacity, -1, dtype=np.int64)
+        self.last_used: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -64,9 +65,10 @@ class FlowRegistry:
             self.macs.append(mac)
         return idx
 
-    def id_for(self, key: FlowKey) -> int:
+    def id_for(self, key: FlowKey, now: float = 0.0) -> int:
         fid = self._ids.get(key)
         if fid is not None:
+            self.last_used[fid] = now
             return fid
         fid = self._next
         self._next += 1
@@ -78,6 +80,7 @@ class FlowRegistry:
             self.dst_dev = np.concatenate([self.dst_dev, np.full(grow, -1, dtype=np.int64)])
         self._ids[key] = fid
         self._keys[fid] = key
+        self.last_used[fid] = now
         self.src_dev[fid] = self.mac_index(key.eth_src)
         self.dst_dev[fid] = self.mac_index(key.eth_dst)
         return fid
@@ -85,14 +88,20 @@ class FlowRegistry:
     def key_for(self, fid: int) -> FlowKey | None:
         return self._keys.get(fid)
 
-    def forget(self, fids) -> None:
-        """Drop ids no switch holds any more (called with vanished flows)."""
-        for fid in fids:
-            key = self._keys.pop(int(fid), None)
+    def forget(self, fids, unused_since: float | None = None) -> int:
+        """Drop ids no switch holds any more; keep any used after `unused_since`."""
+        n = 0
+        for fid in map(int, fids):
+            if unused_since is not None and self.last_used.get(fid, 0.0) > unused_since:
+                continue
+            key = self._keys.pop(fid, None)
             if key is not None:
                 del self._ids[key]
-                self.src_dev[int(fid)] = -1
-                self.dst_dev[int(fid)] = -1
+                del self.last_used[fid]
+                self.src_dev[fid] = -1
+                self.dst_dev[fid] = -1
+                n += 1
+        return n
 
 
 @dataclass
@@ -110,7 +119,7 @@ class Forwarder:
         self.idle_timeout = idle_timeout
         self.mac_to_port: dict[int, dict[str, int]] = {}
 
-    def packet_in(self, dpid: int, in_port: int, pkt: PacketInfo) -> Decision:
+    def packet_in(self, dpid: int, in_port: int, pkt: PacketInfo, now: float = 0.0) -> Decision:
         table = self.mac_to_port.setdefault(dpid, {})
         flows: list[FlowSpec] = []
         if not is_group_mac(pkt.eth_src):
@@ -128,7 +137,7 @@ class Forwarder:
             return Decision(None, flows)
         key = rules.flow_key(pkt.eth_src, pkt.eth_dst, pkt.eth_type, pkt.ipv4_dst,
                              pkt.ip_proto, pkt.tp_dst)
-        fid = self.registry.id_for(key)
+        fid = self.registry.id_for(key, now)
         flows.append(rules.forward(key, fid, out, self.idle_timeout))
         return Decision(out, flows, key)
 

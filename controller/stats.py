@@ -96,11 +96,15 @@ class _Snapshot:
     duration: np.ndarray
 
 
+_NA = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
 def _aggregate(entries: np.ndarray):
     """Sum entries sharing a cookie (response rules may share one)."""
     cookie = entries["cookie"].astype(np.uint64)
-    packets = entries["packet_count"].astype(np.int64)
-    nbytes = entries["byte_count"].astype(np.int64)
+    # All-ones means "not counted" (OFPFF_NO_PKT_COUNTS/NO_BYT_COUNTS), not 2**64-1.
+    packets = np.where(entries["packet_count"] == _NA, 0, entries["packet_count"]).astype(np.int64)
+    nbytes = np.where(entries["byte_count"] == _NA, 0, entries["byte_count"]).astype(np.int64)
     duration = entries["duration_sec"].astype(np.float64) + entries["duration_nsec"] * 1e-9
     uniq, inv = np.unique(cookie, return_inverse=True)
     if len(uniq) == len(cookie):
@@ -181,8 +185,16 @@ class FlowStatsTracker:
         return prev.cookie if prev is not None else np.zeros(0, dtype=np.uint64)
 
 
-def by_device(deltas: FlowDeltas, registry: FlowRegistry,
-              edge_dpid: Callable[[str], int | None]) -> dict[str, DeviceTraffic]:
+def edge_array(registry: FlowRegistry, edge_dpid: Callable[[str], int | None]) -> np.ndarray:
+    """Edge dpid of every registry device (-1: not located), for `by_device`.
+
+    O(devices); callers cache it until the topology or the registry changes.
+    """
+    return np.array([-1 if (e := edge_dpid(m)) is None else e for m in registry.macs],
+                    dtype=np.int64)
+
+
+def by_device(deltas: FlowDeltas, registry: FlowRegistry, edges: np.ndarray) -> dict[str, DeviceTraffic]:
     """Attribute forwarding-flow deltas to devices, each at its own edge switch.
 
     A conversation crosses several switches; counting it only where the source
@@ -198,9 +210,8 @@ def by_device(deltas: FlowDeltas, registry: FlowRegistry,
     n = len(registry.macs)
     if n == 0:
         return {}
-    edges = np.array([-1 if (e := edge_dpid(m)) is None else e for m in registry.macs],
-                     dtype=np.int64)
-    here = edges == deltas.dpid
+    here = np.zeros(n, dtype=bool)
+    here[:len(edges)] = edges[:n] == deltas.dpid
     tx_mask = (src >= 0) & here[np.maximum(src, 0)]
     rx_mask = (dst >= 0) & here[np.maximum(dst, 0)]
     tx_b = np.bincount(src[tx_mask], weights=by[tx_mask], minlength=n)

@@ -33,6 +33,7 @@ class Topology:
         self._link_seen: dict[tuple[int, int, int, int], float] = {}
         self._trunks: set[tuple[int, int]] = set()
         self._where: dict[str, _Sighting] = {}
+        self.version = 0   # bumped whenever any device location may have changed
 
     # ------------------------------------------------------------ switches
     def add_switch(self, dpid: int) -> None:
@@ -46,6 +47,7 @@ class Topology:
         self._rebuild_trunks()
         for mac in [m for m, s in self._where.items() if s.loc.dpid == dpid]:
             del self._where[mac]
+        self.version += 1
 
     @property
     def switches(self) -> list[int]:
@@ -65,6 +67,7 @@ class Topology:
                 for mac in [m for m, s in self._where.items()
                             if (s.loc.dpid, s.loc.port) == port_end]:
                     del self._where[mac]   # it was a trunk all along
+            self.version += 1
         return new
 
     def expire_links(self, now: float) -> list[tuple[int, int, int, int]]:
@@ -83,6 +86,7 @@ class Topology:
             self._rebuild_graph_edges()
         for mac in [m for m, s in self._where.items() if s.loc == Location(dpid, port)]:
             del self._where[mac]
+        self.version += 1
 
     def _rebuild_graph_edges(self) -> None:
         self.graph.remove_edges_from(list(self.graph.edges))
@@ -118,6 +122,7 @@ class Topology:
             return False
         if cur is None or now - cur.last_seen > self.move_grace:
             self._where[mac] = _Sighting(loc, now, now)
+            self.version += 1
             return True
         return False
 
@@ -131,6 +136,7 @@ class Topology:
 
     def forget_device(self, mac: str) -> None:
         self._where.pop(mac, None)
+        self.version += 1
 
     def path(self, a: int, b: int) -> list[int] | None:
         try:

@@ -5,7 +5,7 @@ from controller import rules
 from controller.forwarding import FlowRegistry
 from controller.ofwire import FLOW_STATS_HEAD
 from controller.rules import Kind
-from controller.stats import FlowStatsTracker, MultipartAssembler, PortStatsTracker, by_device
+from controller.stats import FlowStatsTracker, MultipartAssembler, PortStatsTracker, by_device, edge_array
 
 CAM, NVR, INET = "00:00:00:00:00:01", "00:00:00:00:00:02", "00:00:00:00:00:03"
 
@@ -114,7 +114,7 @@ def test_by_device_counts_each_conversation_once_at_the_edges():
     per = {}
     for dpid in (1, 2):
         d = t.update(dpid, heads([(fwd(up), 100, 150000, 1), (fwd(down), 50, 3000, 1)]), now=2.0)
-        for mac, traffic in by_device(d, reg, edges.get).items():
+        for mac, traffic in by_device(d, reg, edge_array(reg, edges.get)).items():
             per[mac] = traffic
     cam, inet = per[CAM], per[INET]
     assert (cam.tx_bytes, cam.tx_packets, cam.rx_bytes, cam.rx_packets) == (150000, 100, 3000, 50)
@@ -132,7 +132,7 @@ def test_by_device_ignores_unknown_cookies_and_unlocated_devices():
                        (fwd(999), 0, 0, 0)]), now=0)
     d = t.update(1, heads([(fwd(fid), 5, 300, 1), (rules.cookie(Kind.PIPELINE, 2), 9, 900, 1),
                            (fwd(999), 1, 1, 1)]), now=1)
-    per = by_device(d, reg, {CAM: 1}.get)
+    per = by_device(d, reg, edge_array(reg, {CAM: 1}.get))
     assert set(per) == {CAM}
     assert per[CAM].tx_bytes == 300 and per[CAM].rx_bytes == 0
 

@@ -1,0 +1,1 @@
+"""Benchmarks and the wire-format builders they share with the tests."""
