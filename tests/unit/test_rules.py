@@ -88,3 +88,12 @@ def test_layout_rows_cover_every_table():
     rows = list(rules.layout_rows())
     assert rows[0][0] == "table"
     assert {r[0].split()[0] for r in rows[1:]} == {"0", "1"}
+
+
+def test_readme_table_layout_matches_the_code():
+    import os
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    rows = list(rules.layout_rows())
+    table = "\n".join(["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+                      + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+    assert table in readme
