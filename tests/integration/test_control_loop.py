@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.harness import RYU_MANAGER, Controller, have_ovs, ping
+from topologies.lab import RYU_MANAGER, Controller, have_ovs, ping
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not have_ovs(), reason="needs root and a running Open vSwitch "

@@ -302,20 +302,41 @@ def test_dns_from_lan_host(running):
 @needs_root_ovs
 @pytest.mark.parametrize('path', ['lan', 'via-gw'])
 def test_iperf3(running, path, request):
+    """3 s of TCP > 10 Mbit/s. One retry: on this 2-core box an iperf3 run rarely ends
+    with "control socket has closed unexpectedly"; a second failure is a real failure."""
     name, topo, net = running
     client, server = (net.get(h) for h in IPERF_PAIRS[name][path])
-    srv = start_process(net, server, ['iperf3', '-s', '-1', '-B', server.IP()], 'iperf3')
-    try:
-        assert wait_listening(server, [('tcp', 5201)], timeout=5), 'iperf3 server not up'
-        out = client.cmd('timeout 10 iperf3 -J -t 3 -c %s' % server.IP())
-        result = json.loads(out[out.index('{'):])
-        assert 'error' not in result, result.get('error')
-        bps = result['end']['sum_received']['bits_per_second']
-        report(request, '%s: iperf3 %s %s -> %s %.0f Mbit/s'
-               % (name, path, client.name, server.name, bps / 1e6))
-        assert bps > 10e6
-    finally:
-        stop_process(srv)
+    failures = []
+    for attempt in (1, 2):
+        srv = start_process(net, server, ['iperf3', '-s', '-1', '-B', server.IP()],
+                            'iperf3-%s-%d' % (path, attempt))
+        try:
+            assert wait_listening(server, [('tcp', 5201)], timeout=5), 'iperf3 server not up'
+            out = client.cmd('timeout 10 iperf3 -J -t 3 -c %s' % server.IP())
+            try:
+                srv.wait(3)              # -1: the server ends by itself after one test
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            stop_process(srv)
+        try:
+            result = json.loads(out[out.index('{'):])
+        except ValueError:
+            result = {'error': 'no JSON from client: %r' % out[-500:]}
+        if 'error' not in result:
+            break
+        with open(srv.iotguard_log) as fh:
+            failures.append('attempt %d: %s; server log: %s'
+                            % (attempt, result['error'], fh.read()[-800:]))
+        report(request, '%s: iperf3 %s attempt %d failed: %s'
+               % (name, path, attempt, result['error']))
+    else:
+        pytest.fail('\n'.join(failures))
+    bps = result['end']['sum_received']['bits_per_second']
+    report(request, '%s: iperf3 %s %s -> %s %.0f Mbit/s (%d retransmits)'
+           % (name, path, client.name, server.name, bps / 1e6,
+              result['end']['sum_sent'].get('retransmits', -1)))
+    assert bps > 10e6
 
 
 @pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Run the real controller as a process, and a Mininet network against it.
+"""Run the real controller as a process, for the integration tests and the demo.
 
 Every process is ended by PID and every network by stop_network() in the
 callers' `finally`; nothing here kills by name.
@@ -20,7 +20,7 @@ from urllib.error import URLError
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RYU_MANAGER = os.path.join(ROOT, ".venv-ryu", "bin", "ryu-manager")
 
 
@@ -41,7 +41,7 @@ class Controller:
 
     def __init__(self, inventory=None, framework: str = "os-ken", env: dict | None = None,
                  poll_interval: float = 1.0, ofp_port: int | None = None) -> None:
-        self.dir = tempfile.mkdtemp(prefix="iotguard-it-")
+        self.dir = tempfile.mkdtemp(prefix="iotguard-lab-")
         self.ofp_port = ofp_port or free_port()
         self.api_port = free_port()
         self.framework = framework
