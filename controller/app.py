@@ -50,11 +50,10 @@ class IoTGuard(compat.BaseApp):
         self.config = _config()
         compat.install_raw_flow_stats()
         os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
-        self.core = Core(self.config)
+        self.core = Core(self.config, framework=compat.FRAMEWORK)
         self.lock = hub.Semaphore(1)
         self.datapaths: dict[int, object] = {}
         self._inflight: dict[int, float] = {}     # dpid -> time the flow poll was sent
-        self._port_parts: dict[tuple[int, int], list] = {}
         self.running = True
         token = load_or_create_token(self.config.api_token, self.config.state_dir)
         self.api = Api(token, {
@@ -183,9 +182,7 @@ class IoTGuard(compat.BaseApp):
     @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
     def _port_stats(self, ev) -> None:
         msg = ev.msg
-        key = (msg.datapath.id, msg.xid)
-        parts = self._port_parts.setdefault(key, [])
-        parts += [(p.port_no, p.rx_bytes, p.tx_bytes, p.rx_packets, p.tx_packets)
-                  for p in msg.body if p.port_no < ofp.OFPP_MAX]
-        if not msg.flags & ofp.OFPMPF_REPLY_MORE:
-            self._locked(self.core.port_stats, msg.datapath.id, self._port_parts.pop(key))
+        ports = [(p.port_no, p.rx_bytes, p.tx_bytes, p.rx_packets, p.tx_packets)
+                 for p in msg.body if p.port_no < ofp.OFPP_MAX]
+        self._locked(self.core.port_stats_part, msg.datapath.id, msg.xid, ports,
+                     bool(msg.flags & ofp.OFPMPF_REPLY_MORE))

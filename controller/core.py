@@ -44,8 +44,10 @@ class SwitchState:
 
 
 class Core:
-    def __init__(self, config: Config, clock=time.monotonic, wall=time.time) -> None:
+    def __init__(self, config: Config, clock=time.monotonic, wall=time.time,
+                 framework: str = "") -> None:
         self.config = config
+        self.framework = framework
         self.clock = clock
         self.wall = wall
         self.registry = FlowRegistry()
@@ -224,6 +226,10 @@ class Core:
                     cur.rx_bytes += t.rx_bytes
                     cur.rx_packets += t.rx_packets
 
+    def port_stats_part(self, dpid: int, xid: int, ports: list, more: bool) -> list[PortDelta] | None:
+        parts = self.assembler.add(dpid, xid, ports, more)
+        return None if parts is None else self.port_stats(dpid, [p for part in parts for p in part])
+
     def port_stats(self, dpid: int, ports: Iterable[tuple[int, int, int, int, int]]) -> list[PortDelta]:
         sw = self.switches.get(dpid)
         if sw is None:
@@ -263,6 +269,7 @@ class Core:
     def health_view(self) -> dict:
         return {
             "status": "ok",
+            "framework": self.framework,
             "uptime_s": round(self.wall() - self.started, 1),
             "switches": [{"dpid": f"{s.dpid:016x}", "ports": len(s.ports), "polls": s.polls,
                           "last_poll": s.last_poll, "flow_entries": s.flow_entries}

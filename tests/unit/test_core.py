@@ -126,3 +126,14 @@ def test_disconnect_forgets_switch():
     c.switch_disconnected(1)
     assert c.packet_in(1, 1, arp(CAM, "10.0.0.11", "10.0.0.12")) == []
     assert c.topology.location(CAM) is None
+
+
+def test_port_stats_multipart_and_deltas():
+    c, clock = core()
+    c.switch_connected(1)
+    assert c.port_stats_part(1, 9, [(1, 100, 200, 1, 2)], more=True) is None
+    assert c.port_stats_part(1, 9, [(2, 0, 0, 0, 0)], more=False) == []
+    clock.t += 1
+    c.port_stats_part(1, 10, [(1, 150, 260, 2, 4)], more=True)
+    deltas = c.port_stats_part(1, 10, [(2, 5, 5, 1, 1)], more=False)
+    assert [(d.port, d.rx_bytes, d.tx_bytes) for d in deltas] == [(1, 50, 60), (2, 5, 5)]
