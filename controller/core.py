@@ -258,8 +258,9 @@ class Core:
                 "first_seen": rec.first_seen, "last_seen": rec.last_seen,
                 **{k: round(v, 3) for k, v in rates.items()},
             })
+        seen_names = {r["name"] for r in rows}
         for dev in self.config.devices:
-            if dev.mac not in seen_macs and not any(dev.name == r["name"] for r in rows):
+            if dev.mac not in seen_macs and dev.name not in seen_names:
                 rows.append({"name": dev.name, "mac": dev.mac, "ips": list(dev.ips),
                              "tags": list(dev.tags), "configured": True, "seen": False,
                              "dpid": None, "port": None, "first_seen": None, "last_seen": None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -19,6 +20,20 @@ from topologies.enterprise import EnterpriseTopo  # noqa: E402
 from topologies.smart_home import SmartHomeTopo  # noqa: E402
 
 INET_IP = "203.0.113.10"
+
+
+def flows(bridge: str) -> list[dict]:
+    """The bridge's flows as {"cookie": int, "table": int, "duration": float, "text": str}."""
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    rows = []
+    for ln in out.splitlines():
+        fields = dict(kv.split("=", 1) for kv in ln.strip().replace(" ", ",").split(",")
+                      if kv.startswith(("cookie=", "table=", "duration=")))
+        if "cookie" in fields:
+            rows.append({"cookie": int(fields["cookie"], 16), "table": int(fields.get("table", 0)),
+                         "duration": float(fields["duration"].rstrip("s")), "text": ln.strip()})
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +145,12 @@ def test_restart_restores_forwarding_within_10s():
         net = start_network(topo, controller_port=ctl.ofp_port)
         ctl.wait_switches(2)
         assert ping(net.get("camera"), "10.0.0.3")
+        # someone else's rule, and ours: a restart must remove only ours
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "add-flow", "hs1",
+                        "cookie=0x1234,table=0,priority=5,udp,tp_dst=9,actions=drop"],
+                       check=True, timeout=10)
+        assert any(f["cookie"] >> 40 == 0x10C603 and f["table"] == 1 for f in flows("hs1"))
+        time.sleep(2.0)   # so rules from before the restart are visibly older
         ctl.stop(signal.SIGKILL)
         ctl2 = Controller(inventory(topo), ofp_port=ctl.ofp_port)
         t0 = time.monotonic()
@@ -138,6 +159,13 @@ def test_restart_restores_forwarding_within_10s():
         ctl2.wait_for(lambda: ping(net.get("doorbell"), "10.0.0.4"), 10.0,
                       "forwarding after the restart")
         print(f"forwarding restored {time.monotonic() - t0:.2f}s after restart")
+        age = time.monotonic() - t0
+        after = flows("hs1")
+        foreign = [f for f in after if f["cookie"] == 0x1234]
+        assert foreign and foreign[0]["duration"] > age + 1.5, "the foreign rule was touched"
+        ours = [f for f in after if f["cookie"] >> 48 == 0x10C6]
+        assert ours and all(f["duration"] <= age + 0.2 for f in ours), \
+            [f["text"] for f in ours if f["duration"] > age + 0.2]
     finally:
         stop_network(net)
         ctl.cleanup()

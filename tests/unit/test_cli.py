@@ -1,0 +1,58 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from controller import cli
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_help_explains_every_run_option():
+    out = run_cli("run", "--help").stdout
+    for opt in ("--config", "--ofp-port", "--api-port", "--state-dir", "--log-level"):
+        assert opt in out
+    top = run_cli("--help").stdout
+    assert "run" in top and "config" in top
+
+
+def test_no_command_prints_help_and_fails():
+    r = run_cli()
+    assert r.returncode == 2 and "COMMAND" in r.stdout
+
+
+def test_run_with_bad_config_names_file_line_field_and_exits_nonzero(tmp_path):
+    bad = tmp_path / "site.yaml"
+    bad.write_text("poll_interval: 1\napi:\n  port: 99999\n")
+    r = run_cli("run", "--config", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}:3: api.port:" in r.stderr and "65535" in r.stderr
+
+
+def test_bad_port_override_is_refused_before_anything_starts(tmp_path):
+    r = run_cli("run", "--ofp-port", "0", "--state-dir", str(tmp_path / "s"))
+    assert r.returncode == 2 and "--ofp-port" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_config_command_prints_effective_settings(tmp_path):
+    good = tmp_path / "ok.yaml"
+    good.write_text("poll_interval: 2\n")
+    r = run_cli("config", str(good))
+    assert r.returncode == 0 and json.loads(r.stdout)["poll_interval"] == 2.0
+
+
+def test_overrides_apply(tmp_path):
+    args = cli._parser().parse_args(["run", "--api-port", "9000", "--state-dir", str(tmp_path)])
+    cfg = cli.effective_config(args)
+    assert cfg.api_port == 9000 and cfg.state_dir == str(tmp_path) and cfg.ofp_port == 6653
+
+
+@pytest.mark.parametrize("missing", ["/nonexistent/iotguard.yaml"])
+def test_missing_config_file(missing):
+    r = run_cli("config", missing)
+    assert r.returncode == 2 and missing in r.stderr and "not found" in r.stderr
