@@ -145,10 +145,7 @@ class Core:
             return []
         self.counters["packet_in"] += 1
         if not self.topology.is_trunk(dpid, in_port):
-            if pkt.arp_spa is not None:
-                self.inventory.observe(pkt.eth_src, self.wall(), pkt.arp_spa, ip_is_own=True)
-            else:
-                self.inventory.observe(pkt.eth_src, self.wall(), pkt.ipv4_src)
+            self.inventory.observe(pkt.eth_src, self.wall(), pkt.arp_spa)
             if self.topology.observe(pkt.eth_src, dpid, in_port, now):
                 loc = self.topology.location(pkt.eth_src)
                 LOG.debug("device %s at %016x:%d", pkt.eth_src, loc.dpid, loc.port)

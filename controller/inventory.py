@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from controller.config import Config
@@ -27,21 +26,14 @@ class Inventory:
     def __init__(self, config: Config, max_devices: int = 10000) -> None:
         self.config = config
         self.max_devices = max_devices
-        self._nets = [ipaddress.ip_network(n) for n in config.internal_subnets]
         self.devices: dict[str, DeviceRecord] = {}
         self.dropped = 0   # sightings refused because the table was full
 
-    def _internal(self, ip: str) -> bool:
-        addr = ipaddress.ip_address(ip)
-        return any(addr in n for n in self._nets)
+    def observe(self, mac: str, now: float, arp_ip: str | None = None) -> DeviceRecord | None:
+        """Record a frame from `mac`; `arp_ip` is the sender address of an ARP frame.
 
-    def observe(self, mac: str, now: float, ip: str | None = None,
-                ip_is_own: bool = False) -> DeviceRecord | None:
-        """Record a frame from `mac`; `ip` is its sender address.
-
-        ARP sender addresses are the device's own (`ip_is_own`); an IPv4 source
-        is only taken inside the internal subnets, since a gateway forwards
-        packets carrying other hosts' addresses.
+        Only ARP binds an address to a MAC: an IPv4 source is not evidence,
+        since a gateway forwards other hosts' packets under its own MAC.
         """
         rec = self.devices.get(mac)
         if rec is None:
@@ -51,11 +43,11 @@ class Inventory:
             rec = self.devices[mac] = DeviceRecord(mac, self._default_name(mac), first_seen=now)
             self._apply_config(rec)
         rec.last_seen = now
-        if ip and ip != "0.0.0.0" and ip not in rec.ips and (ip_is_own or self._internal(ip)):
-            if len(rec.ips) < self.MAX_IPS_PER_DEVICE:
-                rec.ips.append(ip)
-                if not rec.configured:
-                    self._apply_config(rec)
+        if arp_ip and arp_ip != "0.0.0.0" and arp_ip not in rec.ips \
+                and len(rec.ips) < self.MAX_IPS_PER_DEVICE:
+            rec.ips.append(arp_ip)
+            if not rec.configured:
+                self._apply_config(rec)
         return rec
 
     @staticmethod

@@ -46,11 +46,11 @@ def _rate(bps: float) -> str:
 
 
 def device_table(devices: list[dict]) -> str:
-    lines = [f"{'device':<11} {'mac':<17} {'ip':<14} {'tags':<16} {'switch':<16} {'port':>4} "
+    lines = [f"{'device':<11} {'mac':<17} {'ip':<12} {'tags':<16} {'switch':<16} {'port':>4} "
              f"{'tx':>11} {'rx':>11} {'pkt/s':>7}"]
     for d in sorted(devices, key=lambda d: (d["dpid"] or "", d["port"] or 0)):
         lines.append(
-            f"{d['name']:<11} {d['mac'] or '-':<17} {','.join(d['ips'])[:14]:<14} "
+            f"{d['name']:<11} {d['mac'] or '-':<17} {(d['ips'] or ['-'])[-1]:<12} "
             f"{','.join(d['tags'])[:16]:<16} {d['dpid'] or '-':<16} {d['port'] or '-':>4} "
             f"{_rate(d['tx_bytes_per_s']):>11} {_rate(d['rx_bytes_per_s']):>11} "
             f"{d['packets_per_s']:7.1f}")

@@ -35,6 +35,7 @@ from mininet.topo import Topo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DNS_SERVER = os.path.join(HERE, 'dns_server.py')
+HTTP_SERVER = os.path.join(HERE, 'http_server.py')
 # PIDs of services we start are also written here, so a later run can end the
 # leftovers of a killed run by PID (after checking their command line).
 PID_DIR = '/run/iotguard-topologies'
@@ -304,7 +305,7 @@ def start_services(net):
                  '</body></html>\n' % (topo.NAME, inet.name, topo.INET_IP))
     with open(os.path.join(www, 'firmware', 'latest.bin'), 'wb') as fh:
         fh.write(bytes(range(256)) * 256)          # 64 KiB "firmware image"
-    start_process(net, inet, [sys.executable, '-m', 'http.server', '80',
+    start_process(net, inet, [sys.executable, HTTP_SERVER, '--port', '80',
                               '--bind', topo.INET_IP, '--directory', www], 'http')
     records = []
     for name, addr in sorted(topo.dns_zone().items()):

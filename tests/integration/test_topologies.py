@@ -280,6 +280,9 @@ def test_http_from_iot_host(running):
     size = host.cmd("timeout 5 curl -sS -o /dev/null -w '%%{size_download}' "
                     "http://%s/firmware/latest.bin" % topo.INET_IP)
     assert size.strip() == '65536', size
+    up = host.cmd("head -c 300000 /dev/zero | timeout 5 curl -sS --data-binary @- "
+                  "http://%s/upload" % topo.INET_IP)
+    assert 'received 300000 bytes' in up, up
     # the outside is reached through the gateway's MAC, not directly
     neigh = host.cmd('ip neigh show')
     assert topo.INET_IP not in neigh

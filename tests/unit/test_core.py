@@ -137,3 +137,13 @@ def test_port_stats_multipart_and_deltas():
     c.port_stats_part(1, 10, [(1, 150, 260, 2, 4)], more=True)
     deltas = c.port_stats_part(1, 10, [(2, 5, 5, 1, 1)], more=False)
     assert [(d.port, d.rx_bytes, d.tx_bytes) for d in deltas] == [(1, 50, 60), (2, 5, 5)]
+
+
+def test_gateway_does_not_inherit_the_addresses_it_routes():
+    c, _ = core()
+    c.switch_connected(1)
+    gw = "00:00:00:00:00:01"
+    c.packet_in(1, 1, arp(gw, "10.0.0.1", "10.0.0.11"))
+    c.packet_in(1, 1, tcp(gw, CAM, "203.0.113.10", "10.0.0.11", 80))   # routed in
+    c.packet_in(1, 1, tcp(gw, HUB, "10.0.0.11", "10.0.0.12", 80))      # hairpinned LAN source
+    assert c.inventory.get(gw).ips == ["10.0.0.1"]
