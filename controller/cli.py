@@ -7,9 +7,11 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 
 from controller import __version__
+from controller.api import load_or_create_token
 from controller.config import ConfigError, Config, load_config
 
 DESCRIPTION = """\
@@ -71,8 +73,31 @@ def effective_config(args) -> Config:
     return dataclasses.replace(config, **overrides)
 
 
+def _check_listen(host: str, port: int, what: str) -> None:
+    """Fail early and clearly when a port is taken (the framework would only log it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot listen for {what} on {host}:{port}: {e.strerror}") from None
+
+
+def prepare_state(config: Config) -> None:
+    """Create the state directory and the API token before the framework starts."""
+    try:
+        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+        load_or_create_token(config.api_token, config.state_dir)
+    except OSError as e:
+        raise OSError(f"cannot use state directory {config.state_dir}: {e.strerror or e}") from None
+
+
 def cmd_run(args) -> int:
     config = effective_config(args)
+    prepare_state(config)
+    _check_listen(config.ofp_host, config.ofp_port, "OpenFlow switches")
+    _check_listen(config.api_host, config.api_port, "the REST API")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from controller import app, compat  # the framework loads only when we run

@@ -179,9 +179,14 @@ class Core:
         if deltas.window <= 0:
             return {}
         per_dev = by_device(deltas, self.registry, self._edge_array())
+        wall = self.wall()
         for mac, t in per_dev.items():
             self.traffic[mac] = t
             self.traffic_time[mac] = now
+            if t.tx_packets:   # flows carry its traffic now, so packet-ins no longer say it is alive
+                rec = self.inventory.get(mac)
+                if rec is not None:
+                    rec.last_seen = wall
         if len(deltas.vanished):
             self._retire.update(int(c) & rules.COOKIE_ID_MASK for c in deltas.vanished
                                 if rules.cookie_kind(int(c)) == rules.Kind.FORWARD)

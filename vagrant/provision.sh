@@ -9,7 +9,7 @@ REPO=${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 VENV=${VENV:-$REPO/.venv}
 PKGS=(openvswitch-switch openvswitch-testcontroller mininet iputils-ping ethtool
       iperf3 hping3 nmap tcpdump netcat-openbsd curl iproute2 procps
-      python3-venv python3-pip python3-dev)
+      python3 python3-venv python3-pip python3-dev)
 
 log() { printf '[provision] %s\n' "$*"; }
 

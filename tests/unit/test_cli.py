@@ -56,3 +56,23 @@ def test_overrides_apply(tmp_path):
 def test_missing_config_file(missing):
     r = run_cli("config", missing)
     assert r.returncode == 2 and missing in r.stderr and "not found" in r.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"api: {{port: {port}}}\nstate_dir: {tmp_path / 'state'}\n")
+        r = run_cli("run", "--config", str(cfg), "--ofp-port", str(port + 1 if port < 65535 else 1024))
+    assert r.returncode == 1
+    assert f"cannot listen for the REST API on 127.0.0.1:{port}" in r.stderr
+
+
+def test_unusable_state_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("run", "--state-dir", str(blocker / "state"))
+    assert r.returncode == 1 and "cannot use state directory" in r.stderr
