@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from topologies.lab import Controller, have_ovs
+from topologies.lab import have_ovs, running
 
 INET = "203.0.113.10"
 
@@ -70,46 +70,34 @@ def main(argv: list[str] | None = None) -> int:
     if not have_ovs():
         print("demo: Open vSwitch is not running; run `sudo make provision` first", file=sys.stderr)
         return 2
-    from topologies.net import dns_query_cmd, inventory, start_network, start_process, stop_network
+    from topologies.net import dns_query_cmd, start_process
     from topologies.smart_home import SmartHomeTopo
 
     topo = SmartHomeTopo()
-    ctl = Controller(inventory(topo))
-    net = None
     try:
-        print(f"[demo] starting iotguard (OpenFlow 127.0.0.1:{ctl.ofp_port}, "
-              f"API 127.0.0.1:{ctl.api_port})")
-        ctl.start()
-        print("[demo] starting smart_home: 2 switches, 10 devices, gateway, internet host")
-        net = start_network(topo, controller_port=ctl.ofp_port)
-        ctl.wait_switches(2)
-        loss = net.pingAll(timeout="1")
-        print(f"[demo] pingall: {loss:.0f}% loss")
-        dns = dns_query_cmd(INET, "cloud.example")
-        for host, loop in TRAFFIC:
-            start_process(net, host, ["timeout", str(args.seconds + 5), "sh", "-c",
-                                      loop.replace("{dns}", dns + " >/dev/null")], name="traffic")
-        print(f"[demo] {len(TRAFFIC)} devices generating benign traffic for {args.seconds}s")
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < args.seconds:
-            time.sleep(min(args.every, args.seconds - (time.monotonic() - t0)))
-            elapsed = time.monotonic() - t0
-            health = ctl.get("/api/v1/health")
-            print(f"\n[demo] t={elapsed:4.0f}s  switches={len(health['switches'])} "
-                  f"links={len(health['links'])} polls={health['counters']['polls']} "
-                  f"packet-ins={health['counters']['packet_in']}")
-            print(device_table(ctl.get("/api/v1/devices")["devices"]))
-        print(f"\n[demo] done. The API token was in {ctl.dir}/state/api-token; everything is cleaned up.")
+        print("[demo] starting iotguard and smart_home: 2 switches, 10 devices, gateway, internet host")
+        with running(topo) as (ctl, net):
+            print(f"[demo] controller up (OpenFlow 127.0.0.1:{ctl.ofp_port}, API 127.0.0.1:{ctl.api_port})")
+            loss = net.pingAll(timeout="1")
+            print(f"[demo] pingall: {loss:.0f}% loss")
+            dns = dns_query_cmd(INET, "cloud.example")
+            for host, loop in TRAFFIC:
+                start_process(net, host, ["timeout", str(args.seconds + 5), "sh", "-c",
+                                          loop.replace("{dns}", dns + " >/dev/null")], name="traffic")
+            print(f"[demo] {len(TRAFFIC)} devices generating benign traffic for {args.seconds}s")
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < args.seconds:
+                time.sleep(max(0.0, min(args.every, args.seconds - (time.monotonic() - t0))))
+                health = ctl.get("/api/v1/health")
+                print(f"\n[demo] t={time.monotonic() - t0:4.0f}s  switches={len(health['switches'])} "
+                      f"links={len(health['links'])} polls={health['counters']['polls']} "
+                      f"packet-ins={health['counters']['packet_in']}")
+                print(device_table(ctl.get("/api/v1/devices")["devices"]))
+        print("\n[demo] done; the controller, the network and its processes are cleaned up.")
         return 0
     except KeyboardInterrupt:
-        print("\n[demo] interrupted; cleaning up")
+        print("\n[demo] interrupted; cleaned up")
         return 130
-    finally:
-        stop_network(net)
-        code = ctl.stop()
-        if code not in (0, None):
-            print(f"[demo] controller exited with {code}:\n{ctl.logs()}", file=sys.stderr)
-        ctl.cleanup()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ callers' `finally`; nothing here kills by name.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import os
 import shutil
 import signal
@@ -137,3 +138,19 @@ def ping(src, dst_ip: str, count: int = 1, wait: int = 1) -> bool:
     """True if every echo got an answer."""
     out = src.cmd(f"timeout {count * wait + 3} ping -c {count} -W {wait} {dst_ip}")
     return " 0% packet loss" in out
+
+
+@contextmanager
+def running(topo, **controller_args):
+    """The controller and `topo` against it; both are gone when the block ends."""
+    from topologies.net import inventory, start_network, stop_network
+    ctl = Controller(inventory(topo), **controller_args)
+    net = None
+    try:
+        ctl.start(timeout=30)
+        net = start_network(topo, controller_port=ctl.ofp_port)
+        ctl.wait_switches(len(topo.switches()))
+        yield ctl, net
+    finally:
+        stop_network(net)
+        ctl.cleanup()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from topologies.lab import RYU_MANAGER, Controller, have_ovs, ping
+from topologies.lab import RYU_MANAGER, Controller, have_ovs, ping, running
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not have_ovs(), reason="needs root and a running Open vSwitch "
@@ -39,16 +39,8 @@ def flows(bridge: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def smart_home():
     topo = SmartHomeTopo()
-    ctl = Controller(inventory(topo))
-    net = None
-    try:
-        ctl.start()
-        net = start_network(topo, controller_port=ctl.ofp_port)
-        ctl.wait_switches(2)
+    with running(topo) as (ctl, net):
         yield ctl, net, topo
-    finally:
-        stop_network(net)
-        ctl.cleanup()
 
 
 def test_pingall_smart_home(smart_home):
@@ -58,7 +50,7 @@ def test_pingall_smart_home(smart_home):
 
 def test_tcp_iperf3_and_http(smart_home):
     ctl, net, _ = smart_home
-    laptop, camera, inet = net.get("laptop"), net.get("camera"), net.get("inet")
+    laptop, camera = net.get("laptop"), net.get("camera")
     srv = laptop.popen(["timeout", "15", "iperf3", "-s", "-1", "-p", "5201"])
     try:
         time.sleep(0.5)
@@ -118,21 +110,13 @@ def test_devices_api_locates_every_host(smart_home):
 
 def test_enterprise_pingall_and_locations():
     topo = EnterpriseTopo()
-    ctl = Controller(inventory(topo))
-    net = None
-    try:
-        ctl.start()
-        net = start_network(topo, controller_port=ctl.ofp_port)
-        ctl.wait_switches(len(topo.switches()))
+    with running(topo) as (ctl, net):
         ctl.wait_for(lambda: len(ctl.get("/api/v1/health")["links"]) >= 2 * (len(topo.switches()) - 1),
                      5.0, "every inter-switch link discovered")
         assert net.pingAll(timeout="1") == 0.0
         devs = ctl.devices()
         for name, loc in locations(topo).items():
             assert (devs[name]["dpid"], devs[name]["port"]) == (loc["dpid"], loc["port"]), name
-    finally:
-        stop_network(net)
-        ctl.cleanup()
 
 
 def test_restart_restores_forwarding_within_10s():
@@ -188,35 +172,19 @@ def test_sigterm_and_sigint_exit_0_within_3s():
 
 
 def test_eventlet_hub_pingall():
-    topo = SmartHomeTopo()
-    ctl = Controller(inventory(topo), env={"OSKEN_HUB_TYPE": "eventlet"})
-    net = None
-    try:
-        ctl.start()
-        net = start_network(topo, controller_port=ctl.ofp_port)
-        ctl.wait_switches(2)
+    with running(SmartHomeTopo(), env={"OSKEN_HUB_TYPE": "eventlet"}) as (ctl, net):
         assert net.pingAll(timeout="1") == 0.0
         ctl.wait_for(lambda: ctl.devices()["camera"]["dpid"] == "0000000000000102", 3.0,
                      "camera located under eventlet")
+        assert ctl.get("/api/v1/health")["framework"] == "os-ken"
         assert ctl.stop(signal.SIGTERM) == 0
-    finally:
-        stop_network(net)
-        ctl.cleanup()
 
 
 @pytest.mark.skipif(not os.path.exists(RYU_MANAGER),
                     reason="Ryu 4.34 venv missing: run vagrant/install-ryu.sh (make test does)")
 def test_ryu_manager_smoke():
-    topo = SmartHomeTopo()
-    ctl = Controller(inventory(topo), framework="ryu")
-    net = None
-    try:
-        ctl.start(timeout=30)
+    with running(SmartHomeTopo(), framework="ryu") as (ctl, net):
         assert "iotguard on ryu" in ctl.logs()
-        net = start_network(topo, controller_port=ctl.ofp_port)
-        ctl.wait_switches(2)
+        assert ctl.get("/api/v1/health")["framework"] == "ryu"
         assert net.pingAll(timeout="1") == 0.0
         assert ctl.devices()["camera"]["port"] == 2
-    finally:
-        stop_network(net)
-        ctl.cleanup()
