@@ -8,6 +8,7 @@ pair without parsing any match.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +54,11 @@ class FlowRegistry:
         self._mac_idx: dict[str, int] = {}
         self.src_dev = np.full(capacity, -1, dtype=np.int64)
         self.dst_dev = np.full(capacity, -1, dtype=np.int64)
+        # What each flow id matches, as arrays for vectorised feature extraction:
+        # IPv4 destination (0 for L2 flows), IP protocol and destination port (-1 if none).
+        self.ip_dst = np.zeros(capacity, dtype=np.uint32)
+        self.proto = np.full(capacity, -1, dtype=np.int16)
+        self.tp_dst = np.full(capacity, -1, dtype=np.int32)
         self.last_used: dict[int, float] = {}
 
     def __len__(self) -> int:
@@ -75,15 +81,22 @@ class FlowRegistry:
         if fid > rules.COOKIE_ID_MASK:
             raise OverflowError("flow id space exhausted")
         if fid >= len(self.src_dev):
-            grow = max(len(self.src_dev), fid + 1)
-            self.src_dev = np.concatenate([self.src_dev, np.full(grow, -1, dtype=np.int64)])
-            self.dst_dev = np.concatenate([self.dst_dev, np.full(grow, -1, dtype=np.int64)])
+            self._grow(max(len(self.src_dev), fid + 1))
         self._ids[key] = fid
         self._keys[fid] = key
         self.last_used[fid] = now
         self.src_dev[fid] = self.mac_index(key.eth_src)
         self.dst_dev[fid] = self.mac_index(key.eth_dst)
+        self.ip_dst[fid] = int(ipaddress.IPv4Address(key.ipv4_dst)) if key.ipv4_dst else 0
+        self.proto[fid] = -1 if key.ip_proto is None else key.ip_proto
+        self.tp_dst[fid] = -1 if key.tp_dst is None else key.tp_dst
         return fid
+
+    def _grow(self, extra: int) -> None:
+        def more(a: np.ndarray, fill) -> np.ndarray:
+            return np.concatenate([a, np.full(extra, fill, dtype=a.dtype)])
+        self.src_dev, self.dst_dev = more(self.src_dev, -1), more(self.dst_dev, -1)
+        self.ip_dst, self.proto, self.tp_dst = more(self.ip_dst, 0), more(self.proto, -1), more(self.tp_dst, -1)
 
     def key_for(self, fid: int) -> FlowKey | None:
         return self._keys.get(fid)
@@ -98,8 +111,8 @@ class FlowRegistry:
             if key is not None:
                 del self._ids[key]
                 del self.last_used[fid]
-                self.src_dev[fid] = -1
-                self.dst_dev[fid] = -1
+                self.src_dev[fid] = self.dst_dev[fid] = -1
+                self.ip_dst[fid], self.proto[fid], self.tp_dst[fid] = 0, -1, -1
                 n += 1
         return n
 

@@ -61,3 +61,13 @@ def test_registry_grows_and_forgets():
     reg.forget([ids[0]])
     assert reg.key_for(ids[0]) is None and reg.src_dev[ids[0]] == -1
     assert reg.id_for(rules.flow_key(A, B, 0x0800, "10.0.0.1", 6, 80)) == 10
+
+
+def test_registry_arrays_describe_each_flow():
+    reg = FlowRegistry(capacity=1)
+    tcp = reg.id_for(rules.flow_key(A, B, 0x0800, "10.0.0.2", 6, 23))
+    icmp = reg.id_for(rules.flow_key(A, B, 0x0800, "203.0.113.10", 1, None))
+    l2 = reg.id_for(rules.flow_key(A, B, 0x0806))
+    assert (reg.ip_dst[tcp], reg.proto[tcp], reg.tp_dst[tcp]) == (0x0A000002, 6, 23)
+    assert (reg.ip_dst[icmp], reg.proto[icmp], reg.tp_dst[icmp]) == (0xCB00710A, 1, -1)
+    assert (reg.ip_dst[l2], reg.proto[l2], reg.tp_dst[l2]) == (0, -1, -1)
