@@ -15,11 +15,34 @@ import os
 import secrets
 from http.server import BaseHTTPRequestHandler
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 LOG = logging.getLogger("iotguard.api")
 
 Route = Callable[[dict], object]
+
+
+class ApiError(Exception):
+    """Raised by a route to answer with an error status and a JSON body."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+def query_float(query: str, name: str) -> float | None:
+    """A numeric query parameter, or None; ApiError(400) if it is not a number."""
+    values = parse_qs(query, keep_blank_values=True).get(name)
+    if not values:
+        return None
+    try:
+        value = float(values[-1])
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ApiError(400, "bad_request", f"query parameter {name!r} must be a number "
+                                           f"(unix seconds), got {values[-1][:40]!r}")
+    return value
 
 
 class Api:
@@ -44,6 +67,8 @@ class Api:
                          "message": f"{method} is not allowed on {path}; allowed: {sorted(methods)}"}
         try:
             return 200, self.routes[(method, path)]({"query": url.query})
+        except ApiError as e:
+            return e.status, {"error": e.error, "message": e.message}
         except Exception:  # noqa: BLE001 - a bug must not kill the server thread
             LOG.exception("API handler failed for %s %s", method, path)
             return 500, {"error": "internal", "message": "internal error; see the controller log"}

@@ -15,22 +15,25 @@ import os
 import time
 
 from controller import compat
-from controller.api import Api, load_or_create_token, make_handler, serve_connection
+from controller.api import Api, load_or_create_token, make_handler, query_float, serve_connection
 from controller.config import Config, load_config
 from controller.core import Core
+from controller.record import Recorder
 from controller.compat import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, hub, ofp,
                                ofp_event, set_ev_cls)
 
 LOG = logging.getLogger("iotguard.app")
 
 _CONFIG: Config | None = None
+_RECORD: str | None = None
 INSTANCE: "IoTGuard | None" = None
+SAVE_EVERY = 60.0   # seconds between baseline saves
 
 
-def configure(config: Config) -> None:
+def configure(config: Config, record: str | None = None) -> None:
     """Hand the launcher's validated config to the app before it is instantiated."""
-    global _CONFIG
-    _CONFIG = config
+    global _CONFIG, _RECORD
+    _CONFIG, _RECORD = config, record
 
 
 def _config() -> Config:
@@ -56,9 +59,14 @@ class IoTGuard(compat.BaseApp):
         self._inflight: dict[int, float] = {}     # dpid -> time the flow poll was sent
         self.running = True
         token = load_or_create_token(self.config.api_token, self.config.state_dir)
+        LOG.info(self.core.load_state())
+        if _RECORD:
+            self.core.recorder = Recorder(_RECORD, self.config.poll_interval)
+            LOG.info("recording detector input to %s", _RECORD)
         self.api = Api(token, {
             ("GET", "/api/v1/health"): lambda q: self._locked(self.core.health_view),
             ("GET", "/api/v1/devices"): lambda q: {"devices": self._locked(self.core.devices_view)},
+            ("GET", "/api/v1/alerts"): self._alerts,
         })
         self._server = None
 
@@ -76,9 +84,19 @@ class IoTGuard(compat.BaseApp):
                  self.config.api_host, self.config.api_port, self.config.poll_interval)
         return thread
 
+    def _alerts(self, q: dict) -> dict:
+        since = query_float(q["query"], "since")
+        return {"alerts": self._locked(self.core.detector.recent, since)}
+
     def stop_serving(self) -> None:
-        """Stop the loops and close the API socket (the launcher exits after)."""
+        """Stop the loops, save the baselines, close the API socket (the launcher exits after)."""
         self.running = False
+        try:
+            self._locked(self.core.save_state)
+        except OSError as e:
+            LOG.error("could not save baselines: %s", e)
+        if self.core.recorder is not None:
+            self.core.recorder.close()
         if self._server is not None:
             try:
                 self._server.server.close()
@@ -98,8 +116,16 @@ class IoTGuard(compat.BaseApp):
     # ------------------------------------------------------------ loops
     def _poll_loop(self) -> None:
         interval = self.config.poll_interval
+        saved = time.monotonic()
         while self.running:
             start = time.monotonic()
+            self._locked(self.core.poll_tick)
+            if start - saved >= SAVE_EVERY:
+                saved = start
+                try:
+                    self._locked(self.core.save_state)
+                except OSError as e:
+                    LOG.error("could not save baselines: %s", e)
             for dpid, dp in list(self.datapaths.items()):
                 sent = self._inflight.get(dpid)
                 if sent is not None and start - sent < 3 * interval:

@@ -19,7 +19,8 @@ iotguard: an OpenFlow 1.3 controller app that learns how each IoT device
 normally behaves and answers misbehaviour with operator-written playbooks.
 
 commands:
-  run        start the controller (OpenFlow listener, stats polling, REST API)
+  run        start the controller (OpenFlow listener, stats polling, detection, REST API)
+  replay     run the detector offline over a recording made with 'run --record'
   config     validate a configuration file and print the effective settings
 
 Run 'iotguard COMMAND --help' for a command's options."""
@@ -45,8 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", metavar="DIR",
                      help="directory for the API token and learned state (overrides state_dir; "
                           "default /var/lib/iotguard)")
+    run.add_argument("--record", metavar="FILE",
+                     help="append the detector's input (per-window device features and new-connection "
+                          "events, JSON lines) to FILE, for 'iotguard replay'")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                      help="log verbosity (default INFO)")
+
+    rep = sub.add_parser(
+        "replay", help="run the detector over a recording, offline",
+        description="Feed a recording made with 'iotguard run --record' to a fresh detector (no "
+                    "switch, no root) and print its alerts as JSON lines, oldest first. The "
+                    "config's detection settings and device inventory apply.")
+    rep.add_argument("file", metavar="FILE", help="recording (JSON lines)")
+    rep.add_argument("--config", metavar="FILE", help="YAML configuration file")
 
     cfg = sub.add_parser("config", help="validate a configuration file",
                          description="Validate FILE and print the effective settings as JSON. "
@@ -113,8 +125,22 @@ def cmd_run(args) -> int:
 
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGTERM, shutdown)
-    app.configure(config)
+    app.configure(config, record=os.path.abspath(args.record) if args.record else None)
     compat.run_apps(["controller.app"], config.ofp_host, config.ofp_port)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    import json
+    from controller.record import RecordError, replay
+    config = load_config(args.config) if args.config else Config()
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            for alert in replay(f, config, source=args.file):
+                print(json.dumps(alert, sort_keys=True), flush=True)
+    except RecordError as e:
+        print(f"iotguard: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -131,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 2
     try:
-        return {"run": cmd_run, "config": cmd_config}[args.command](args)
+        return {"run": cmd_run, "replay": cmd_replay, "config": cmd_config}[args.command](args)
     except ConfigError as e:
         print(f"iotguard: configuration error: {e}", file=sys.stderr)
         return 2

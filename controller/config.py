@@ -73,6 +73,14 @@ class Config:
     packet_in_burst: int = 200
     lldp_interval: float = 1.0
     devices: tuple[Device, ...] = ()
+    # detection (issue 3): see docs/config.md
+    learn_seconds: float = 300.0
+    far: float = 1e-4
+    burst_floor: int = 20
+    outbreak_devices: int = 3
+    outbreak_seconds: float = 30.0
+    max_shift_per_day: float = 0.7
+    exclude_tags: tuple[str, ...] = ("gateway", "internet", "infra", "external")
 
     # Indexes are built on first use: lookups happen on the packet-in path.
     # cached_property writes to __dict__ directly, so it works on a frozen dataclass
@@ -125,11 +133,13 @@ _ALLOWED_TAGS = frozenset(_KIND)
 _TEXT_TAGS = frozenset({_STR, _INT, _FLOAT, _TIMESTAMP})
 
 _TOP_KEYS = ("openflow", "api", "poll_interval", "state_dir", "internal_subnets",
-             "forwarding", "lldp_interval", "devices")
+             "forwarding", "lldp_interval", "devices", "detection")
 _OFP_KEYS = ("listen_host", "port")
 _API_KEYS = ("listen_host", "port", "token")
 _FWD_KEYS = ("idle_timeout", "packet_in_rate", "packet_in_burst")
 _DEVICE_KEYS = ("name", "mac", "ip", "ips", "tags")
+_DETECT_KEYS = ("learn_seconds", "false_alarm_rate", "burst_floor", "outbreak_devices",
+                "outbreak_seconds", "max_shift_per_day", "exclude_tags")
 
 
 def _normalise_mac(text: str) -> str | None:
@@ -336,6 +346,20 @@ def _build(doc: _Doc, root: Node | None) -> Config:
 
     if "devices" in top and top["devices"].tag != _NULL:
         out["devices"] = _devices(doc, top["devices"])
+
+    det = doc.mapping(top["detection"], "detection", _DETECT_KEYS) if "detection" in top else {}
+    doc.optional(det, "learn_seconds", "detection", lambda n, p: doc.number(n, p, 10, 30 * 86400),
+                 out, "learn_seconds")
+    doc.optional(det, "false_alarm_rate", "detection", lambda n, p: doc.number(n, p, 1e-9, 0.5), out, "far")
+    doc.optional(det, "burst_floor", "detection", lambda n, p: doc.integer(n, p, 2, 100_000), out, "burst_floor")
+    doc.optional(det, "outbreak_devices", "detection", lambda n, p: doc.integer(n, p, 2, 100_000),
+                 out, "outbreak_devices")
+    doc.optional(det, "outbreak_seconds", "detection", lambda n, p: doc.number(n, p, 1, 86400),
+                 out, "outbreak_seconds")
+    doc.optional(det, "max_shift_per_day", "detection", lambda n, p: doc.number(n, p, 0, 10),
+                 out, "max_shift_per_day")
+    if "exclude_tags" in det and det["exclude_tags"].tag != _NULL:
+        out["exclude_tags"] = _tags(doc, det["exclude_tags"], "detection.exclude_tags")
     return Config(**out)  # type: ignore[arg-type]
 
 
@@ -361,6 +385,18 @@ def _subnets(doc: _Doc, node: Node) -> tuple[str, ...]:
                      f"duplicate subnet {net} (also internal_subnets[{seen[net]}])")
         seen[net] = i
     return tuple(seen)
+
+
+def _tags(doc: _Doc, node: Node, path: str) -> tuple[str, ...]:
+    tags: list[str] = []
+    for j, tnode in enumerate(doc.sequence(node, path)):
+        tag = doc.text(tnode, f"{path}[{j}]")
+        if not _TAG_RE.fullmatch(tag):
+            doc.fail(tnode, f"{path}[{j}]", f"invalid tag {_short(tag)}: use 1-32 of a-z 0-9 _ -")
+        if tag in tags:
+            doc.fail(tnode, f"{path}[{j}]", f"duplicate tag {tag!r}")
+        tags.append(tag)
+    return tuple(tags)
 
 
 def _devices(doc: _Doc, node: Node) -> tuple[Device, ...]:
@@ -415,17 +451,9 @@ def _devices(doc: _Doc, node: Node) -> tuple[Device, ...]:
         if mac is None and not ips:
             doc.fail(dnode, p, "device needs at least one of 'mac', 'ip' or 'ips'")
 
-        tags: list[str] = []
-        if "tags" in present:
-            for j, tnode in enumerate(doc.sequence(present["tags"], f"{p}.tags")):
-                tag = doc.text(tnode, f"{p}.tags[{j}]")
-                if not _TAG_RE.fullmatch(tag):
-                    doc.fail(tnode, f"{p}.tags[{j}]", f"invalid tag {_short(tag)}: use 1-32 of a-z 0-9 _ -")
-                if tag in tags:
-                    doc.fail(tnode, f"{p}.tags[{j}]", f"duplicate tag {tag!r}")
-                tags.append(tag)
+        tags = _tags(doc, present["tags"], f"{p}.tags") if "tags" in present else ()
 
-        devices.append(Device(name=name, mac=mac, ips=tuple(ips), tags=tuple(tags)))
+        devices.append(Device(name=name, mac=mac, ips=tuple(ips), tags=tags))
     return tuple(devices)
 
 

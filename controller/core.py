@@ -9,6 +9,7 @@ them directly.  Not thread-safe: the app holds one lock around every call.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Union
@@ -17,10 +18,14 @@ import numpy as np
 
 from controller import rules
 from controller.config import Config
-from controller.forwarding import FLOOD, Forwarder, FlowRegistry
+from controller.detector import Alert, Detector
+from controller.features import FeatureExtractor, KnownDestinations
+from controller.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
 from controller.inventory import Inventory
 from controller.ofwire import flow_stats_heads
-from controller.packets import LldpSigner, parse_frame
+from controller.packets import LldpSigner, ip_int, parse_frame
+from controller.profiles import store_for
+from controller.record import Recorder
 from controller.rules import Barrier, FlowSpec, MeterSpec, PacketOut
 from controller.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler,
                               PortDelta, PortStatsTracker, by_device, edge_array)
@@ -67,7 +72,13 @@ class Core:
         self._retire: set[int] = set()     # flow ids that vanished somewhere
         self._retired_at = 0.0
         self.counters = {"packet_in": 0, "lldp_in": 0, "flow_entries": 0, "polls": 0,
-                         "malformed": 0}
+                         "malformed": 0, "windows": 0, "alerts": 0}
+        self.known = KnownDestinations()
+        self.extractor = FeatureExtractor(self.registry, config.internal_subnets, self.known)
+        self.store = store_for(config, known=self.known)
+        self.detector = Detector(config, self.store, self.who)
+        self.recorder: Recorder | None = None
+        self._window_start = clock()
 
     # ------------------------------------------------------------ switches
     def switch_connected(self, dpid: int) -> Out:
@@ -150,12 +161,81 @@ class Core:
                 loc = self.topology.location(pkt.eth_src)
                 LOG.debug("device %s at %016x:%d", pkt.eth_src, loc.dpid, loc.port)
         decision = self.forwarder.packet_in(dpid, in_port, pkt, now)
+        for f in decision.flows:
+            if f.command == "add" and rules.cookie_kind(f.cookie) == rules.Kind.FORWARD:
+                self.extractor.new_flow(rules.cookie_id(f.cookie))
+        if self.topology.edge_dpid(pkt.eth_src) == dpid and not self.topology.is_trunk(dpid, in_port):
+            self._event(pkt)
         out: Out = [(dpid, f) for f in decision.flows]
         if decision.out_port is None:
             return out
         port: int | str = "flood" if decision.out_port == FLOOD else decision.out_port
         out.append((dpid, PacketOut(data, port, in_port)))
         return out
+
+    def _event(self, pkt: PacketInfo) -> None:
+        """Feed the event path: a device starting a conversation, seen at its own edge."""
+        if pkt.tcp_flags is not None:
+            if pkt.tcp_flags & 0x12 != 0x02:   # only a bare SYN opens a connection
+                return
+            proto, ip, port = rules.IPPROTO_TCP, pkt.ipv4_dst, pkt.tp_dst
+        elif pkt.ip_proto == rules.IPPROTO_UDP and pkt.tp_dst is not None and pkt.tp_dst < 49152:
+            proto, ip, port = rules.IPPROTO_UDP, pkt.ipv4_dst, pkt.tp_dst   # not a reply to an ephemeral port
+        elif pkt.arp_op == 1 and pkt.arp_tpa is not None:
+            proto, ip, port = 0, pkt.arp_tpa, -1                          # ARP who-has: a sweep of absent hosts
+        else:
+            return
+        wall = self.wall()
+        addr = ip_int(ip)
+        if self.recorder is not None:
+            self.recorder.event(wall, pkt.eth_src, proto, addr, port)
+        alert = self.detector.on_new_flow(pkt.eth_src, proto, addr, port, wall)
+        if alert is not None:
+            self._raised([alert])
+
+    # ------------------------------------------------------------ detection
+    def who(self, mac: str) -> tuple[str, tuple[str, ...]]:
+        rec = self.inventory.get(mac)
+        if rec is not None:
+            return rec.name, rec.tags
+        dev = self.config.device_by_mac(mac)
+        return (dev.name, tuple(dev.tags)) if dev else ("dev-" + mac.replace(":", "")[-6:], ())
+
+    def poll_tick(self) -> list[Alert]:
+        """Close the feature window (called once per poll interval, before the next poll)."""
+        now = self.clock()
+        window = now - self._window_start
+        self._window_start = now
+        if window <= 0:
+            return []
+        wf = self.extractor.close(now, window)
+        wall = self.wall()
+        self.counters["windows"] += 1
+        for mac in wf.macs:
+            p = self.store.profiles.get(mac)
+            if p is None or p.learning:
+                self.known.learn(mac, self.extractor.last_destinations(mac))
+        if self.recorder is not None:
+            self.recorder.window(wall, wf, self.who)
+        alerts = self.detector.on_window(wf, wall)
+        self._raised(alerts)
+        return alerts
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.config.state_dir, "baselines.json")
+
+    def load_state(self) -> str:
+        return self.store.load(self.state_path)
+
+    def save_state(self) -> None:
+        self.store.save(self.state_path)
+
+    def _raised(self, alerts: list[Alert]) -> None:
+        for a in alerts:
+            self.counters["alerts"] += 1
+            LOG.warning("ALERT %s %s (score %.1f > %.1f): %s", a.kind, a.device, a.score, a.threshold,
+                        a.explanation)
 
     # ------------------------------------------------------------ stats
     def flow_stats_part(self, dpid: int, xid: int, body: bytes, more: bool) -> dict[str, DeviceTraffic] | None:
@@ -178,7 +258,9 @@ class Core:
         self.counters["flow_entries"] += len(heads)
         if deltas.window <= 0:
             return {}
-        per_dev = by_device(deltas, self.registry, self._edge_array())
+        edges = self._edge_array()
+        self.extractor.add(deltas, edges)
+        per_dev = by_device(deltas, self.registry, edges)
         wall = self.wall()
         for mac, t in per_dev.items():
             self.traffic[mac] = t
@@ -220,7 +302,9 @@ class Core:
         if dpid in self.switches and rules.cookie_kind(cookie) == rules.Kind.FORWARD:
             delta = self.flow_tracker.removed(dpid, cookie, packets, nbytes, duration, self.clock())
             self._retire.add(rules.cookie_id(cookie))
-            for mac, t in by_device(delta, self.registry, self._edge_array()).items():
+            edges = self._edge_array()
+            self.extractor.add(delta, edges)
+            for mac, t in by_device(delta, self.registry, edges).items():
                 cur = self.traffic.get(mac)
                 if cur is not None:   # fold the tail into the device's last window
                     cur.tx_bytes += t.tx_bytes
@@ -282,4 +366,8 @@ class Core:
             "devices": len(self.inventory.devices),
             "poll_interval_s": self.config.poll_interval,
             "counters": dict(self.counters),
+            "detection": {"learning": sum(1 for p in self.store.profiles.values() if p.learning),
+                          "baselined": sum(1 for p in self.store.profiles.values() if not p.learning),
+                          "priors": sorted(c or "global" for c in self.store.priors),
+                          "learn_seconds": self.config.learn_seconds},
         }

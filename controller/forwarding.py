@@ -33,6 +33,8 @@ class PacketInfo:
     tp_dst: int | None = None
     arp_spa: str | None = None
     arp_tpa: str | None = None
+    arp_op: int | None = None
+    tcp_flags: int | None = None
 
 
 def is_group_mac(mac: str) -> bool:

@@ -36,6 +36,14 @@ def ip_str(b: bytes) -> str:
     return ".".join(str(x) for x in b)
 
 
+def ip_int(ip: str | None) -> int:
+    """Dotted quad to int (0 for None), the form the registry and features use."""
+    if not ip:
+        return 0
+    a, b, c, d = (int(x) for x in ip.split("."))
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
 def parse_frame(data: bytes) -> PacketInfo | None:
     """Ethernet (one optional 802.1Q tag), ARP, IPv4, TCP/UDP ports. None if too short."""
     if len(data) < 14:
@@ -47,21 +55,24 @@ def parse_frame(data: bytes) -> PacketInfo | None:
         off = 18
     eth_dst, eth_src = mac_str(dst), mac_str(src)
     if eth_type == ETH_TYPE_ARP and len(data) >= off + 28:
+        (op,) = struct.unpack_from("!H", data, off + 6)
         spa = ip_str(data[off + 14:off + 18])
         tpa = ip_str(data[off + 24:off + 28])
-        return PacketInfo(eth_src, eth_dst, eth_type, arp_spa=spa, arp_tpa=tpa)
+        return PacketInfo(eth_src, eth_dst, eth_type, arp_spa=spa, arp_tpa=tpa, arp_op=op)
     if eth_type == ETH_TYPE_IP and len(data) >= off + 20:
         ihl = (data[off] & 0x0F) * 4
         proto = data[off + 9]
         src_ip = ip_str(data[off + 12:off + 16])
         dst_ip = ip_str(data[off + 16:off + 20])
         frag = struct.unpack_from("!H", data, off + 6)[0] & 0x1FFF
-        sport = dport = None
+        sport = dport = flags = None
         l4 = off + ihl
         if proto in (IPPROTO_TCP, IPPROTO_UDP) and frag == 0 and ihl >= 20 and len(data) >= l4 + 4:
             sport, dport = struct.unpack_from("!HH", data, l4)
+            if proto == IPPROTO_TCP and len(data) >= l4 + 14:
+                flags = data[l4 + 13]
         return PacketInfo(eth_src, eth_dst, eth_type, ipv4_src=src_ip, ipv4_dst=dst_ip,
-                          ip_proto=proto, tp_src=sport, tp_dst=dport)
+                          ip_proto=proto, tp_src=sport, tp_dst=dport, tcp_flags=flags)
     return PacketInfo(eth_src, eth_dst, eth_type)
 
 

@@ -15,10 +15,11 @@ def ipv4(src, dst, proto, l4=b""):
 
 def test_tcp_frame():
     f = eth("00:00:00:00:00:02", "00:00:00:00:00:01", 0x0800,
-            ipv4("10.0.0.1", "10.0.0.2", 6, struct.pack("!HH", 40000, 23) + b"\0" * 16))
+            ipv4("10.0.0.1", "10.0.0.2", 6, struct.pack("!HHIIBB", 40000, 23, 0, 0, 0x50, 0x02) + b"\0" * 6))
     p = parse_frame(f)
     assert (p.eth_src, p.eth_dst, p.ipv4_src, p.ipv4_dst, p.ip_proto, p.tp_src, p.tp_dst) == \
         ("00:00:00:00:00:01", "00:00:00:00:00:02", "10.0.0.1", "10.0.0.2", 6, 40000, 23)
+    assert p.tcp_flags == 0x02   # SYN
 
 
 def test_arp_frame():
@@ -26,6 +27,7 @@ def test_arp_frame():
                       bytes([10, 0, 0, 1]), b"\0" * 6, bytes([10, 0, 0, 9]))
     p = parse_frame(eth("ff:ff:ff:ff:ff:ff", "00:00:00:00:00:01", 0x0806, arp))
     assert p.arp_spa == "10.0.0.1" and p.arp_tpa == "10.0.0.9" and p.ipv4_dst is None
+    assert p.arp_op == 1
 
 
 def test_vlan_tagged_and_short_frames():

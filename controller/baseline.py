@@ -1,0 +1,377 @@
+"""Per-device baselines: what normal looks like for one device, and how far a window is from it.
+
+Why this shape:
+
+* Features are counts, rates, shares and sizes spanning orders of magnitude, so everything is
+  modelled in log1p space: a 10x jump is the same distance at 10 B/s as at 10 MB/s.
+* Median and MAD, not mean and SD: the training windows may already hold a few odd ones.
+  The scale has a floor (`min_scale`) so a device that sends exactly the same thing every
+  window does not alarm on a byte of jitter.  It may be given per feature: a share in [0, 1]
+  spans only ln 2 = 0.69 in log1p space, so under the default 0.5 its z can never pass 1.39.
+* Most features are only suspicious going *up* (more ports, more bytes); a quiet device is not
+  an attack.  Shares and mean packet size are suspicious both ways (`two_sided`).
+* A covariance model (Ledoit-Wolf, F*F floats) over the features that varied in training
+  catches several of them moderately off together, or off against each other.  It fits the
+  20 KB/device budget; a per-device IsolationForest does not.  Features constant in training
+  stay out of it, so for them (and for a flat device) min_scale and z_floor alone decide.
+* The threshold is calibrated on the training scores for a target false-alarm rate per
+  window (`far`).  Too few windows for the empirical quantile: an exponential tail fitted to
+  the top 10% is extrapolated, which errs high for the light tails of normal traffic.
+
+Inputs are expected non-negative.  Negative values are clipped to 0 rather than rejected
+(scikit-learn's estimator checks feed random negative data; a negative count means nothing).
+
+Persistence is a plain JSON-able dict validated field by field: loading never runs code.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.covariance import LedoitWolf
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+SCHEMA = "iotguard.baseline/1"
+DAY = 86400.0
+MAD_TO_SD = 1.4826      # times the MAD of a normal sample, its standard deviation
+RANGE_K = 2.33          # explain(): median +- 2.33 scales is the 1st..99th percentile of a normal
+_Z_CAP = 8.0            # z fed to the covariance model: a few wild training windows cannot own it
+_VAR_FLOOR = 0.34       # var of max(z, 0), z ~ N(0, 1): a quiet feature counts as one scale unit noisy
+_D_SCALE_FLOOR = 0.7    # ~ the SD of a chi distance at any dimension: a tighter spread makes d_z jumpy
+_SCALE_SHIFT = 0.25     # fold(): the scale may move by this fraction of the median's daily budget
+_MAX_FEATURES = 4096    # from_dict() refuses anything larger before allocating it
+
+
+class BaselineFormatError(ValueError):
+    """A stored baseline is malformed; the message names the field."""
+
+
+@dataclass
+class Contribution:
+    """One feature's part in an alarm, in the units an operator knows."""
+
+    feature: str
+    observed: float
+    low: float          # the baseline's normal range, ~1st..99th percentile, original units
+    high: float
+    z: float
+    share: float        # z / sum of the window's positive z
+
+
+class DeviceBaseline(OutlierMixin, BaseEstimator):
+    """One device's normal behaviour; scores windows of features, higher = more anomalous.
+
+    scikit-learn conventions: `score_samples` is higher for normal, `decision_function` is
+    negative for outliers, `predict` gives +1 normal / -1 outlier, `offset_ = -threshold_`.
+    """
+
+    def __init__(self, far: float = 1e-4, min_scale: float | Sequence[float] = 0.5,
+                 z_floor: float = 4.0, two_sided: Sequence[int] = (), multivariate: bool = True) -> None:
+        self.far = far
+        self.min_scale = min_scale
+        self.z_floor = z_floor
+        self.two_sided = two_sided
+        self.multivariate = multivariate
+
+    # ------------------------------------------------------------ fitting
+    def fit(self, X, y=None) -> "DeviceBaseline":
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        _check_params(self.get_params(), X.shape[1], ValueError)
+        T = np.log1p(np.maximum(X, 0.0))
+        self.n_windows_ = int(X.shape[0])
+        self.median_ = np.median(T, axis=0)
+        mad = np.median(np.abs(T - self.median_), axis=0)
+        self.scale_ = np.maximum(MAD_TO_SD * mad, self._scale_floor())
+        self._fit_covariance(T)
+        self.threshold_ = self._calibrate(self._scores(T))
+        self.anchor_, self.anchor_scale_ = self.median_.copy(), self.scale_.copy()
+        self.anchor_time_ = None            # fold() starts the first 24 h period
+        return self
+
+    def _fit_covariance(self, T: np.ndarray) -> None:
+        F = T.shape[1]
+        if not self.multivariate:
+            self.location_, self.precision_ = np.zeros(F), np.zeros((F, F))
+            self.d_median_, self.d_scale_ = 0.0, 1.0
+            return
+        Z = self._mv_input(self._z(T))
+        self.location_, self.precision_ = Z.mean(axis=0), np.zeros((F, F))
+        # Features constant in training stay out: their covariance is unknown, and their
+        # per-feature z with its min_scale floor is the deliberate judgement on them.
+        v = np.flatnonzero(Z.std(axis=0) > 1e-9)
+        if v.size:
+            cov = LedoitWolf().fit(Z[:, v]).covariance_
+            diag = np.diag_indices(v.size)
+            cov[diag] = np.maximum(cov[diag], _VAR_FLOOR)   # raising a diagonal keeps it PSD
+            P = np.linalg.pinv(cov, hermitian=True)
+            self.precision_[np.ix_(v, v)] = (P + P.T) / 2
+        d = self._distance(self._z(T))
+        self.d_median_ = float(np.median(d))
+        self.d_scale_ = float(max(MAD_TO_SD * np.median(np.abs(d - self.d_median_)), _D_SCALE_FLOOR))
+
+    def _calibrate(self, a: np.ndarray) -> float:
+        """The (1 - far) quantile of the training scores, floored at z_floor."""
+        if len(a) * self.far >= 5 or self.far >= 0.1:
+            t = float(np.quantile(a, 1 - self.far))
+        else:
+            q90 = float(np.quantile(a, 0.9))
+            top = a[a > q90]
+            excess = float(np.mean(top - q90)) if top.size else 0.0
+            t = q90 + excess * math.log(0.1 / self.far)
+        return float(max(self.z_floor, t))
+
+    # ------------------------------------------------------------ scoring
+    def _logs(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return np.log1p(np.maximum(X, 0.0))
+
+    def _scale_floor(self) -> np.ndarray:
+        return np.broadcast_to(np.asarray(self.min_scale, dtype=np.float64), (self.n_features_in_,))
+
+    def _two_sided_mask(self) -> np.ndarray:
+        mask = np.zeros(self.n_features_in_, dtype=bool)
+        mask[list(self.two_sided)] = True
+        return mask
+
+    def _z(self, T: np.ndarray) -> np.ndarray:
+        return (T - self.median_) / self.scale_
+
+    def _one_or_two_sided(self, z: np.ndarray, two: np.ndarray) -> np.ndarray:
+        return np.where(self._two_sided_mask(), two, np.maximum(z, 0.0))
+
+    def _mv_input(self, z: np.ndarray) -> np.ndarray:
+        return np.clip(self._one_or_two_sided(z, z), -_Z_CAP, _Z_CAP)
+
+    def _distance(self, z: np.ndarray) -> np.ndarray:
+        D = self._mv_input(z) - self.location_
+        return np.sqrt(np.maximum(((D @ self.precision_) * D).sum(axis=1), 0.0))
+
+    def _scores(self, T: np.ndarray) -> np.ndarray:
+        z = self._z(T)
+        a = self._one_or_two_sided(z, np.abs(z)).max(axis=1)
+        if self.multivariate:
+            a = np.maximum(a, (self._distance(z) - self.d_median_) / self.d_scale_)
+        return a
+
+    def feature_z(self, X) -> np.ndarray:
+        """Per-feature robust z, (n, F): one-sided (drops are 0) except two-sided features."""
+        z = self._z(self._logs(X))
+        return self._one_or_two_sided(z, np.abs(z))
+
+    def anomaly_score(self, X) -> np.ndarray:
+        """max(largest feature z, multivariate distance as a z); above threshold_ = outlier."""
+        return self._scores(self._logs(X))
+
+    def score_samples(self, X) -> np.ndarray:
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X) -> np.ndarray:
+        return self.score_samples(X) + self.threshold_
+
+    def predict(self, X) -> np.ndarray:
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    @property
+    def offset_(self) -> float:
+        return -self.threshold_
+
+    def explain(self, x, feature_names: Sequence[str] | None = None, top: int = 3) -> list[Contribution]:
+        """The features that pushed one window up, largest z first (only z > 0)."""
+        row = np.asarray(x, dtype=np.float64).reshape(1, -1)
+        z = self.feature_z(row)[0]
+        if feature_names is None:
+            feature_names = getattr(self, "feature_names_in_", [f"x{j}" for j in range(len(z))])
+        names = [str(n) for n in feature_names]
+        if len(names) != len(z):
+            raise ValueError(f"explain: {len(names)} feature names for {len(z)} features")
+        low = np.maximum(np.expm1(self.median_ - RANGE_K * self.scale_), 0.0)
+        high = np.expm1(self.median_ + RANGE_K * self.scale_)
+        total = float(z[z > 0].sum())
+        order = [j for j in np.argsort(-z, kind="stable") if z[j] > 0][:top]
+        return [Contribution(names[j], float(max(row[0, j], 0.0)), float(low[j]), float(high[j]),
+                             float(z[j]), float(z[j] / total)) for j in order]
+
+    # ------------------------------------------------------------ drift
+    def fold(self, x, now: float, max_shift_per_day: float = 0.7, rate: float = 0.01,
+             suspicion: float = 0.5) -> bool:
+        """Let a normal window pull the baseline toward it, a little and boundedly.
+
+        Why bounded: a slow attacker would otherwise drag the baseline along.  Each median
+        moves at most `rate` scales per call (a stochastic-median step) and at most
+        `max_shift_per_day` (log1p units) from where it stood when the current 24 h period
+        began (so at most twice that across a period boundary).  The scale follows
+        1.4826 |T - m| the same way, by at most a quarter of that budget per period, as a log
+        ratio: a widening scale is the other lever an attacker has.  Windows scoring above
+        `suspicion * threshold_` are refused.  Returns True if the window was folded.
+        """
+        if not math.isfinite(now):
+            raise ValueError(f"fold: now must be a finite time in seconds, got {now!r}")
+        T = self._logs(np.asarray(x, dtype=np.float64).reshape(1, -1))
+        if self._scores(T)[0] > suspicion * self.threshold_:
+            return False
+        if self.anchor_time_ is None or now - self.anchor_time_ >= DAY:
+            self.anchor_, self.anchor_scale_ = self.median_.copy(), self.scale_.copy()
+            self.anchor_time_ = float(now)
+        elif now < self.anchor_time_:
+            self.anchor_time_ = float(now)      # clock went back: restart the period, keep the budget
+        dev = T[0] - self.median_
+        m = self.median_ + rate * self.scale_ * np.sign(dev)
+        self.median_ = np.clip(m, self.anchor_ - max_shift_per_day, self.anchor_ + max_shift_per_day)
+        s = self.scale_ * np.exp(rate * np.sign(MAD_TO_SD * np.abs(dev) - self.scale_))
+        lim = math.exp(_SCALE_SHIFT * max_shift_per_day)
+        s = np.clip(s, self.anchor_scale_ / lim, self.anchor_scale_ * lim)
+        self.scale_ = np.maximum(s, self._scale_floor())
+        return True
+
+    # ------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        """Numbers and lists only, JSON-serialisable."""
+        check_is_fitted(self)
+        return {
+            "schema": SCHEMA,
+            "params": {"far": float(self.far), "min_scale": _plain(self.min_scale),
+                       "z_floor": float(self.z_floor), "two_sided": [int(i) for i in self.two_sided],
+                       "multivariate": bool(self.multivariate)},
+            "n_features_in_": int(self.n_features_in_), "n_windows_": int(self.n_windows_),
+            **{k: getattr(self, k).tolist() for k in _ARRAYS},
+            **{k: float(getattr(self, k)) for k in ("d_median_", "d_scale_", "threshold_")},
+            "anchor_time_": None if self.anchor_time_ is None else float(self.anchor_time_),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "DeviceBaseline":
+        """Strictly validated inverse of to_dict; raises BaselineFormatError naming the field."""
+        if not isinstance(d, dict):
+            raise BaselineFormatError(f"baseline: expected an object, got {type(d).__name__}")
+        if not isinstance(d.get("schema"), str) or d["schema"] != SCHEMA:
+            raise BaselineFormatError(f"schema: expected {SCHEMA!r}")
+        _exact_keys(d, _FIELDS, "baseline")
+        params = d["params"]
+        if not isinstance(params, dict):
+            raise BaselineFormatError("params: expected an object")
+        _exact_keys(params, _PARAMS, "params")
+        F = _integer(d["n_features_in_"], "n_features_in_", 1, _MAX_FEATURES)
+        est = cls(**_check_params(params, F, BaselineFormatError))
+        est.n_features_in_ = F
+        est.n_windows_ = _integer(d["n_windows_"], "n_windows_", 2, 10**15)
+        for k in ("median_", "location_", "anchor_"):
+            setattr(est, k, _vector(d[k], k, F))
+        for k in ("scale_", "anchor_scale_"):
+            v = _vector(d[k], k, F)
+            low = np.flatnonzero(~(v >= est._scale_floor()))
+            if low.size:
+                raise BaselineFormatError(f"{k}[{low[0]}]: below min_scale")
+            setattr(est, k, v)
+        P = d["precision_"]
+        if not isinstance(P, list) or len(P) != F:
+            raise BaselineFormatError(f"precision_: expected a list of {F} rows")
+        est.precision_ = np.array([_vector(r, f"precision_[{i}]", F) for i, r in enumerate(P)])
+        if not np.allclose(est.precision_, est.precision_.T, rtol=1e-9, atol=1e-12):
+            raise BaselineFormatError("precision_: not symmetric")
+        if np.linalg.eigvalsh(est.precision_).min() < -1e-9 * max(1.0, np.abs(est.precision_).max()):
+            raise BaselineFormatError("precision_: not positive semi-definite")
+        est.d_median_ = _number(d["d_median_"], "d_median_", lo=0.0)
+        est.d_scale_ = _number(d["d_scale_"], "d_scale_", lo=1e-12)
+        est.threshold_ = _number(d["threshold_"], "threshold_", lo=est.z_floor)
+        t = d["anchor_time_"]
+        est.anchor_time_ = None if t is None else _number(t, "anchor_time_")
+        return est
+
+    def nbytes(self) -> int:
+        """Memory estimate: the object, its __dict__, and every value in it with its data."""
+        total = sys.getsizeof(self) + sys.getsizeof(self.__dict__)
+        for k, v in self.__dict__.items():
+            total += sys.getsizeof(k) + sys.getsizeof(v)   # an ndarray owning its data counts it
+            if isinstance(v, np.ndarray) and v.base is not None:
+                total += v.nbytes
+            elif isinstance(v, (tuple, list)):
+                total += sum(sys.getsizeof(e) for e in v)
+        return total
+
+
+_ARRAYS = ("median_", "scale_", "location_", "precision_", "anchor_", "anchor_scale_")
+_PARAMS = {"far", "min_scale", "z_floor", "two_sided", "multivariate"}
+_FIELDS = {"schema", "params", "n_features_in_", "n_windows_", "d_median_", "d_scale_",
+           "threshold_", "anchor_time_", *_ARRAYS}
+
+
+def _check_params(p: dict, n_features: int, error: type[Exception]) -> dict:
+    """Validated constructor parameters; `error` is ValueError in fit, BaselineFormatError on load."""
+    def num(key: str, v: Any, lo: float, hi: float, closed: bool = False) -> float:
+        ok = not isinstance(v, bool) and isinstance(v, (int, float, np.number))
+        try:
+            f = float(v) if ok else math.nan
+        except OverflowError:
+            f = math.nan
+        if not (lo < f < hi or (closed and f == lo)):
+            raise error(f"{key}: expected a number in {'[' if closed else '('}{lo}, {hi}), got {_show(v)}")
+        return f
+
+    out = {"far": num("far", p["far"], 0.0, 1.0),
+           "z_floor": num("z_floor", p["z_floor"], 0.0, 1e6, closed=True)}
+    floor = p["min_scale"]
+    if isinstance(floor, (list, tuple)) or (isinstance(floor, np.ndarray) and floor.ndim):
+        if len(floor) != n_features:
+            raise error(f"min_scale: expected one number or {n_features}, got {len(floor)}")
+        out["min_scale"] = tuple(num("min_scale", v, 0.0, math.inf) for v in floor)
+    else:
+        out["min_scale"] = num("min_scale", floor, 0.0, math.inf)
+    two = p["two_sided"]
+    if isinstance(two, (str, bytes, dict)) or not hasattr(two, "__len__") or len(two) > n_features:
+        raise error(f"two_sided: expected at most {n_features} feature indices")
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < n_features
+               for i in two) or len(set(int(i) for i in two)) != len(two):
+        raise error(f"two_sided: expected distinct indices in [0, {n_features})")
+    out["two_sided"] = tuple(int(i) for i in two)
+    if not isinstance(p["multivariate"], (bool, np.bool_)):
+        raise error(f"multivariate: expected true or false, got {_show(p['multivariate'])}")
+    out["multivariate"] = bool(p["multivariate"])
+    return out
+
+
+def _plain(v: Any) -> float | list[float]:
+    return float(v) if np.ndim(v) == 0 else [float(e) for e in v]
+
+
+def _show(v: Any) -> str:
+    """A value for an error message: never huge, never raising."""
+    small = isinstance(v, (bool, float, np.floating)) or (isinstance(v, int) and abs(v) < 10**12)
+    return repr(v)[:40] if small or v is None else type(v).__name__
+
+
+def _exact_keys(d: dict, expected: set, where: str) -> None:
+    missing, unknown = expected - set(d), set(d) - expected
+    if missing:
+        raise BaselineFormatError(f"{sorted(missing)[0]}: missing from {where}")
+    if unknown:
+        raise BaselineFormatError(f"{where}: unknown field {sorted(str(k)[:40] for k in unknown)[0]!r}")
+
+
+def _number(v: Any, field: str, lo: float = -math.inf) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise BaselineFormatError(f"{field}: expected a number, got {type(v).__name__}")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise BaselineFormatError(f"{field}: number out of range") from None
+    if not math.isfinite(f) or f < lo:
+        raise BaselineFormatError(f"{field}: {f!r} is not a finite number >= {lo}")
+    return f
+
+
+def _integer(v: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise BaselineFormatError(f"{field}: expected an integer in [{lo}, {hi}], got {_show(v)}")
+    return v
+
+
+def _vector(v: Any, field: str, n: int) -> np.ndarray:
+    if not isinstance(v, list) or len(v) != n:
+        raise BaselineFormatError(f"{field}: expected a list of {n} numbers")
+    return np.array([_number(e, f"{field}[{i}]") for i, e in enumerate(v)], dtype=np.float64)

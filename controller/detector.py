@@ -1,0 +1,287 @@
+"""Alerts: scoring each window, new-flow bursts, outbreaks, and the words for them.
+
+Two paths raise alerts about a device:
+
+* periodic: every poll window, each active device's feature vector is scored
+  against its baseline (or its class/global prior while it learns);
+* event-driven: every new conversation a device starts arrives as a packet-in;
+  more distinct destinations within one second than its burst threshold raises
+  `new_flow_burst` at once, without waiting for the next poll.
+
+An alert stays open while its device stays anomalous (later windows update it
+rather than repeat it), and several devices of one class anomalous on the same
+leading feature within `outbreak_seconds` raise one `outbreak` alert.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import uuid
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from controller.config import Config
+from controller.features import FEATURES, WindowFeatures
+from controller.profiles import BaselineStore
+
+CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
+BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
+SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
+MAX_ALERTS = 10000
+
+
+@dataclass
+class Alert:
+    id: str
+    time: float
+    kind: str                      # anomaly | new_flow_burst | outbreak
+    device: str
+    mac: str | None
+    score: float
+    threshold: float
+    explanation: str
+    baseline: str = ""             # own | class:<tag> | global
+    features: list[dict] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    last_time: float = 0.0
+    count: int = 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["score"] = round(self.score, 3)
+        d["threshold"] = round(self.threshold, 3)
+        return d
+
+
+# ------------------------------------------------------------------ words
+
+def _num(v: float) -> str:
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.1f}".rstrip("0").rstrip(".") if v % 1 else f"{v:.0f}"
+
+
+def _bytes(v: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if v < 1000:
+            return f"{_num(v)} {unit}"
+        v /= 1000
+    return f"{_num(v)} TB"
+
+
+def _range(lo: float, hi: float, fmt=_num) -> str:
+    return f"{fmt(lo)}–{fmt(hi)}"
+
+
+def _on_port(port: int, hosts: int) -> str:
+    return f" on port {port}" if port >= 0 and hosts > 0 else ""
+
+
+_COUNTS = {"new_flows", "distinct_dst_ips", "lateral_peers", "distinct_dst_ports", "dns_queries"}
+
+
+def describe(name: str, c, window: float, port: int = -1, port_hosts: int = 0,
+             row: dict[str, float] | None = None) -> str:
+    """One sentence for the leading contribution `c` (feature, observed, low, high).
+
+    `row` is the whole window, so a scan reads as one fact: connections, hosts, port.
+    """
+    f, v, lo, hi = c.feature, c.observed, c.low, c.high
+    if f in _COUNTS:
+        lo, hi = math.floor(lo), math.ceil(hi)
+    row = row or {}
+    w = _num(window)
+    pct = lambda x: f"{x * 100:.0f}%"  # noqa: E731
+    base = f"its baseline is {_range(lo, hi)}"
+    if f in ("new_flows", "distinct_dst_ips", "lateral_peers"):
+        conns = row.get("new_flows", v if f == "new_flows" else 0)
+        hosts = row.get("lateral_peers" if f == "lateral_peers" else "distinct_dst_ips", v)
+        kind = "internal hosts" if f == "lateral_peers" else "hosts"
+        unit = "connections" if f == "new_flows" else kind
+        opened = f"opened {_num(conns)} new connections to " if conns >= hosts and conns > 0 else "contacted "
+        return (f"{name} {opened}{_num(hosts)} {kind}{_on_port(port, port_hosts)} in {w} s; "
+                f"{base} {unit}")
+    phrases = {
+        "distinct_dst_ports": f"{name} contacted {_num(v)} distinct ports in {w} s; {base} ports",
+        "tx_bytes": f"{name} sent {_bytes(v)}/s; its baseline is {_range(lo, hi, _bytes)}/s",
+        "rx_bytes": f"{name} received {_bytes(v)}/s; its baseline is {_range(lo, hi, _bytes)}/s",
+        "tx_packets": f"{name} sent {_num(v)} packets/s; {base} packets/s",
+        "rx_packets": f"{name} received {_num(v)} packets/s; {base} packets/s",
+        "new_dst_share": f"{name} sent {pct(v)} of its traffic to hosts it had never talked to; "
+                         f"its baseline is {pct(lo)}–{pct(hi)}",
+        "mean_pkt_size": f"{name}'s packets averaged {_num(v)} bytes; {base} bytes",
+        "dns_queries": f"{name} sent {_num(v)} DNS queries in {w} s; {base}",
+    }
+    if f in phrases:
+        return phrases[f]
+    proto = f.removesuffix("_share").upper()
+    return f"{proto} made up {pct(v)} of {name}'s packets; its baseline is {pct(lo)}–{pct(hi)}"
+
+
+# ------------------------------------------------------------------ detector
+
+@dataclass
+class _Open:
+    alert: Alert
+    quiet: int = 0
+
+
+class Detector:
+    def __init__(self, config: Config, store: BaselineStore,
+                 who: Callable[[str], tuple[str, tuple[str, ...]]]) -> None:
+        """`who(mac)` gives a device's name and tags (from the inventory)."""
+        self.config = config
+        self.store = store
+        self.who = who
+        self.alerts: deque[Alert] = deque(maxlen=MAX_ALERTS)
+        self._open: dict[tuple[str, str], _Open] = {}
+        self._bursts: dict[str, dict[tuple, float]] = {}
+        self._recent: deque[tuple[float, str, str, str]] = deque(maxlen=10000)  # time, mac, cls, lead
+        self._outbreaks: dict[tuple[str, str], float] = {}
+        self._internal = [ipaddress.ip_network(n) for n in config.internal_subnets]
+        self.windows_scored = 0
+
+    def _excluded(self, tags: tuple[str, ...]) -> bool:
+        return any(t in self.config.exclude_tags for t in tags)
+
+    def _emit(self, alert: Alert) -> Alert:
+        self.alerts.append(alert)
+        return alert
+
+    # -------------------------------------------------------------- periodic path
+    def on_window(self, wf: WindowFeatures, now: float) -> list[Alert]:
+        """Score every active device's window; returns the alerts raised."""
+        out: list[Alert] = []
+        active = set()
+        for i, mac in enumerate(wf.macs):
+            name, tags = self.who(mac)
+            if self._excluded(tags):
+                continue
+            active.add(mac)
+            x = wf.X[i]
+            baseline, source = self.store.judge(mac, tags[0] if tags else None, x, now)
+            if baseline is None:
+                continue
+            self.windows_scored += 1
+            score = float(baseline.anomaly_score(x[None, :])[0])
+            key = (mac, "anomaly")
+            if score <= baseline.threshold_:
+                self._quiet(key)
+                if source == "own" and score < SUSPICION * baseline.threshold_:
+                    self.store.fold(mac, x, now)
+                continue
+            opened = self._open.get(key)
+            if opened is not None:
+                opened.quiet = 0
+                opened.alert.count += 1
+                opened.alert.last_time = now
+                opened.alert.score = max(opened.alert.score, score)
+                continue
+            contribs = baseline.explain(x, FEATURES, top=3)
+            if contribs:
+                lead = contribs[0]
+                text = describe(name, lead, wf.window, int(wf.top_port[i]), int(wf.top_port_hosts[i]),
+                                dict(zip(FEATURES, x.tolist())))
+            else:
+                lead = None
+                text = f"{name}'s traffic is an unusual combination of otherwise normal values"
+            alert = self._emit(Alert(
+                uuid.uuid4().hex[:12], now, "anomaly", name, mac, score, float(baseline.threshold_),
+                text, source, [asdict(c) for c in contribs], tags=list(tags), last_time=now))
+            self._open[key] = _Open(alert)
+            out.append(alert)
+            out += self._correlate(now, mac, tags, lead.feature if lead else "combination")
+        for key in [k for k in self._open if k[1] == "anomaly" and k[0] not in active]:
+            self._quiet(key)
+        self.store.fit_pending(now)
+        return out
+
+    def _quiet(self, key: tuple[str, str]) -> None:
+        opened = self._open.get(key)
+        if opened is not None:
+            opened.quiet += 1
+            if opened.quiet >= CLEAR_WINDOWS:
+                del self._open[key]
+
+    # -------------------------------------------------------------- event path
+    def on_new_flow(self, mac: str, proto: int, ip: int, port: int, now: float) -> Alert | None:
+        """A device started a conversation (TCP SYN, UDP to a service port, ARP request)."""
+        name, tags = self.who(mac)
+        if self._excluded(tags):
+            return None
+        seen = self._bursts.setdefault(mac, {})
+        seen[(proto, ip, port)] = now
+        if len(seen) > 64:   # prune lazily: only devices that are busy pay for it
+            for k in [k for k, t in seen.items() if now - t > 1.0]:
+                del seen[k]
+        live = [k for k, t in seen.items() if now - t <= 1.0]
+        count = len(live)
+        threshold = self.store.note_burst(mac, count, self.config.burst_floor)
+        key = (mac, "new_flow_burst")
+        opened = self._open.get(key)
+        if opened is not None and now - opened.alert.last_time > BURST_QUIET:
+            del self._open[key]
+            opened = None
+        if count < threshold:
+            return None
+        if opened is not None:
+            opened.alert.last_time = now
+            opened.alert.count += 1
+            opened.alert.score = max(opened.alert.score, float(count))
+            return None
+        ports = Counter(k[2] for k in live if k[2] >= 0)
+        hosts = {k[1] for k in live}
+        port, n_port = ports.most_common(1)[0] if ports else (-1, 0)
+        where = (f"port {port}" if n_port * 2 >= count else f"{len(ports)} ports") if ports else "no ports"
+        internal = sum(1 for h in hosts if self._is_internal(h))
+        p = self.store.profiles.get(mac)
+        learned = p.burst_max if p is not None else 0
+        text = (f"{name} opened {count} new connections to {len(hosts)} hosts on {where} within 1 s; "
+                f"its baseline is 0–{learned} per second")
+        features = [{"feature": "new_flows_per_s", "observed": count, "low": 0, "high": learned,
+                     "hosts": len(hosts), "internal_hosts": internal, "top_port": port}]
+        alert = self._emit(Alert(uuid.uuid4().hex[:12], now, "new_flow_burst", name, mac, float(count),
+                                 float(threshold), text, "burst", features, tags=list(tags), last_time=now))
+        self._open[key] = _Open(alert)
+        self._correlate(now, mac, tags, "new_flow_burst")
+        return alert
+
+    def _is_internal(self, ip: int) -> bool:
+        addr = ipaddress.IPv4Address(ip)
+        return any(addr in n for n in self._internal)
+
+    # -------------------------------------------------------------- correlation
+    def _correlate(self, now: float, mac: str, tags: tuple[str, ...], lead: str) -> list[Alert]:
+        cls = tags[0] if tags else "unclassified"
+        self._recent.append((now, mac, cls, lead))
+        horizon = self.config.outbreak_seconds
+        macs = {m for t, m, c, f in self._recent if now - t <= horizon and c == cls and f == lead}
+        if len(macs) < self.config.outbreak_devices:
+            return []
+        if now - self._outbreaks.get((cls, lead), -1e18) <= horizon:
+            return []
+        self._outbreaks[(cls, lead)] = now
+        names = sorted(self.who(m)[0] for m in macs)
+        feature = lead.replace("_", " ")
+        alert = self._emit(Alert(
+            uuid.uuid4().hex[:12], now, "outbreak", f"{len(names)} {cls} devices", None,
+            float(len(names)), float(self.config.outbreak_devices),
+            f"{len(names)} {cls} devices turned anomalous on {feature} within {_num(horizon)} s: "
+            f"{', '.join(names)}", "correlation", devices=names, tags=[cls], last_time=now))
+        return [alert]
+
+    # -------------------------------------------------------------- views
+    def recent(self, since: float | None = None, limit: int = 1000) -> list[dict]:
+        """Newest first; `since` keeps alerts raised or updated after it."""
+        out = []
+        for a in reversed(self.alerts):
+            if since is not None and max(a.time, a.last_time) <= since:
+                continue
+            out.append(a.to_dict())
+            if len(out) >= limit:
+                break
+        return out
+

@@ -1,0 +1,505 @@
+"""One window of traffic as one feature vector per device.
+
+Inputs of a window: every switch's flow-stats deltas (`add`, one call per poll
+reply or flow-removed tail) and the conversations the forwarder installed from
+packet-ins (`new_flow`, once per install).  `close` turns them into
+`WindowFeatures`: a matrix with one row per active device and one column per
+name in `FEATURES`.  Definitions, units and blind spots: docs/features.md.
+
+Pure and vectorised: a poll reply costs a few numpy passes over its entries,
+whatever their number; only per-device and per-install work is Python.
+
+What a flow id means (source, IPv4 destination, protocol, port) is copied from
+the registry when the flow is seen, so a conversation the registry retires
+before the window closes is still counted.  Flow ids are never reused, so the
+copy cannot go stale.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from controller import rules
+from controller.forwarding import FlowRegistry
+from controller.stats import FlowDeltas
+
+FEATURES: tuple[str, ...] = (
+    "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "new_flows",
+    "distinct_dst_ips", "lateral_peers", "distinct_dst_ports", "new_dst_share",
+    "tcp_share", "udp_share", "icmp_share", "other_share", "mean_pkt_size", "dns_queries")
+
+INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}
+
+UNITS: dict[str, str] = {
+    "tx_bytes": "bytes/s",
+    "rx_bytes": "bytes/s",
+    "tx_packets": "packets/s",
+    "rx_packets": "packets/s",
+    "new_flows": "flows/window",
+    "distinct_dst_ips": "hosts/window",
+    "lateral_peers": "hosts/window",
+    "distinct_dst_ports": "ports/window",
+    "new_dst_share": "fraction",
+    "tcp_share": "fraction",
+    "udp_share": "fraction",
+    "icmp_share": "fraction",
+    "other_share": "fraction",
+    "mean_pkt_size": "bytes",
+    "dns_queries": "packets/window",
+}
+
+# A drop is as unusual as a rise for the protocol mix and the packet size.  Not
+# for new_dst_share: talking only to known destinations is the normal state.
+TWO_SIDED: tuple[int, ...] = tuple(INDEX[n] for n in (
+    "tcp_share", "udp_share", "icmp_share", "other_share", "mean_pkt_size"))
+
+_FORWARD = np.uint64(rules.cookie(rules.Kind.FORWARD))
+_KIND_MASK = np.uint64(rules.COOKIE_KIND_MASK)
+_ID_MASK = np.uint64(rules.COOKIE_ID_MASK)
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_COMPACT_ROWS = 1 << 18         # pending tx rows before they are summed per flow id
+_MAX_NEW_FLOWS = 1 << 20        # distinct installs remembered per window
+
+
+# ---------------------------------------------------------------- output
+
+
+@dataclass(eq=False)
+class WindowFeatures:
+    """The features of every device active in one window (row order of X = macs)."""
+
+    time: float
+    window: float
+    macs: list[str]
+    X: np.ndarray
+    top_port: np.ndarray
+    top_port_hosts: np.ndarray
+    _rows: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rows = {m: i for i, m in enumerate(self.macs)}
+
+    def row(self, mac: str) -> np.ndarray | None:
+        i = self._rows.get(mac)
+        return None if i is None else self.X[i]
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {mac: dict(zip(FEATURES, values)) for mac, values in zip(self.macs, self.X.tolist())}
+
+
+# ---------------------------------------------------------------- known destinations
+
+
+class KnownDestinations:
+    """Per-device set of destination IPv4s seen while learning (bounded per device, e.g. 512;
+    beyond that the device counts as 'talks to many' and new_dst_share is 0)."""
+
+    def __init__(self, max_per_device: int = 512) -> None:
+        if isinstance(max_per_device, bool) or not isinstance(max_per_device, int) \
+                or max_per_device < 1:
+            raise ValueError(f"max_per_device must be a positive int, not {max_per_device!r}")
+        self.max_per_device = max_per_device
+        self._sets: dict[str, set[int]] = {}
+        self._many: set[str] = set()        # saturated: every destination counts as known
+        self._version = 0
+        self._built: tuple[int, int, int] | None = None
+        self._keys = np.zeros(0, dtype=np.uint64)
+        self._learned = np.zeros(0, dtype=bool)
+        self._saturated = np.zeros(0, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self._sets) + len(self._many)
+
+    def __contains__(self, mac: object) -> bool:
+        return mac in self._sets or mac in self._many
+
+    def saturated(self, mac: str) -> bool:
+        return mac in self._many
+
+    def learn(self, mac: str, ips: np.ndarray | Iterable[int]) -> None:
+        """Add destinations (IPv4 as unsigned ints; 0, the L2 marker, is skipped)."""
+        if mac in self._many:
+            return
+        a = np.asarray(ips) if isinstance(ips, np.ndarray) else np.fromiter(ips, dtype=np.int64)
+        if a.size and (a.dtype.kind not in "iu" or a.min() < 0 or a.max() > 0xFFFFFFFF):
+            raise ValueError(f"learn({mac!r}): IPv4 addresses must be integers in 0..2**32-1")
+        new = set(np.unique(a[a != 0]).tolist()) if a.size else set()
+        cur = self._sets.get(mac)
+        if cur is None:     # learning started for this device, even with no IPv4 peer yet
+            cur = self._sets[mac] = set()
+            self._version += 1
+        before = len(cur)
+        cur |= new
+        if len(cur) > self.max_per_device:
+            del self._sets[mac]
+            self._many.add(mac)
+            self._version += 1
+        elif len(cur) != before:
+            self._version += 1
+
+    def _state(self, registry: FlowRegistry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted keys mac_idx << 32 | ip, learned per mac index, saturated per mac index)."""
+        tag = (self._version, id(registry), len(registry.macs))
+        if tag != self._built:
+            n = len(registry.macs)
+            index = {m: i for i, m in enumerate(registry.macs)}
+            learned = np.zeros(n, dtype=bool)
+            saturated = np.zeros(n, dtype=bool)
+            parts = []
+            for mac, ips in self._sets.items():
+                i = index.get(mac)
+                if i is not None:
+                    learned[i] = True
+                    parts.append(np.fromiter(ips, dtype=np.uint64, count=len(ips))
+                                 | np.uint64(i << 32))
+            for mac in self._many:
+                i = index.get(mac)
+                if i is not None:
+                    learned[i] = saturated[i] = True
+            self._keys = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
+            self._learned, self._saturated = learned, saturated
+            self._built = tag
+        return self._keys, self._learned, self._saturated
+
+    def contains(self, mac_idx: np.ndarray, ips: np.ndarray, registry: FlowRegistry) -> np.ndarray:
+        """Per entry: is ips[k] a known destination of device registry.macs[mac_idx[k]]?
+
+        A saturated device knows every destination; an index of -1 knows none.
+        """
+        keys, _, saturated = self._state(registry)
+        mac_idx = np.asarray(mac_idx, dtype=np.int64)
+        ok = (mac_idx >= 0) & (mac_idx < len(saturated))
+        m = np.where(ok, mac_idx, 0)
+        probe = (m.astype(np.uint64) << np.uint64(32)) | np.asarray(ips).astype(np.uint64)
+        found = np.zeros(len(probe), dtype=bool)
+        if len(keys):
+            pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+            found = keys[pos] == probe
+        if len(saturated):
+            found |= saturated[m]
+        return found & ok
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """{mac: sorted dotted IPv4s}; a saturated device is ["*"]."""
+        out = {mac: [str(ipaddress.IPv4Address(ip)) for ip in sorted(ips)]
+               for mac, ips in self._sets.items()}
+        out.update({mac: ["*"] for mac in self._many})
+        return dict(sorted(out.items()))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, list[str]], max_per_device: int = 512) -> KnownDestinations:
+        """Strict inverse of to_dict; a device with more than max_per_device becomes saturated."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"known destinations must be a mapping, not {type(d).__name__}")
+        known = cls(max_per_device)
+        for mac, ips in d.items():
+            if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
+                raise ValueError(f"known destinations: {str(mac)[:40]!r} is not a lower-case MAC")
+            if not isinstance(ips, list):
+                raise ValueError(f"known destinations[{mac}]: must be a list, not {type(ips).__name__}")
+            if ips == ["*"]:
+                known._many.add(mac)
+                continue
+            vals: set[int] = set()
+            for k, s in enumerate(ips):
+                where = f"known destinations[{mac}][{k}]"
+                if not isinstance(s, str):
+                    raise ValueError(f"{where}: must be a string, not {type(s).__name__}")
+                try:
+                    ip = ipaddress.IPv4Address(s)
+                except ValueError:
+                    raise ValueError(f"{where}: {s[:40]!r} is not an IPv4 address") from None
+                if str(ip) != s or int(ip) == 0:
+                    raise ValueError(f"{where}: {s[:40]!r} is not a canonical destination address")
+                if int(ip) in vals:
+                    raise ValueError(f"{where}: duplicate address {s}")
+                vals.add(int(ip))
+            if len(vals) > max_per_device:
+                known._many.add(mac)
+            else:
+                known._sets[mac] = vals
+        known._version += 1
+        return known
+
+
+# ---------------------------------------------------------------- extractor
+
+
+def _parse_subnets(subnets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    nets, masks = [], []
+    if isinstance(subnets, str):
+        raise ValueError("internal_subnets must be a sequence of CIDR strings, not one string")
+    for s in subnets:
+        net = ipaddress.ip_network(s, strict=True)
+        if net.version == 4:   # features are IPv4; IPv6 subnets cannot match
+            nets.append(int(net.network_address))
+            masks.append(int(net.netmask))
+    return np.asarray(nets, dtype=np.uint32), np.asarray(masks, dtype=np.uint32)
+
+
+_TX_COLS = ("src", "fid", "pk", "by", "ip", "proto", "port")
+_TX_TYPES = (np.int64, np.int64, np.int64, np.int64, np.uint32, np.int16, np.int32)
+
+
+def _empty_tx() -> dict[str, np.ndarray]:
+    return {c: np.zeros(0, dtype=t) for c, t in zip(_TX_COLS, _TX_TYPES)}
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not parts:
+        return _empty_tx()
+    if len(parts) == 1:
+        return parts[0]
+    return {c: np.concatenate([p[c] for p in parts]) for c in _TX_COLS}
+
+
+def _per_fid(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One row per flow id, sorted by id, packets and bytes summed (the other
+    columns are fixed per id)."""
+    fid, first, inv = np.unique(t["fid"], return_index=True, return_inverse=True)
+    out = {c: t[c][first] for c in ("src", "ip", "proto", "port")}
+    out["fid"] = fid
+    if len(fid) == len(t["fid"]):
+        out["pk"], out["by"] = t["pk"][first], t["by"][first]
+    else:
+        out["pk"] = np.bincount(inv, weights=t["pk"], minlength=len(fid)).astype(np.int64)
+        out["by"] = np.bincount(inv, weights=t["by"], minlength=len(fid)).astype(np.int64)
+    return out
+
+
+def _count_distinct(owner: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
+    """Per owner in 0..n-1: how many distinct values (value fits in 32 bits)."""
+    if not len(owner):
+        return np.zeros(n, dtype=np.int64)
+    pairs = np.unique((owner.astype(np.uint64) << np.uint64(32)) | value.astype(np.uint64))
+    return np.bincount((pairs >> np.uint64(32)).astype(np.int64), minlength=n)
+
+
+class FeatureExtractor:
+    """Accumulates one window (polls and installs) and closes it into WindowFeatures."""
+
+    def __init__(self, registry: FlowRegistry, internal_subnets: Sequence[str],
+                 known: KnownDestinations | None = None) -> None:
+        self.registry = registry
+        self.known = known
+        self._nets, self._masks = _parse_subnets(internal_subnets)
+        self.dropped_new_flows = 0      # installs past _MAX_NEW_FLOWS in the last window
+        self._last_pairs = np.zeros(0, dtype=np.uint64)     # (mac index << 32 | ip), sorted
+        self._last_rows: dict[str, int] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tx: list[dict[str, np.ndarray]] = []
+        self._tx_rows = 0
+        self._compact_at = _COMPACT_ROWS
+        self._rx_b = np.zeros(0, dtype=np.int64)
+        self._rx_p = np.zeros(0, dtype=np.int64)
+        self._new: dict[int, tuple[int, int, int, int]] = {}
+        self._dropped = 0
+
+    # -------------------------------------------------------- inputs
+    def new_flow(self, fid: int) -> None:
+        """The forwarder installed conversation `fid` (from a packet-in) in this window."""
+        fid = int(fid)
+        if fid in self._new:
+            return
+        reg = self.registry
+        if not 0 < fid < len(reg.src_dev) or reg.src_dev[fid] < 0:
+            return
+        if len(self._new) >= _MAX_NEW_FLOWS:
+            self._dropped += 1
+            return
+        self._new[fid] = (int(reg.src_dev[fid]), int(reg.ip_dst[fid]), int(reg.proto[fid]),
+                          int(reg.tp_dst[fid]))
+
+    def add(self, deltas: FlowDeltas, edges: np.ndarray) -> None:
+        """One switch's poll deltas (or a flow-removed tail) in this window.
+
+        tx counts where edges[source] is this switch, rx where edges[destination]
+        is, so a conversation crossing several switches counts once.
+        """
+        reg = self.registry
+        n = len(reg.macs)
+        if n == 0 or len(deltas) == 0:
+            return
+        c = np.asarray(deltas.cookie).astype(np.uint64, copy=False)
+        ours = (c & _KIND_MASK) == _FORWARD
+        if not ours.any():
+            return
+        fid = (c[ours] & _ID_MASK).astype(np.int64)
+        fid = np.where(fid < len(reg.src_dev), fid, 0)      # id 0 is never assigned: src -1
+        pk = np.asarray(deltas.packets)[ours].astype(np.int64, copy=False)
+        by = np.asarray(deltas.bytes)[ours].astype(np.int64, copy=False)
+        moved = (pk > 0) | (by > 0)
+        if not moved.any():
+            return
+        fid, pk, by = fid[moved], pk[moved], by[moved]
+        src, dst = reg.src_dev[fid], reg.dst_dev[fid]
+        edges = np.asarray(edges)
+        here = np.zeros(n, dtype=bool)
+        m = min(len(edges), n)
+        here[:m] = edges[:m] == deltas.dpid
+        tx = (src >= 0) & here[np.maximum(src, 0)]
+        rx = (dst >= 0) & here[np.maximum(dst, 0)]
+        if tx.any():
+            f = fid[tx]
+            self._tx.append({"src": src[tx], "fid": f, "pk": pk[tx], "by": by[tx],
+                             "ip": reg.ip_dst[f], "proto": reg.proto[f], "port": reg.tp_dst[f]})
+            self._tx_rows += len(f)
+            if self._tx_rows > self._compact_at:    # bound memory: one row per flow id
+                self._tx = [_per_fid(_concat(self._tx))]
+                self._tx_rows = len(self._tx[0]["fid"])
+                self._compact_at = max(_COMPACT_ROWS, 2 * self._tx_rows)
+        if rx.any():
+            if len(self._rx_b) < n:
+                grow = np.zeros(n - len(self._rx_b), dtype=np.int64)
+                self._rx_b = np.concatenate([self._rx_b, grow])
+                self._rx_p = np.concatenate([self._rx_p, grow])
+            d = dst[rx]
+            self._rx_b += np.bincount(d, weights=by[rx], minlength=n).astype(np.int64)
+            self._rx_p += np.bincount(d, weights=pk[rx], minlength=n).astype(np.int64)
+
+    def last_destinations(self, mac: str) -> np.ndarray:
+        """The distinct IPv4 destinations (uint32, sorted) of `mac`'s conversations in the
+        last closed window: what `KnownDestinations.learn` takes while a device is learning."""
+        i = self._last_rows.get(mac)
+        if i is None:
+            return np.zeros(0, dtype=np.uint32)
+        lo, hi = np.searchsorted(self._last_pairs, [np.uint64(i << 32), np.uint64((i + 1) << 32)])
+        return (self._last_pairs[lo:hi] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+    # -------------------------------------------------------- output
+    def close(self, now: float, window: float) -> WindowFeatures:
+        """Features of every device with any traffic or new flow in the window; resets."""
+        ok = isinstance(window, (int, float, np.integer, np.floating)) and not isinstance(window, bool)
+        w = float(window) if ok else math.nan
+        if not (math.isfinite(w) and w > 0):
+            raise ValueError(f"window must be a positive number of seconds, not {window!r}")
+        tx = _per_fid(_concat(self._tx))
+        new = self._new
+        rx_b, rx_p = self._rx_b, self._rx_p
+        self.dropped_new_flows = self._dropped
+        self._reset()
+
+        n = len(self.registry.macs)
+        pad = lambda a: np.concatenate([a, np.zeros(n - len(a), dtype=a.dtype)])  # noqa: E731
+        rx_b, rx_p = pad(rx_b), pad(rx_p)
+        src, pk, by = tx["src"], tx["pk"], tx["by"]
+        ip, proto, port = tx["ip"], tx["proto"], tx["port"]
+
+        tx_b = np.bincount(src, weights=by, minlength=n)
+        tx_p = np.bincount(src, weights=pk, minlength=n)
+
+        # Protocol mix of tx packets: tcp, udp, icmp, other (L2 and other IP protocols).
+        cls = np.full(len(src), 3, dtype=np.int64)
+        cls[proto == rules.IPPROTO_TCP] = 0
+        cls[proto == rules.IPPROTO_UDP] = 1
+        cls[proto == rules.IPPROTO_ICMP] = 2
+        mix = np.bincount(src * 4 + cls, weights=pk, minlength=4 * n).reshape(n, 4)
+        has_p = tx_p > 0
+        safe_p = np.where(has_p, tx_p, 1.0)
+        shares = np.where(has_p[:, None], mix / safe_p[:, None], 0.0)
+        mean_size = np.where(has_p, tx_b / safe_p, 0.0)
+        dns = (proto == rules.IPPROTO_UDP) & (port == 53)
+        dns_q = np.bincount(src[dns], weights=pk[dns], minlength=n)
+
+        # Bytes to destinations the device did not talk to while learning.
+        new_share = np.zeros(n)
+        if self.known is not None and len(src):
+            _, learned, _ = self.known._state(self.registry)
+            ipf = (ip != 0) & (by > 0)
+            unknown = ~self.known.contains(src[ipf], ip[ipf], self.registry)
+            s = src[ipf][unknown]
+            new_b = np.bincount(s, weights=by[ipf][unknown], minlength=n)
+            ok = learned[:n] if len(learned) >= n else np.concatenate(
+                [learned, np.zeros(n - len(learned), dtype=bool)])
+            ok = ok & (tx_b > 0)
+            new_share = np.where(ok, new_b / np.where(ok, tx_b, 1.0), 0.0)
+
+        # Conversations of the window: flows that sent packets, plus new installs.
+        if new:
+            nf = np.fromiter(new.keys(), dtype=np.int64, count=len(new))
+            na = np.array(list(new.values()), dtype=np.int64).reshape(-1, 4)
+        else:
+            nf, na = np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.int64)
+        new_flows = np.bincount(na[:, 0], minlength=n)
+        sent = pk > 0
+        c_fid = np.concatenate([tx["fid"][sent], nf])
+        c_src = np.concatenate([src[sent], na[:, 0]])
+        c_ip = np.concatenate([ip[sent].astype(np.int64), na[:, 1]])
+        c_proto = np.concatenate([proto[sent].astype(np.int64), na[:, 2]])
+        c_port = np.concatenate([port[sent].astype(np.int64), na[:, 3]])
+        c_new = np.concatenate([np.zeros(int(sent.sum()), dtype=bool), np.ones(len(nf), dtype=bool)])
+        _, first, inv = np.unique(c_fid, return_index=True, return_inverse=True)
+        is_new = np.bincount(inv, weights=c_new, minlength=len(first)) > 0
+        c_src, c_ip, c_proto, c_port = c_src[first], c_ip[first], c_proto[first], c_port[first]
+        conv_fid = c_fid[first]
+
+        v4 = c_ip != 0
+        dest_pairs = np.unique((c_src[v4].astype(np.uint64) << np.uint64(32)) | c_ip[v4].astype(np.uint64))
+        distinct_ips = np.bincount((dest_pairs >> np.uint64(32)).astype(np.int64), minlength=n)
+        internal = np.zeros(len(c_ip), dtype=bool)
+        for net, mask in zip(self._nets.tolist(), self._masks.tolist()):
+            internal |= (c_ip & mask) == net
+        lat = v4 & internal
+        lateral = _count_distinct(c_src[lat], c_ip[lat], n)
+        has_port = ((c_proto == rules.IPPROTO_TCP) | (c_proto == rules.IPPROTO_UDP)) & (c_port >= 0)
+        pp = (c_proto << 16) | c_port
+        distinct_ports = _count_distinct(c_src[has_port], pp[has_port], n)
+
+        top_port, top_hosts = self._top_ports(
+            n, c_src[has_port], pp[has_port], c_ip[has_port], is_new[has_port],
+            conv_fid[has_port], tx["fid"], by)
+
+        active = (tx_b > 0) | (tx_p > 0) | (rx_b > 0) | (rx_p > 0) | (new_flows > 0)
+        rows = np.flatnonzero(active)
+        X = np.column_stack([
+            tx_b / w, rx_b / w, tx_p / w, rx_p / w, new_flows,
+            distinct_ips, lateral, distinct_ports, new_share,
+            shares[:, 0], shares[:, 1], shares[:, 2], shares[:, 3], mean_size, dns_q,
+        ]).astype(np.float64)[rows].reshape(len(rows), len(FEATURES))
+        macs = [self.registry.macs[i] for i in rows.tolist()]
+        self._last_pairs, self._last_rows = dest_pairs, dict(zip(macs, rows.tolist()))
+        return WindowFeatures(float(now), w, macs, X, top_port[rows], top_hosts[rows])
+
+    @staticmethod
+    def _top_ports(n: int, src: np.ndarray, pp: np.ndarray, ip: np.ndarray, is_new: np.ndarray,
+                   fid: np.ndarray, tx_fid: np.ndarray, tx_by: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Per device: the (protocol, port) with most new conversations, then most tx
+        bytes, then the lowest port; and its distinct destination hosts."""
+        top = np.full(n, -1, dtype=np.int64)
+        hosts = np.zeros(n, dtype=np.int64)
+        if not len(src):
+            return top, hosts
+        gkey = (src.astype(np.uint64) << np.uint64(32)) | pp.astype(np.uint64)
+        groups, g = np.unique(gkey, return_inverse=True)
+        g_new = np.bincount(g, weights=is_new, minlength=len(groups))
+        # tx bytes per conversation (tx_fid is unique and sorted after _per_fid)
+        conv_by = np.zeros(len(fid))
+        if len(tx_fid):
+            pos = np.minimum(np.searchsorted(tx_fid, fid), len(tx_fid) - 1)
+            hit = tx_fid[pos] == fid
+            conv_by[hit] = tx_by[pos[hit]]
+        g_by = np.bincount(g, weights=conv_by, minlength=len(groups))
+        g_hosts = _count_distinct(g[ip != 0], ip[ip != 0], len(groups))
+        g_src = (groups >> np.uint64(32)).astype(np.int64)
+        g_port = (groups & np.uint64(0xFFFF)).astype(np.int64)
+        g_pp = (groups & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        # the best group of each device comes first: src, then -new, -bytes, port, proto
+        order = np.lexsort((g_pp >> 16, g_port, -g_by, -g_new, g_src))
+        devs, firsts = np.unique(g_src[order], return_index=True)
+        best = order[firsts]
+        top[devs] = g_port[best]
+        hosts[devs] = g_hosts[best]
+        return top, hosts
+
+
+# Features that are shares in [0, 1]: the baseline gives them a finer scale floor.
+FRACTIONS: tuple[int, ...] = tuple(i for i, f in enumerate(FEATURES) if UNITS[f] == "fraction")

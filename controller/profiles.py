@@ -1,0 +1,287 @@
+"""Per-device baselines: warm-up, class priors, drift, persistence.
+
+A device first learns for `learn_seconds`; meanwhile it is judged against the
+prior of its class (the pooled windows of devices with the same first tag that
+already have a baseline) or, with no class prior, against a conservative
+global prior.  Fitting is spread over polls (`fit_budget` per call) so that
+scikit-learn never holds the hub for long.
+
+State is a JSON file of numbers: baseline parameters and a small sample of
+training windows per device.  Loading it never executes code; a corrupt or
+hostile file is set aside and learning starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from controller.baseline import BaselineFormatError, DeviceBaseline
+
+LOG = logging.getLogger("iotguard.profiles")
+
+SCHEMA = "iotguard.profiles/1"
+SAMPLE_SIZE = 64          # windows kept per device for class priors and restarts
+MAX_LEARN_WINDOWS = 4096  # cap on the windows buffered while learning
+MIN_WINDOWS = 10
+MAX_STATE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class Profile:
+    mac: str
+    cls: str | None
+    started: float
+    windows: list = field(default_factory=list)   # float32 rows, while learning
+    sample: np.ndarray | None = None               # float32 (<= SAMPLE_SIZE, F) once fitted
+    baseline: DeviceBaseline | None = None
+    fitted_at: float | None = None
+    burst_max: int = 0                             # largest 1-s new-flow burst while learning
+
+    @property
+    def learning(self) -> bool:
+        return self.baseline is None
+
+
+class BaselineStore:
+    def __init__(self, n_features: int, learn_seconds: float = 300.0, far: float = 1e-4,
+                 two_sided: tuple[int, ...] = (), max_shift_per_day: float = 0.7,
+                 fit_budget: int = 20, prior_refresh: float = 60.0, known=None,
+                 fractions: tuple[int, ...] = ()) -> None:
+        self.n_features = n_features
+        self.fractions = frozenset(fractions)   # features that are shares in [0, 1]
+        self.known = known          # KnownDestinations, persisted alongside
+        self.learn_seconds = learn_seconds
+        self.far = far
+        self.two_sided = tuple(two_sided)
+        self.max_shift_per_day = max_shift_per_day
+        self.fit_budget = fit_budget
+        self.prior_refresh = prior_refresh
+        self.profiles: dict[str, Profile] = {}
+        self.priors: dict[str | None, DeviceBaseline] = {}   # None: the global prior
+        self._priors_at = -1e18
+        self._priors_dirty = False
+        self._rng = random.Random(0)
+
+    def _new_baseline(self, conservative: bool = False) -> DeviceBaseline:
+        # A fraction spans at most ln 2 after log1p, so shares need a finer floor than counts.
+        floor = [0.05 if j in self.fractions else 0.5 for j in range(self.n_features)]
+        if conservative:
+            return DeviceBaseline(far=self.far, min_scale=[2 * f for f in floor], z_floor=6.0,
+                                  two_sided=self.two_sided)
+        return DeviceBaseline(far=self.far, min_scale=floor, two_sided=self.two_sided)
+
+    def profile(self, mac: str, cls: str | None, now: float) -> Profile:
+        p = self.profiles.get(mac)
+        if p is None:
+            p = self.profiles[mac] = Profile(mac, cls, now)
+        elif p.cls != cls and cls is not None:
+            p.cls = cls   # the inventory named it since
+        return p
+
+    def judge(self, mac: str, cls: str | None, x: np.ndarray, now: float) -> tuple[DeviceBaseline | None, str]:
+        """The baseline to score this window against, and where it comes from."""
+        p = self.profile(mac, cls, now)
+        if p.baseline is not None:
+            return p.baseline, "own"
+        if len(p.windows) < MAX_LEARN_WINDOWS:
+            p.windows.append(np.asarray(x, dtype=np.float32))
+        prior = self.priors.get(p.cls) if p.cls is not None else None
+        if prior is not None:
+            return prior, f"class:{p.cls}"
+        prior = self.priors.get(None)
+        return (prior, "global") if prior is not None else (None, "learning")
+
+    def ready(self, now: float) -> list[Profile]:
+        return [p for p in self.profiles.values()
+                if p.learning and now - p.started >= self.learn_seconds and len(p.windows) >= MIN_WINDOWS]
+
+    def fit_pending(self, now: float) -> list[str]:
+        """Fit up to `fit_budget` devices whose warm-up is over; refresh priors."""
+        fitted = []
+        for p in self.ready(now)[: self.fit_budget]:
+            X = np.vstack(p.windows).astype(np.float64)
+            p.baseline = self._new_baseline().fit(X)
+            p.fitted_at = now
+            keep = self._rng.sample(range(len(X)), min(SAMPLE_SIZE, len(X)))
+            p.sample = X[sorted(keep)].astype(np.float32)
+            p.windows = []
+            fitted.append(p.mac)
+            self._priors_dirty = True
+        if self._priors_dirty and (now - self._priors_at >= self.prior_refresh or not self.priors):
+            self._fit_priors(now)
+        return fitted
+
+    def _fit_priors(self, now: float) -> None:
+        by_cls: dict[str | None, list[np.ndarray]] = {}
+        for p in self.profiles.values():
+            if p.sample is None:
+                continue
+            by_cls.setdefault(None, []).append(p.sample)     # the global prior pools everyone
+            if p.cls is not None:
+                by_cls.setdefault(p.cls, []).append(p.sample)
+        priors: dict[str | None, DeviceBaseline] = {}
+        for cls, samples in by_cls.items():
+            X = np.vstack(samples).astype(np.float64)
+            if len(X) > 2000:
+                X = X[np.asarray(self._rng.sample(range(len(X)), 2000))]
+            if len(X) >= MIN_WINDOWS:
+                priors[cls] = self._new_baseline(conservative=cls is None).fit(X)
+        self.priors = priors
+        self._priors_at = now
+        self._priors_dirty = False
+
+    def fold(self, mac: str, x: np.ndarray, now: float) -> bool:
+        p = self.profiles.get(mac)
+        if p is None or p.baseline is None:
+            return False
+        return p.baseline.fold(x, now, max_shift_per_day=self.max_shift_per_day)
+
+    def note_burst(self, mac: str, count: int, floor: int) -> int:
+        """Learn a learning device's normal burst size; returns its burst threshold."""
+        p = self.profiles.get(mac)
+        if p is None:
+            return floor
+        if p.learning and count < floor:
+            p.burst_max = max(p.burst_max, count)
+        return max(floor, 2 * p.burst_max)
+
+    # ------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "saved": time.time(), "n_features": self.n_features, "profiles": [
+            {"mac": p.mac, "cls": p.cls, "started": p.started, "fitted_at": p.fitted_at,
+             "burst_max": p.burst_max,
+             "sample": None if p.sample is None else np.round(p.sample.astype(np.float64), 6).tolist(),
+             "windows": np.round(np.asarray(p.windows, dtype=np.float64), 6).tolist() if p.windows else [],
+             "baseline": None if p.baseline is None else p.baseline.to_dict()}
+            for p in self.profiles.values()],
+            "known": self.known.to_dict() if self.known is not None else {}}
+
+    def save(self, path: str) -> None:
+        """Atomically replace `path` (0600)."""
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_dict(self, d: object) -> None:
+        """Replace the profiles with validated ones from `d` (BaselineFormatError if bad)."""
+        profiles = _parse_state(d, self.n_features)
+        if self.known is not None:
+            try:
+                known = type(self.known).from_dict(d.get("known", {}))
+            except (ValueError, TypeError, AttributeError) as e:
+                raise BaselineFormatError(f"known: {e}") from None
+            self.known.__dict__.update(known.__dict__)
+        self.profiles = {p.mac: p for p in profiles}
+        self._priors_dirty = True
+        self._fit_priors(time.time())
+
+    def load(self, path: str) -> str:
+        """Load state; a bad file is moved aside and reported, never fatal."""
+        if not os.path.exists(path):
+            return "no saved baselines; learning from scratch"
+        try:
+            if os.path.getsize(path) > MAX_STATE_BYTES:
+                raise BaselineFormatError(f"file is larger than {MAX_STATE_BYTES} bytes")
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            self.load_dict(data)
+            return f"loaded {len(self.profiles)} device profiles from {path}"
+        except (OSError, ValueError, RecursionError) as e:   # JSONDecodeError, BaselineFormatError
+            aside = f"{path}.corrupt-{int(time.time())}"
+            try:
+                os.replace(path, aside)
+            except OSError:
+                aside = "(could not move it)"
+            self.profiles = {}
+            self.priors = {}
+            msg = f"{path}: unusable baseline state ({e}); moved to {aside}, learning from scratch"
+            LOG.error(msg)
+            return msg
+
+
+def _parse_state(d: object, n_features: int) -> list[Profile]:
+    def bad(where: str, what: str):
+        raise BaselineFormatError(f"{where}: {what}")
+
+    if not isinstance(d, dict):
+        bad("state", "not a JSON object")
+    if d.get("schema") != SCHEMA:
+        bad("schema", f"expected {SCHEMA!r}, got {str(d.get('schema'))[:40]!r}")
+    if d.get("n_features") != n_features:
+        bad("n_features", f"expected {n_features}, got {str(d.get('n_features'))[:20]}")
+    items = d.get("profiles")
+    if not isinstance(items, list):
+        bad("profiles", "not a list")
+    out = []
+    for i, it in enumerate(items):
+        where = f"profiles[{i}]"
+        if not isinstance(it, dict):
+            bad(where, "not an object")
+        mac = it.get("mac")
+        if not isinstance(mac, str) or len(mac) != 17:
+            bad(f"{where}.mac", "not a MAC address")
+        cls = it.get("cls")
+        if cls is not None and (not isinstance(cls, str) or len(cls) > 64):
+            bad(f"{where}.cls", "not a class name")
+        nums = {}
+        for k in ("started", "fitted_at", "burst_max"):
+            v = it.get(k)
+            if v is None and k == "fitted_at":
+                nums[k] = None
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                bad(f"{where}.{k}", "not a non-negative number")
+            nums[k] = v
+        sample = _matrix(it.get("sample"), f"{where}.sample", n_features, allow_none=True)
+        windows = _matrix(it.get("windows", []), f"{where}.windows", n_features, allow_none=False)
+        base = it.get("baseline")
+        baseline = None
+        if base is not None:
+            try:
+                baseline = DeviceBaseline.from_dict(base)
+            except BaselineFormatError as e:
+                bad(f"{where}.baseline", str(e))
+            if baseline.n_features_in_ != n_features:
+                bad(f"{where}.baseline", f"has {baseline.n_features_in_} features, expected {n_features}")
+        out.append(Profile(mac, cls, float(nums["started"]),
+                           windows=[] if windows is None else list(windows[:MAX_LEARN_WINDOWS]),
+                           sample=sample, baseline=baseline, fitted_at=nums["fitted_at"],
+                           burst_max=int(nums["burst_max"])))
+    return out
+
+
+def _matrix(v: object, where: str, n_features: int, allow_none: bool) -> np.ndarray | None:
+    if v is None and allow_none:
+        return None
+    if not isinstance(v, list):
+        raise BaselineFormatError(f"{where}: not a list")
+    if not v:
+        return np.zeros((0, n_features), dtype=np.float32)
+    if len(v) > MAX_LEARN_WINDOWS:
+        raise BaselineFormatError(f"{where}: more than {MAX_LEARN_WINDOWS} rows")
+    for r, row in enumerate(v):
+        if not isinstance(row, list) or len(row) != n_features or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in row):
+            raise BaselineFormatError(f"{where}[{r}]: not a row of {n_features} numbers")
+    a = np.asarray(v, dtype=np.float64)
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise BaselineFormatError(f"{where}: values must be finite and non-negative")
+    return a.astype(np.float32)
+
+
+def store_for(config, known=None) -> BaselineStore:
+    """The store for iotguard's feature set with the config's detection settings."""
+    from controller.features import FEATURES, FRACTIONS, TWO_SIDED
+    return BaselineStore(len(FEATURES), config.learn_seconds, config.far, TWO_SIDED,
+                         config.max_shift_per_day, known=known, fractions=FRACTIONS)

@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+
+from controller.config import Config
+from controller.detector import Detector
+from controller.features import FEATURES, INDEX, WindowFeatures
+from controller.profiles import store_for
+
+CAM = "00:00:00:00:00:11"
+NAMES = {CAM: ("camera-1", ("camera", "iot")), "00:00:00:00:00:01": ("gw", ("gateway", "infra"))}
+
+
+def who(mac):
+    return NAMES.get(mac, ("cam-" + mac[-2:], ("camera", "iot")))
+
+
+def normal(rng):
+    x = np.zeros(len(FEATURES))
+    x[INDEX["tx_bytes"]] = 2000 * rng.uniform(0.8, 1.2)
+    x[INDEX["rx_bytes"]] = 300 * rng.uniform(0.8, 1.2)
+    x[INDEX["tx_packets"]] = 10 * rng.uniform(0.8, 1.2)
+    x[INDEX["rx_packets"]] = 6 * rng.uniform(0.8, 1.2)
+    x[INDEX["distinct_dst_ips"]] = rng.integers(1, 3)
+    x[INDEX["distinct_dst_ports"]] = rng.integers(1, 3)
+    x[INDEX["tcp_share"]] = 1.0
+    x[INDEX["mean_pkt_size"]] = 200 * rng.uniform(0.9, 1.1)
+    return x
+
+
+def window(t, rows: dict, port=-1, hosts=0):
+    macs = list(rows)
+    return WindowFeatures(time=t, window=1.0, macs=macs, X=np.asarray([rows[m] for m in macs]),
+                          top_port=np.full(len(macs), port), top_port_hosts=np.full(len(macs), hosts))
+
+
+def trained(macs=(CAM,), learn=30, **cfg):
+    config = Config(learn_seconds=learn, **cfg)
+    det = Detector(config, store_for(config), who)
+    rng = np.random.default_rng(7)
+    for t in range(learn + 5):
+        assert det.on_window(window(1000.0 + t, {m: normal(rng) for m in macs}), 1000.0 + t) == []
+    return det, rng
+
+
+def scan_row(rng):
+    x = normal(rng)
+    x[INDEX["new_flows"]] = 212
+    x[INDEX["distinct_dst_ips"]] = 198
+    x[INDEX["lateral_peers"]] = 198
+    return x
+
+
+def test_learning_then_scan_is_explained_in_plain_words():
+    det, rng = trained()
+    assert not det.store.profiles[CAM].learning
+    (alert,) = det.on_window(window(2000.0, {CAM: scan_row(rng)}, port=23, hosts=198), 2000.0)
+    assert alert.kind == "anomaly" and alert.device == "camera-1" and alert.baseline == "own"
+    assert alert.score > alert.threshold
+    assert alert.explanation.startswith("camera-1 opened 212 new connections to 198")
+    assert "on port 23 in 1 s; its baseline is 0–" in alert.explanation
+    assert alert.features[0]["feature"] in ("new_flows", "distinct_dst_ips", "lateral_peers")
+
+
+def test_alert_is_deduplicated_while_anomalous_and_reopens_after_recovery():
+    det, rng = trained()
+    first = det.on_window(window(2000.0, {CAM: scan_row(rng)}), 2000.0)
+    assert len(first) == 1
+    assert det.on_window(window(2001.0, {CAM: scan_row(rng)}), 2001.0) == []
+    assert first[0].count == 2 and first[0].last_time == 2001.0
+    for t in range(3):
+        det.on_window(window(2002.0 + t, {CAM: normal(rng)}), 2002.0 + t)
+    assert len(det.on_window(window(2010.0, {CAM: scan_row(rng)}), 2010.0)) == 1
+
+
+def test_flood_named_by_packet_rate():
+    det, rng = trained()
+    x = normal(rng)
+    x[INDEX["tx_packets"]] = 130000
+    x[INDEX["tx_bytes"]] = 130000 * 60
+    x[INDEX["mean_pkt_size"]] = 60
+    (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
+    assert "packets/s" in alert.explanation or "/s" in alert.explanation
+    assert {f["feature"] for f in alert.features} & {"tx_packets", "tx_bytes"}
+
+
+def test_nothing_is_judged_before_any_baseline_exists():
+    config = Config(learn_seconds=300)
+    det = Detector(config, store_for(config), who)
+    rng = np.random.default_rng(0)
+    assert det.on_window(window(1.0, {CAM: scan_row(rng)}), 1.0) == []
+    assert det.windows_scored == 0
+
+
+def test_new_device_is_judged_by_its_class_prior():
+    det, rng = trained(macs=(CAM, "00:00:00:00:00:12"))
+    newcam = "00:00:00:00:00:13"
+    (alert,) = det.on_window(window(2000.0, {newcam: scan_row(rng)}), 2000.0)
+    assert alert.baseline == "class:camera" and alert.device == "cam-13"
+
+
+def test_excluded_tags_are_not_scored():
+    det, rng = trained()
+    gw = "00:00:00:00:00:01"
+    assert det.on_window(window(2000.0, {gw: scan_row(rng)}), 2000.0) == []
+    assert gw not in det.store.profiles
+    for i in range(100):
+        assert det.on_new_flow(gw, 6, 0x0A000000 + i, 23, 2001.0) is None
+
+
+def test_burst_path_fires_within_the_second_and_names_the_port():
+    det, _ = trained()
+    alerts = [det.on_new_flow(CAM, 6, 0x0A000000 + i, 23, 3000.0 + i * 0.02) for i in range(40)]
+    raised = [a for a in alerts if a is not None]
+    assert len(raised) == 1
+    a = raised[0]
+    assert a.kind == "new_flow_burst" and a.time < 3000.0 + 1.0
+    assert "20 new connections to 20 hosts on port 23 within 1 s" in a.explanation
+
+
+def test_slow_connections_are_not_a_burst():
+    det, _ = trained()
+    assert all(det.on_new_flow(CAM, 6, 0x0A000000 + i, 23, 3000.0 + i * 0.5) is None for i in range(100))
+
+
+def test_outbreak_when_three_cameras_turn_anomalous_together():
+    macs = ("00:00:00:00:00:11", "00:00:00:00:00:12", "00:00:00:00:00:13", "00:00:00:00:00:14")
+    det, rng = trained(macs=macs)
+    out = []
+    for i, m in enumerate(macs[:3]):
+        out += det.on_window(window(2000.0 + i * 5, {m: scan_row(rng)}), 2000.0 + i * 5)
+    kinds = [a.kind for a in out]
+    assert kinds.count("anomaly") == 3 and kinds.count("outbreak") == 1
+    ob = [a for a in out if a.kind == "outbreak"][0]
+    assert ob.devices == ["camera-1", "cam-12", "cam-13"] or sorted(ob.devices) == ob.devices
+    assert "3 camera devices turned anomalous" in ob.explanation
+    # a fourth within the horizon does not repeat the outbreak
+    assert [a.kind for a in det.on_window(window(2016.0, {macs[3]: scan_row(rng)}), 2016.0)] == ["anomaly"]
+
+
+def test_recent_is_newest_first_with_since():
+    det, rng = trained()
+    det.on_window(window(2000.0, {CAM: scan_row(rng)}), 2000.0)
+    det.on_new_flow(CAM, 6, 1, 1, 2000.5)
+    for i in range(30):
+        det.on_new_flow(CAM, 6, 100 + i, 23, 2100.0 + i * 0.01)
+    rec = det.recent()
+    assert [a["kind"] for a in rec] == ["new_flow_burst", "anomaly"]
+    assert [a["kind"] for a in det.recent(since=2050.0)] == ["new_flow_burst"]
+    assert det.recent(since=9999.0) == []
+
+
+@pytest.mark.parametrize("feature, value, words", [
+    ("dns_queries", 400, "DNS queries"),
+    ("new_dst_share", 1.0, "never talked to"),
+    ("rx_bytes", 5e7, "received"),
+])
+def test_explanation_names_the_leading_feature(feature, value, words):
+    det, rng = trained()
+    x = normal(rng)
+    x[INDEX[feature]] = value
+    (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
+    assert alert.features[0]["feature"] == feature
+    assert words in alert.explanation
