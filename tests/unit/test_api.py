@@ -80,3 +80,17 @@ def test_short_token_file_is_an_error(tmp_path):
     (tmp_path / "api-token").write_text("abc\n")
     with pytest.raises(ValueError, match="shorter than 16"):
         load_or_create_token(None, str(tmp_path))
+
+
+def test_query_errors_are_400_json():
+    from controller.api import ApiError, query_float
+
+    def alerts(q):
+        return {"since": query_float(q["query"], "since")}
+    a = Api(TOKEN, {("GET", "/api/v1/alerts"): alerts})
+    assert a.handle("GET", "/api/v1/alerts?since=12.5", auth()) == (200, {"since": 12.5})
+    assert a.handle("GET", "/api/v1/alerts", auth()) == (200, {"since": None})
+    status, body = a.handle("GET", "/api/v1/alerts?since=yesterday", auth())
+    assert status == 400 and body["error"] == "bad_request" and "'since'" in body["message"]
+    assert a.handle("GET", "/api/v1/alerts?since=nan", auth())[0] == 400
+    assert isinstance(ApiError(400, "x", "y"), Exception)
