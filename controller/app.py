@@ -119,17 +119,23 @@ class IoTGuard(compat.BaseApp):
         saved = time.monotonic()
         while self.running:
             start = time.monotonic()
-            self._locked(self.core.poll_tick)
             if start - saved >= SAVE_EVERY:
                 saved = start
                 try:
                     self._locked(self.core.save_state)
                 except OSError as e:
                     LOG.error("could not save baselines: %s", e)
+            polled = []
             for dpid, dp in list(self.datapaths.items()):
                 sent = self._inflight.get(dpid)
                 if sent is not None and start - sent < 3 * interval:
                     continue   # the previous poll is still being answered: do not pile up
+                polled.append(dpid)
+            self._locked(self.core.poll_sent, polled)
+            for dpid in polled:
+                dp = self.datapaths.get(dpid)
+                if dp is None:
+                    continue
                 self._inflight[dpid] = start
                 dp.send_msg(compat.flow_stats_request(dp))
                 dp.send_msg(compat.port_stats_request(dp))

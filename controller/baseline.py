@@ -39,6 +39,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 SCHEMA = "iotguard.baseline/1"
 DAY = 86400.0
 MAD_TO_SD = 1.4826      # times the MAD of a normal sample, its standard deviation
+TAIL_PRIOR_EXCESS = 0.47   # mean excess of a standard normal beyond its 90th percentile
+TAIL_PRIOR_WEIGHT = 10.0   # ... counted as this many observed tail points
 RANGE_K = 2.33          # explain(): median +- 2.33 scales is the 1st..99th percentile of a normal
 _Z_CAP = 8.0            # z fed to the covariance model: a few wild training windows cannot own it
 _VAR_FLOOR = 0.34       # var of max(z, 0), z ~ N(0, 1): a quiet feature counts as one scale unit noisy
@@ -115,13 +117,21 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         self.d_scale_ = float(max(MAD_TO_SD * np.median(np.abs(d - self.d_median_)), _D_SCALE_FLOOR))
 
     def _calibrate(self, a: np.ndarray) -> float:
-        """The (1 - far) quantile of the training scores, floored at z_floor."""
+        """The (1 - far) quantile of the training scores, floored at z_floor.
+
+        Beyond the sample, an exponential tail is fitted to the top 10%.  Its
+        mean excess is shrunk toward a prior (that of a normal tail beyond its
+        90th percentile, in z units) with the weight of TAIL_PRIOR_WEIGHT
+        points: with 30 warm-up windows the top 10% is three numbers, and one
+        noisy window would otherwise set the threshold for the device's life.
+        """
         if len(a) * self.far >= 5 or self.far >= 0.1:
             t = float(np.quantile(a, 1 - self.far))
         else:
             q90 = float(np.quantile(a, 0.9))
             top = a[a > q90]
-            excess = float(np.mean(top - q90)) if top.size else 0.0
+            excess = (float(np.sum(top - q90)) + TAIL_PRIOR_WEIGHT * TAIL_PRIOR_EXCESS) / \
+                (top.size + TAIL_PRIOR_WEIGHT)
             t = q90 + excess * math.log(0.1 / self.far)
         return float(max(self.z_floor, t))
 

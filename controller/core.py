@@ -79,6 +79,7 @@ class Core:
         self.detector = Detector(config, self.store, self.who)
         self.recorder: Recorder | None = None
         self._window_start = clock()
+        self._awaiting: set[int] = set()   # switches whose flow stats this round still lacks
 
     # ------------------------------------------------------------ switches
     def switch_connected(self, dpid: int) -> Out:
@@ -105,6 +106,7 @@ class Core:
 
     def switch_disconnected(self, dpid: int) -> None:
         self.switches.pop(dpid, None)
+        self._round_answered(dpid)
         self.topology.remove_switch(dpid)
         self.flow_tracker.forget(dpid)
         self.port_tracker.forget(dpid)
@@ -201,8 +203,22 @@ class Core:
         dev = self.config.device_by_mac(mac)
         return (dev.name, tuple(dev.tags)) if dev else ("dev-" + mac.replace(":", "")[-6:], ())
 
-    def poll_tick(self) -> list[Alert]:
-        """Close the feature window (called once per poll interval, before the next poll)."""
+    def poll_sent(self, dpids) -> list[Alert]:
+        """A new polling round begins.  A round some switch never answered closes now."""
+        alerts = self.close_window() if self._awaiting else []
+        self._awaiting = set(dpids) & set(self.switches)
+        return alerts
+
+    def _round_answered(self, dpid: int) -> None:
+        """The window closes as soon as every switch has answered: no extra poll of lag."""
+        if dpid in self._awaiting:
+            self._awaiting.discard(dpid)
+            if not self._awaiting:
+                self.close_window()
+
+    def close_window(self) -> list[Alert]:
+        """Turn the window's stats into features and score them."""
+        self._awaiting = set()
         now = self.clock()
         window = now - self._window_start
         self._window_start = now
@@ -257,6 +273,7 @@ class Core:
         self.counters["polls"] += 1
         self.counters["flow_entries"] += len(heads)
         if deltas.window <= 0:
+            self._round_answered(dpid)
             return {}
         edges = self._edge_array()
         self.extractor.add(deltas, edges)
@@ -273,6 +290,7 @@ class Core:
             self._retire.update(int(c) & rules.COOKIE_ID_MASK for c in deltas.vanished
                                 if rules.cookie_kind(int(c)) == rules.Kind.FORWARD)
         self._retire_ids(now)
+        self._round_answered(dpid)
         return per_dev
 
     def _edge_array(self) -> np.ndarray:

@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from controller.config import Config
-from controller.features import FEATURES, WindowFeatures
+import numpy as np
+
+from controller.features import FEATURES, WindowFeatures, impute_tx_mix
 from controller.profiles import BaselineStore
 
 CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
@@ -166,6 +168,7 @@ class Detector:
             if baseline is None:
                 continue
             self.windows_scored += 1
+            x = impute_tx_mix(x[None, :], np.expm1(baseline.median_))[0]
             score = float(baseline.anomaly_score(x[None, :])[0])
             key = (mac, "anomaly")
             if score <= baseline.threshold_:

@@ -503,3 +503,22 @@ class FeatureExtractor:
 
 # Features that are shares in [0, 1]: the baseline gives them a finer scale floor.
 FRACTIONS: tuple[int, ...] = tuple(i for i, f in enumerate(FEATURES) if UNITS[f] == "fraction")
+
+# What a device's sent packets were made of: undefined in a window where it sent none.
+TX_MIX: tuple[int, ...] = tuple(INDEX[f] for f in ("tcp_share", "udp_share", "icmp_share",
+                                                 "other_share", "mean_pkt_size"))
+
+
+def impute_tx_mix(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Rows that sent no packets get `fill` for the TX_MIX features.
+
+    A window of pure listening has no protocol mix or packet size; scoring its
+    zeros would read as a collapse of TCP and of packet size.  The caller
+    passes a neutral fill (the baseline's median) so those features say nothing.
+    """
+    idle = X[:, INDEX["tx_packets"]] <= 0
+    if not idle.any():
+        return X
+    X = X.copy()
+    X[np.ix_(idle, TX_MIX)] = fill[list(TX_MIX)]
+    return X

@@ -106,7 +106,7 @@ class BaselineStore:
         """Fit up to `fit_budget` devices whose warm-up is over; refresh priors."""
         fitted = []
         for p in self.ready(now)[: self.fit_budget]:
-            X = np.vstack(p.windows).astype(np.float64)
+            X = self._defined(np.vstack(p.windows).astype(np.float64))
             p.baseline = self._new_baseline().fit(X)
             p.fitted_at = now
             keep = self._rng.sample(range(len(X)), min(SAMPLE_SIZE, len(X)))
@@ -118,6 +118,14 @@ class BaselineStore:
             self._fit_priors(now)
         return fitted
 
+    @staticmethod
+    def _defined(X: np.ndarray) -> np.ndarray:
+        """Fill idle windows' undefined mix with the median of the windows that sent."""
+        from controller.features import INDEX, impute_tx_mix
+        sent = X[X[:, INDEX["tx_packets"]] > 0]
+        fill = np.median(sent, axis=0) if len(sent) else np.zeros(X.shape[1])
+        return impute_tx_mix(X, fill)
+
     def _fit_priors(self, now: float) -> None:
         by_cls: dict[str | None, list[np.ndarray]] = {}
         for p in self.profiles.values():
@@ -128,7 +136,7 @@ class BaselineStore:
                 by_cls.setdefault(p.cls, []).append(p.sample)
         priors: dict[str | None, DeviceBaseline] = {}
         for cls, samples in by_cls.items():
-            X = np.vstack(samples).astype(np.float64)
+            X = self._defined(np.vstack(samples).astype(np.float64))
             if len(X) > 2000:
                 X = X[np.asarray(self._rng.sample(range(len(X)), 2000))]
             if len(X) >= MIN_WINDOWS:

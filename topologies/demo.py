@@ -17,26 +17,6 @@ import time
 
 from topologies.lab import have_ovs, running
 
-INET = "203.0.113.10"
-
-# (host, shell loop) -- each runs under `timeout`, so it ends by itself too.
-TRAFFIC = [
-    ("camera", f"while :; do head -c 400000 /dev/urandom | curl -s -m 3 -o /dev/null "
-               f"--data-binary @- http://{INET}/upload; sleep 0.5; done"),
-    ("doorbell", f"while :; do for i in 1 2 3; do curl -s -m 2 -o /dev/null http://{INET}/; done; "
-                 f"sleep 4; done"),
-    ("thermostat", f"while :; do curl -s -m 2 -o /dev/null http://{INET}/; sleep 2; done"),
-    ("bulb1", "ping -i 1 -q 10.0.0.2"),
-    ("bulb2", "ping -i 1.5 -q 10.0.0.2"),
-    ("bulb3", "ping -i 2 -q 10.0.0.2"),
-    ("hub", "while :; do for b in 21 22 23; do ping -c 1 -W 1 -q 10.0.0.$b; done; sleep 1; done"),
-    ("laptop", f"while :; do {{dns}}; curl -s -m 3 -o /dev/null http://{INET}/; sleep 1; done"),
-    ("tv", f"while :; do head -c 200000 /dev/urandom | curl -s -m 3 -o /dev/null "
-           f"--data-binary @- http://{INET}/; sleep 1; done"),
-    ("speaker", f"while :; do curl -s -m 2 -o /dev/null http://{INET}/; sleep 3; done"),
-]
-
-
 def _rate(bps: float) -> str:
     for unit in ("B/s", "kB/s", "MB/s"):
         if bps < 1000:
@@ -70,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not have_ovs():
         print("demo: Open vSwitch is not running; run `sudo make provision` first", file=sys.stderr)
         return 2
-    from topologies.net import dns_query_cmd, start_process
+    from topologies.traffic import start_benign
     from topologies.smart_home import SmartHomeTopo
 
     topo = SmartHomeTopo()
@@ -80,11 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[demo] controller up (OpenFlow 127.0.0.1:{ctl.ofp_port}, API 127.0.0.1:{ctl.api_port})")
             loss = net.pingAll(timeout="1")
             print(f"[demo] pingall: {loss:.0f}% loss")
-            dns = dns_query_cmd(INET, "cloud.example")
-            for host, loop in TRAFFIC:
-                start_process(net, host, ["timeout", str(args.seconds + 5), "sh", "-c",
-                                          loop.replace("{dns}", dns + " >/dev/null")], name="traffic")
-            print(f"[demo] {len(TRAFFIC)} devices generating benign traffic for {args.seconds}s")
+            procs = start_benign(net, args.seconds + 5)
+            print(f"[demo] {len(procs)} devices generating benign traffic for {args.seconds}s")
             t0 = time.monotonic()
             while time.monotonic() - t0 < args.seconds:
                 time.sleep(max(0.0, min(args.every, args.seconds - (time.monotonic() - t0))))

@@ -41,7 +41,8 @@ class Controller:
     """`iotguard run` (or ryu-manager) in its own process group, with its API."""
 
     def __init__(self, inventory=None, framework: str = "os-ken", env: dict | None = None,
-                 poll_interval: float = 1.0, ofp_port: int | None = None) -> None:
+                 poll_interval: float = 1.0, ofp_port: int | None = None,
+                 detection: dict | None = None, record: str | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="iotguard-lab-")
         self.ofp_port = ofp_port or free_port()
         self.api_port = free_port()
@@ -52,6 +53,9 @@ class Controller:
                "api": {"port": self.api_port}, "poll_interval": poll_interval,
                "state_dir": os.path.join(self.dir, "state"), "internal_subnets": ["10.0.0.0/8"],
                "devices": [{k: v for k, v in d.items() if v} for d in (inventory or [])]}
+        if detection:
+            cfg["detection"] = detection
+        self.record = record
         with open(self.config_path, "w") as f:
             yaml.safe_dump(cfg, f)
         self.proc: subprocess.Popen | None = None
@@ -66,6 +70,8 @@ class Controller:
                    "--ofp-tcp-listen-port", str(self.ofp_port), "controller.app"]
         else:
             cmd = [sys.executable, "-m", "controller.cli", "run", "--config", self.config_path]
+            if self.record:
+                cmd += ["--record", self.record]
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -90,6 +96,9 @@ class Controller:
                                      headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.load(r)
+
+    def alerts(self, since: float | None = None) -> list[dict]:
+        return self.get("/api/v1/alerts" + (f"?since={since}" if since is not None else ""))["alerts"]
 
     def devices(self) -> dict[str, dict]:
         return {d["name"]: d for d in self.get("/api/v1/devices")["devices"]}

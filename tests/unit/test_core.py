@@ -147,3 +147,20 @@ def test_gateway_does_not_inherit_the_addresses_it_routes():
     c.packet_in(1, 1, tcp(gw, CAM, "203.0.113.10", "10.0.0.11", 80))   # routed in
     c.packet_in(1, 1, tcp(gw, HUB, "10.0.0.11", "10.0.0.12", 80))      # hairpinned LAN source
     assert c.inventory.get(gw).ips == ["10.0.0.1"]
+
+
+def test_window_closes_when_every_switch_has_answered():
+    c, clock = core()
+    c.switch_connected(1), c.switch_connected(2)
+    clock.t += 1
+    c.poll_sent([1, 2])
+    c.flow_stats(1, body([]))
+    c.flow_stats(2, body([]))
+    assert c.counters["windows"] == 1
+    clock.t += 1
+    c.poll_sent([1, 2])
+    c.flow_stats(1, body([]))
+    assert c.counters["windows"] == 1          # still waiting for switch 2
+    clock.t += 1
+    c.poll_sent([1, 2])                         # switch 2 never answered: close anyway
+    assert c.counters["windows"] == 2

@@ -161,3 +161,11 @@ def test_explanation_names_the_leading_feature(feature, value, words):
     (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
     assert alert.features[0]["feature"] == feature
     assert words in alert.explanation
+
+
+def test_a_window_that_only_listens_is_not_a_protocol_collapse():
+    det, rng = trained()
+    x = np.zeros(len(FEATURES))
+    x[INDEX["rx_bytes"]] = 300
+    x[INDEX["rx_packets"]] = 5      # received, sent nothing: no tcp share, no packet size
+    assert det.on_window(window(2000.0, {CAM: x}), 2000.0) == []

@@ -1,0 +1,106 @@
+"""Detection on real traffic: benign warm-up, a quiet soak, then a scan and a flood.
+
+One smart_home network and controller for the module, in test order: the soak
+must run before any attack, so the module's tests are ordered and share state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from topologies.lab import have_ovs, running
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not have_ovs(), reason="needs root and a running Open vSwitch "
+                                                        "(sudo make test provisions both)")]
+
+from topologies.smart_home import SmartHomeTopo  # noqa: E402
+from topologies.traffic import start_benign  # noqa: E402
+
+LEARN = 30
+POLL = 1.0
+SOAK = float(os.environ.get("IOTGUARD_SOAK_SECONDS", "300"))
+IOT = ["camera", "doorbell", "thermostat", "bulb1", "bulb2", "bulb3", "hub", "laptop", "tv", "speaker"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    record = str(tmp_path_factory.mktemp("rec") / "trace.jsonl")
+    with running(SmartHomeTopo(), poll_interval=POLL, record=record,
+                 detection={"learn_seconds": LEARN}) as (ctl, net):
+        start_benign(net, LEARN + SOAK + 300)
+        ctl.wait_for(lambda: ctl.get("/api/v1/health")["detection"]["baselined"] >= len(IOT),
+                     LEARN + 40, "every IoT device to finish its warm-up", interval=1.0)
+        yield ctl, net, record
+
+
+def _wait_alert(ctl, since, device, kind, timeout):
+    def found():
+        hits = [a for a in ctl.alerts(since) if a["device"] == device and a["kind"] == kind]
+        return hits[-1] if hits else None
+    return ctl.wait_for(found, timeout, f"a {kind} alert for {device}", interval=0.1)
+
+
+def test_benign_soak_raises_no_alert(lab):
+    ctl, _, _ = lab
+    t0 = time.time()
+    time.sleep(SOAK)
+    alerts = ctl.alerts(t0)
+    assert alerts == [], "\n".join(f"{a['kind']} {a['device']}: {a['explanation']}" for a in alerts)
+    health = ctl.get("/api/v1/health")
+    assert health["counters"]["windows"] >= SOAK * 0.9 / POLL
+    print(f"soak: {SOAK:.0f}s, {health['counters']['windows']} windows, 0 alerts")
+
+
+def test_nmap_scan_flagged_by_event_path_within_1s(lab):
+    ctl, net, _ = lab
+    camera = net.get("camera")
+    t0 = time.time()
+    scan = camera.popen(["timeout", "20", "nmap", "-sS", "-Pn", "-n", "-p", "1-1000", "10.0.0.3"])
+    try:
+        alert = _wait_alert(ctl, t0, "camera", "new_flow_burst", 5.0)
+    finally:
+        os.killpg(scan.pid, signal.SIGKILL)
+        scan.wait(5)
+    latency = alert["time"] - t0
+    print(f"nmap -sS: new_flow_burst {latency * 1000:.0f} ms after the scan started: {alert['explanation']}")
+    assert latency <= 1.0, alert
+    assert "camera opened" in alert["explanation"] and "within 1 s" in alert["explanation"]
+    newest = ctl.alerts(t0)
+    assert [a["time"] for a in newest] == sorted((a["time"] for a in newest), reverse=True)
+
+
+def test_hping3_flood_flagged_by_periodic_path_within_2_polls(lab):
+    ctl, net, _ = lab
+    thermostat = net.get("thermostat")
+    t0 = time.time()
+    flood = thermostat.popen(["timeout", "4", "hping3", "--flood", "-S", "-p", "80", "203.0.113.10"])
+    try:
+        alert = _wait_alert(ctl, t0, "thermostat", "anomaly", 2 * POLL + 3)
+    finally:
+        os.killpg(flood.pid, signal.SIGKILL)
+        flood.wait(5)
+    latency = alert["time"] - t0
+    print(f"hping3 --flood: anomaly {latency * 1000:.0f} ms after the flood started: {alert['explanation']}")
+    assert latency <= 2 * POLL, alert
+    assert alert["features"][0]["feature"] in ("tx_packets", "tx_bytes", "mean_pkt_size")
+    assert alert["score"] > alert["threshold"]
+
+
+def test_recording_replays_offline_to_the_same_alert_kinds(lab):
+    ctl, _, record = lab
+    import subprocess
+    import sys
+    from topologies.lab import ROOT
+    cfg = os.path.join(ctl.dir, "replay.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"detection: {{learn_seconds: {LEARN}}}\n")
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "replay", record, "--config", cfg],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    kinds = {(line.split('"kind": "')[1].split('"')[0]) for line in out.stdout.splitlines()}
+    assert {"new_flow_burst", "anomaly"} <= kinds, out.stdout[-2000:]
