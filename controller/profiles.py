@@ -71,7 +71,7 @@ class BaselineStore:
 
     def _new_baseline(self, conservative: bool = False) -> DeviceBaseline:
         # A fraction spans at most ln 2 after log1p, so shares need a finer floor than counts.
-        floor = [0.05 if j in self.fractions else 0.5 for j in range(self.n_features)]
+        floor = [0.1 if j in self.fractions else 0.5 for j in range(self.n_features)]
         if conservative:
             return DeviceBaseline(far=self.far, min_scale=[2 * f for f in floor], z_floor=6.0,
                                   two_sided=self.two_sided)
