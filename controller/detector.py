@@ -169,12 +169,12 @@ class Detector:
                 continue
             self.windows_scored += 1
             x = impute_tx_mix(x[None, :], np.expm1(baseline.median_))[0]
-            score = float(baseline.anomaly_score(x[None, :])[0])
+            score = baseline.score_one(x)
             key = (mac, "anomaly")
             if score <= baseline.threshold_:
                 self._quiet(key)
                 if source == "own" and score < SUSPICION * baseline.threshold_:
-                    self.store.fold(mac, x, now)
+                    self.store.fold(mac, x, now, score=score)
                 continue
             opened = self._open.get(key)
             if opened is not None:
@@ -188,6 +188,9 @@ class Detector:
                 lead = contribs[0]
                 text = describe(name, lead, wf.window, int(wf.top_port[i]), int(wf.top_port_hosts[i]),
                                 dict(zip(FEATURES, x.tolist())))
+                if lead.z <= baseline.threshold_:   # the multivariate model, not one feature, tripped
+                    others = ", ".join(c.feature.replace("_", " ") for c in contribs[1:])
+                    text = (f"unusual combination{' with ' + others if others else ''}: {text}")
             else:
                 lead = None
                 text = f"{name}'s traffic is an unusual combination of otherwise normal values"

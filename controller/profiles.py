@@ -30,6 +30,7 @@ SCHEMA = "iotguard.profiles/1"
 SAMPLE_SIZE = 64          # windows kept per device for class priors and restarts
 MAX_LEARN_WINDOWS = 4096  # cap on the windows buffered while learning
 MIN_WINDOWS = 10
+MV_WINDOWS_PER_FEATURE = 10
 MAX_STATE_BYTES = 256 * 1024 * 1024
 
 
@@ -69,13 +70,17 @@ class BaselineStore:
         self._priors_dirty = False
         self._rng = random.Random(0)
 
-    def _new_baseline(self, conservative: bool = False) -> DeviceBaseline:
+    def _new_baseline(self, n_windows: int, conservative: bool = False) -> DeviceBaseline:
         # A fraction spans at most ln 2 after log1p, so shares need a finer floor than counts.
         floor = [0.1 if j in self.fractions else 0.5 for j in range(self.n_features)]
+        # A covariance from fewer than ~10 windows per feature scores new windows far more
+        # harshly than its training ones (seen: false alarms after a 30 s warm-up).
+        multivariate = n_windows >= MV_WINDOWS_PER_FEATURE * self.n_features
         if conservative:
             return DeviceBaseline(far=self.far, min_scale=[2 * f for f in floor], z_floor=6.0,
-                                  two_sided=self.two_sided)
-        return DeviceBaseline(far=self.far, min_scale=floor, two_sided=self.two_sided)
+                                  two_sided=self.two_sided, multivariate=multivariate)
+        return DeviceBaseline(far=self.far, min_scale=floor, two_sided=self.two_sided,
+                              multivariate=multivariate)
 
     def profile(self, mac: str, cls: str | None, now: float) -> Profile:
         p = self.profiles.get(mac)
@@ -107,7 +112,7 @@ class BaselineStore:
         fitted = []
         for p in self.ready(now)[: self.fit_budget]:
             X = self._defined(np.vstack(p.windows).astype(np.float64))
-            p.baseline = self._new_baseline().fit(X)
+            p.baseline = self._new_baseline(len(X)).fit(X)
             p.fitted_at = now
             keep = self._rng.sample(range(len(X)), min(SAMPLE_SIZE, len(X)))
             p.sample = X[sorted(keep)].astype(np.float32)
@@ -140,16 +145,16 @@ class BaselineStore:
             if len(X) > 2000:
                 X = X[np.asarray(self._rng.sample(range(len(X)), 2000))]
             if len(X) >= MIN_WINDOWS:
-                priors[cls] = self._new_baseline(conservative=cls is None).fit(X)
+                priors[cls] = self._new_baseline(len(X), conservative=cls is None).fit(X)
         self.priors = priors
         self._priors_at = now
         self._priors_dirty = False
 
-    def fold(self, mac: str, x: np.ndarray, now: float) -> bool:
+    def fold(self, mac: str, x: np.ndarray, now: float, score: float | None = None) -> bool:
         p = self.profiles.get(mac)
         if p is None or p.baseline is None:
             return False
-        return p.baseline.fold(x, now, max_shift_per_day=self.max_shift_per_day)
+        return p.baseline.fold(x, now, max_shift_per_day=self.max_shift_per_day, score=score)
 
     def note_burst(self, mac: str, count: int, floor: int) -> int:
         """Learn a learning device's normal burst size; returns its burst threshold."""

@@ -351,3 +351,11 @@ def test_memory_budget():
     arrays = sum(v.nbytes for v in vars(b).values() if isinstance(v, np.ndarray))
     assert arrays < b.nbytes() < 20_000
     assert not math.isnan(b.nbytes())
+
+
+def test_score_one_matches_anomaly_score():
+    rng = np.random.default_rng(5)
+    X = rng.lognormal(2.0, 0.3, size=(200, 6))
+    b = DeviceBaseline().fit(X)
+    for x in (X[0], X[1] * 40, np.zeros(6)):
+        assert b.score_one(x) == pytest.approx(float(b.anomaly_score(x[None, :])[0]))
