@@ -78,10 +78,6 @@ def _range(lo: float, hi: float, fmt=_num) -> str:
     return f"{fmt(lo)}–{fmt(hi)}"
 
 
-def _on_port(port: int, hosts: int) -> str:
-    return f" on port {port}" if port >= 0 and hosts > 0 else ""
-
-
 _COUNTS = {"new_flows", "distinct_dst_ips", "lateral_peers", "distinct_dst_ports", "dns_queries"}
 
 
@@ -101,11 +97,17 @@ def describe(name: str, c, window: float, port: int = -1, port_hosts: int = 0,
     if f in ("new_flows", "distinct_dst_ips", "lateral_peers"):
         conns = row.get("new_flows", v if f == "new_flows" else 0)
         hosts = row.get("lateral_peers" if f == "lateral_peers" else "distinct_dst_ips", v)
-        kind = "internal hosts" if f == "lateral_peers" else "hosts"
+        ports = row.get("distinct_dst_ports", 0)
+        kind = ("internal host" if f == "lateral_peers" else "host") + ("" if hosts == 1 else "s")
         unit = "connections" if f == "new_flows" else kind
         opened = f"opened {_num(conns)} new connections to " if conns >= hosts and conns > 0 else "contacted "
-        return (f"{name} {opened}{_num(hosts)} {kind}{_on_port(port, port_hosts)} in {w} s; "
-                f"{base} {unit}")
+        if port >= 0 and port_hosts * 2 >= hosts and ports <= 2:
+            where = f" on port {port}"                 # a sweep: many hosts, one service
+        elif ports > 1:
+            where = f" on {_num(ports)} ports"          # a port scan: few hosts, many ports
+        else:
+            where = ""
+        return f"{name} {opened}{_num(hosts)} {kind}{where} in {w} s; {base} {unit}"
     phrases = {
         "distinct_dst_ports": f"{name} contacted {_num(v)} distinct ports in {w} s; {base} ports",
         "tx_bytes": f"{name} sent {_bytes(v)}/s; its baseline is {_range(lo, hi, _bytes)}/s",

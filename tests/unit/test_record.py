@@ -73,3 +73,23 @@ def test_replay_cli_prints_json_lines(tmp_path):
 def test_malformed_recordings_name_the_line(text, words):
     with pytest.raises(RecordError, match=words):
         list(read(io.StringIO(text), "t.jsonl"))
+
+
+def test_shipped_smart_home_trace_replays_to_the_scan():
+    """tests/data/smart_home_scan.jsonl: smart_home benign warm-up, then nmap -sS from the camera
+    (recorded with `python -m topologies.record_trace`)."""
+    import os
+    data = os.path.join(os.path.dirname(__file__), "..", "data")
+    with open(os.path.join(data, "smart_home_scan.jsonl")) as f:
+        windows = list(read(f))
+    with open(os.path.join(data, "smart_home_scan.jsonl")) as f:
+        alerts = list(replay(f, Config(learn_seconds=30)))
+    scan_start = min(t for w in windows for (t, mac, proto, ip, port) in w.events
+                     if mac == "00:00:00:00:00:11" and proto == 6 and port not in (80, 443))
+    assert alerts, "the scan was not detected"
+    assert all(a["time"] >= scan_start for a in alerts), "alerts before the scan: false alarms"
+    first = alerts[0]
+    assert (first["kind"], first["device"]) == ("new_flow_burst", "camera")
+    assert first["time"] - scan_start <= 1.0
+    camera = [a for a in alerts if a["device"] == "camera" and a["kind"] == "anomaly"]
+    assert camera and "ports" in camera[0]["explanation"]
