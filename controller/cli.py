@@ -21,6 +21,7 @@ normally behaves and answers misbehaviour with operator-written playbooks.
 commands:
   run        start the controller (OpenFlow listener, stats polling, detection, REST API)
   replay     run the detector offline over a recording made with 'run --record'
+  playbook   validate response playbooks ('iotguard playbook validate FILE...')
   config     validate a configuration file and print the effective settings
 
 Run 'iotguard COMMAND --help' for a command's options."""
@@ -59,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
                     "config's detection settings and device inventory apply.")
     rep.add_argument("file", metavar="FILE", help="recording (JSON lines)")
     rep.add_argument("--config", metavar="FILE", help="YAML configuration file")
+
+    pb = sub.add_parser("playbook", help="work with response playbooks",
+                        description="Response playbooks (see docs/playbooks.md).")
+    pbsub = pb.add_subparsers(dest="playbook_command", metavar="SUBCOMMAND")
+    val = pbsub.add_parser("validate", help="check playbook files",
+                           description="Check every FILE (or the *.yaml files of a directory) and "
+                                       "print each problem as FILE:LINE:COL: field: message. Exit "
+                                       "status 2 if there is any.")
+    val.add_argument("files", metavar="FILE", nargs="+")
+    val.add_argument("--config", metavar="FILE",
+                     help="check host names and tags against this config's device inventory")
 
     cfg = sub.add_parser("config", help="validate a configuration file",
                          description="Validate FILE and print the effective settings as JSON. "
@@ -144,6 +156,15 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_playbook(args) -> int:
+    from controller.playbook import main as playbook_main
+    if args.playbook_command != "validate":
+        _parser().parse_args(["playbook", "--help"])
+        return 2
+    argv = ["validate", *args.files] + (["--config", args.config] if args.config else [])
+    return playbook_main(argv)
+
+
 def cmd_config(args) -> int:
     import json
     config = load_config(args.file)
@@ -157,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 2
     try:
-        return {"run": cmd_run, "replay": cmd_replay, "config": cmd_config}[args.command](args)
+        return {"run": cmd_run, "replay": cmd_replay, "playbook": cmd_playbook,
+                "config": cmd_config}[args.command](args)
     except ConfigError as e:
         print(f"iotguard: configuration error: {e}", file=sys.stderr)
         return 2

@@ -81,9 +81,10 @@ def to_message(dp, msg):
             instructions=[_instruction(i) for i in msg.instructions])
     if isinstance(msg, MeterSpec):
         bands = [] if msg.command == "delete" else [
-            parser.OFPMeterBandDrop(rate=msg.rate_pps, burst_size=msg.burst)]
+            parser.OFPMeterBandDrop(rate=msg.rate, burst_size=msg.burst)]
+        unit = {"pktps": ofp.OFPMF_PKTPS, "kbps": ofp.OFPMF_KBPS}[msg.unit]
         return parser.OFPMeterMod(dp, command=_METER_COMMANDS[msg.command],
-                                  flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
+                                  flags=unit | ofp.OFPMF_BURST,
                                   meter_id=msg.meter_id, bands=bands)
     if isinstance(msg, PacketOut):
         return parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=_port(msg.in_port),

@@ -2,30 +2,26 @@
 
 Pure Python (stdlib + PyYAML) so the CLI and the unit tests can use it without
 os-ken.  The YAML is only *composed* into a node tree, never constructed by a
-loader: every value keeps its line number for error messages, and no tag can
-ever instantiate a Python object.  The result is a set of frozen dataclasses,
-so the rest of the controller can share one Config without defensive copies.
+loader (controller/yamlnodes.py, shared with the playbooks): every value keeps
+its line number for error messages, and no tag can ever instantiate a Python
+object.  The result is a set of frozen dataclasses, so the rest of the
+controller can share one Config without defensive copies.
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
-import re
-import stat
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, NoReturn, Union
+from typing import NoReturn, Union
 
-import yaml
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node
+
+from controller import yamlnodes
+from controller.yamlnodes import MAX_FILE_BYTES
 
 __all__ = ["ConfigError", "Device", "Config", "load_config", "parse_config", "MAX_FILE_BYTES"]
-
-MAX_FILE_BYTES = 1024 * 1024
-"""A config is a few KiB; anything bigger is a mistake or an attack on the parser."""
 
 IPLike = Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -117,20 +113,12 @@ class Config:
 
 # --------------------------------------------------------------------------- helpers
 
-_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
-_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_TAG_RE = re.compile(r"[a-z0-9_-]{1,32}")
-
-_YAML = "tag:yaml.org,2002:"
-_STR, _INT, _FLOAT, _BOOL, _NULL = (_YAML + t for t in ("str", "int", "float", "bool", "null"))
-_TIMESTAMP, _MAP, _SEQ = (_YAML + t for t in ("timestamp", "map", "seq"))
-_KIND = {
-    _STR: "a string", _INT: "an integer", _FLOAT: "a float", _BOOL: "a boolean",
-    _NULL: "null", _TIMESTAMP: "a date", _MAP: "a mapping", _SEQ: "a list",
-}
-# Everything else (!!python/..., !!binary, !!set, local !tags, the << merge key) is refused.
-_ALLOWED_TAGS = frozenset(_KIND)
-_TEXT_TAGS = frozenset({_STR, _INT, _FLOAT, _TIMESTAMP})
+_NULL = yamlnodes.NULL
+_normalise_mac = yamlnodes.normalise_mac
+_short = yamlnodes.short
+_join = yamlnodes.join
+_NAME_RE = yamlnodes.NAME_RE
+_TAG_RE = yamlnodes.TAG_RE
 
 _TOP_KEYS = ("openflow", "api", "poll_interval", "state_dir", "internal_subnets",
              "forwarding", "lldp_interval", "devices", "detection")
@@ -142,173 +130,15 @@ _DETECT_KEYS = ("learn_seconds", "false_alarm_rate", "burst_floor", "outbreak_de
                 "outbreak_seconds", "max_shift_per_day", "exclude_tags")
 
 
-def _normalise_mac(text: str) -> str | None:
-    return text.lower().replace("-", ":") if _MAC_RE.fullmatch(text) else None
-
-
-def _short(text: str, limit: int = 40) -> str:
-    """Quote user text in messages without letting a huge value flood the terminal."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _tag_name(tag: str) -> str:
-    return "!!" + tag[len(_YAML):] if tag.startswith(_YAML) else tag
-
-
-class _Refused(Exception):
-    """Raised from inside the composer, before the source name is known."""
-
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-        self.message = message
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose composer refuses aliases (billion-laughs, and they hide where a value came from)."""
-
-    def compose_node(self, parent: Node | None, index: object) -> Node:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            raise _Refused(self.peek_event().start_mark.line + 1, "aliases are not allowed")
-        return super().compose_node(parent, index)  # type: ignore[no-any-return]
-
-
 # --------------------------------------------------------------------------- validation
 
 
-class _Doc:
-    """Typed accessors over the node tree; every failure becomes a precise ConfigError."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self._ctor = SafeConstructor()  # only ever fed int/float scalars
+class _Doc(yamlnodes.Nodes):
+    """Typed accessors (yamlnodes.Nodes) whose first failure is a precise ConfigError."""
 
     def fail(self, node: Node | None, field: str, message: str) -> NoReturn:
         line = node.start_mark.line + 1 if node is not None else None
         raise ConfigError(self.source, line, field or None, message)
-
-    @staticmethod
-    def got(node: Node, secret: bool = False) -> str:
-        kind = _KIND.get(node.tag, _tag_name(node.tag))
-        if isinstance(node, ScalarNode) and not secret and node.tag != _NULL:
-            return f"{kind} ({_short(node.value)})"
-        return kind
-
-    def check_tags(self, root: Node) -> None:
-        """Refuse non-core tags anywhere, even under keys that would later be rejected."""
-        stack: list[tuple[Node, str]] = [(root, "")]
-        while stack:
-            node, path = stack.pop()
-            if node.tag == _YAML + "merge":
-                self.fail(node, path, "merge keys ('<<') are not allowed")
-            if node.tag not in _ALLOWED_TAGS:
-                self.fail(node, path, f"tag {_short(_tag_name(node.tag))} is not allowed")
-            if isinstance(node, SequenceNode):
-                stack.extend((n, f"{path}[{i}]") for i, n in reversed(list(enumerate(node.value))))
-            elif isinstance(node, MappingNode):
-                for k, v in reversed(node.value):
-                    sub = _join(path, str(k.value)) if isinstance(k, ScalarNode) else path
-                    stack += [(v, sub), (k, sub)]
-
-    def mapping(self, node: Node, path: str, allowed: tuple[str, ...],
-                null_ok: bool = True) -> dict[str, Node]:
-        """Key -> value node; rejects duplicate and unknown keys (typos must not be silently ignored)."""
-        if null_ok and node.tag == _NULL:
-            return {}
-        if not isinstance(node, MappingNode):
-            what = "expected a mapping" if path else "the top level must be a mapping"
-            self.fail(node, path, f"{what}, got {self.got(node)}")
-        out: dict[str, Node] = {}
-        lines: dict[str, int] = {}
-        for key, value in node.value:
-            if not isinstance(key, ScalarNode):
-                self.fail(key, path, f"keys must be plain strings, got {self.got(key)}")
-            name = key.value
-            sub = _join(path, name)
-            if name in out:
-                self.fail(key, sub, f"duplicate key {_short(name)} (first on line {lines[name]})")
-            if name not in allowed:
-                close = difflib.get_close_matches(name, allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail(key, sub, f"unknown key {_short(name)}{hint}; allowed keys: {', '.join(allowed)}")
-            out[name] = value
-            lines[name] = key.start_mark.line + 1
-        return out
-
-    def sequence(self, node: Node, path: str) -> list[Node]:
-        if not isinstance(node, SequenceNode):
-            self.fail(node, path, f"expected a list, got {self.got(node)}")
-        return list(node.value)
-
-    def integer(self, node: Node, path: str, lo: int, hi: int) -> int:
-        """Only YAML ints: a bool (true, yes, on) or a float is a type error, not 1 or 0."""
-        if node.tag != _INT:
-            self.fail(node, path, f"expected an integer, got {self.got(node)}")
-        try:
-            value = int(self._ctor.construct_yaml_int(node))
-        except ValueError:
-            self.fail(node, path, f"not a valid integer: {_short(node.value)}")
-        if not lo <= value <= hi:
-            self.fail(node, path, f"must be between {lo} and {hi}, got {value}")
-        return value
-
-    def number(self, node: Node, path: str, lo: float, hi: float) -> float:
-        if node.tag not in (_INT, _FLOAT):
-            self.fail(node, path, f"expected a number, got {self.got(node)}")
-        make = self._ctor.construct_yaml_int if node.tag == _INT else self._ctor.construct_yaml_float
-        try:
-            value = float(make(node))
-        except (ValueError, OverflowError):
-            self.fail(node, path, f"not a valid number: {_short(node.value)}")
-        if not lo <= value <= hi:  # also catches .nan
-            self.fail(node, path, f"must be between {lo:g} and {hi:g}, got {value:g}")
-        return value
-
-    def text(self, node: Node, path: str, secret: bool = False) -> str:
-        """The scalar exactly as written.
-
-        YAML 1.1 turns some addresses and names into numbers (52:54:00:12:34:56 is
-        a base-60 int); the literal text is what the user meant, and each field's own
-        syntax check is the real validation.  Booleans and null are refused because
-        yes/no/on/off/~ are almost always a mistake for a name or path.
-        """
-        if not isinstance(node, ScalarNode) or node.tag not in _TEXT_TAGS:
-            hint = "; quote it if you meant text" if node.tag in (_BOOL, _NULL) else ""
-            self.fail(node, path, f"expected a string, got {self.got(node, secret)}{hint}")
-        return str(node.value)
-
-    def host(self, node: Node, path: str) -> str:
-        raw = self.text(node, path)
-        try:
-            return str(ipaddress.ip_address(raw))
-        except ValueError:
-            self.fail(node, path, f"not an IPv4/IPv6 address: {_short(raw)}")
-
-    def cidr(self, node: Node, path: str) -> str:
-        raw = self.text(node, path)
-        try:
-            if "/" not in raw:
-                raise ValueError
-            return str(ipaddress.ip_network(raw, strict=True))
-        except ValueError:
-            pass
-        try:
-            fixed = ipaddress.ip_network(raw, strict=False)
-        except ValueError:
-            self.fail(node, path, f"not a CIDR network (like 10.0.0.0/8): {_short(raw)}")
-        if "/" not in raw:
-            self.fail(node, path, f"missing prefix length: {_short(raw)} (did you mean {str(fixed)!r}?)")
-        self.fail(node, path, f"host bits set in {_short(raw)} (did you mean {str(fixed)!r}?)")
-
-    def optional(self, section: dict[str, Node], key: str, path: str,
-                 convert: Callable[[Node, str], object], out: dict[str, object], attr: str) -> None:
-        """Set out[attr] only when the key is present, so Config's own defaults apply otherwise."""
-        if key in section:
-            out[attr] = convert(section[key], _join(path, key))
 
 
 def _build(doc: _Doc, root: Node | None) -> Config:
@@ -472,53 +302,17 @@ def _claim(doc: _Doc, owners: dict[str, tuple[str, int]], key: str, kind: str,
 def parse_config(text: str, source: str = "<string>") -> Config:
     """Validate config ``text``; ``source`` is only used to name the origin in errors."""
     try:
-        root = yaml.compose(text, Loader=_Loader)
-    except _Refused as e:
+        root = yamlnodes.compose(text)
+    except yamlnodes.YamlProblem as e:
         raise ConfigError(source, e.line, None, e.message) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        msg = f"YAML syntax error: {e.problem or e.context}"
-        if e.context == "expected a single document in the stream":
-            msg = "only one YAML document is allowed (found a second '---')"
-        elif e.problem and e.context:
-            ctx_line = f" on line {e.context_mark.line + 1}" if e.context_mark else ""
-            msg += f" ({e.context}{ctx_line})"
-        raise ConfigError(source, mark.line + 1 if mark else None, None, msg) from None
-    except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, e.position) + 1
-        raise ConfigError(source, line, None, f"invalid character {chr(e.character)!r}: {e.reason}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(source, None, None, f"YAML error: {e}") from None
-    except RecursionError:
-        raise ConfigError(source, None, None, "YAML is nested too deeply") from None
     return _build(_Doc(source), root)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, size-check and validate one YAML config file."""
     source = os.fspath(path)
-
-    def fail(message: str, line: int | None = None) -> NoReturn:
-        raise ConfigError(source, line, None, message)
-
     try:
-        st = os.stat(source)
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
-            fail("not a regular file")
-        if st.st_size > MAX_FILE_BYTES:
-            fail(f"file is larger than 1 MiB ({st.st_size} bytes)")
-        with open(source, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        fail("file not found")
-    except PermissionError:
-        fail("cannot read file: permission denied")
-    except OSError as e:
-        fail(f"cannot read file: {e.strerror or e}")
-    if len(data) > MAX_FILE_BYTES:  # grew between stat and read
-        fail("file is larger than 1 MiB")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        fail(f"not valid UTF-8 (byte {e.start})", data.count(b"\n", 0, e.start) + 1)
+        text = yamlnodes.read_text(source, opener=open)  # this module's open: tests replace it
+    except yamlnodes.YamlProblem as e:
+        raise ConfigError(source, e.line, None, e.message) from None
     return parse_config(text, source)

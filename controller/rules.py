@@ -9,19 +9,52 @@ and only the app sends them.  That keeps this module testable without a switch.
 Pipeline (OpenFlow 1.3):
 
     table 0  SECURITY  LLDP -> controller (prio 65000)
-                       response rules (prio 20000..59999, later issues)
+                       response rules (prio 20000..59999, see below)
                        default: goto table 1 (prio 0)
     table 1  FORWARD   per-conversation flows (prio 200 IP, 100 L2), idle timeout
                        table-miss: meter 1 -> controller (prio 0)
 
 Cookies are 64 bits: 0x10C6 in the top 16 bits marks a rule as ours, the next
 8 bits name its kind, the low 40 bits an id (a forwarding flow's id is its
-`FlowKey` id, so stats replies identify the flow without parsing the match).
+`FlowKey` id, so stats replies identify the flow without parsing the match;
+a response rule's id is its response's id).
+
+Response priority plan (table 0).  Each slot is base + p, where p (0..999) is
+the response's own priority offset; slots are 2000 apart, so an offset never
+reorders two slots.  Table 0 applies exactly one rule per packet (the highest
+matching), which decides how actions compose:
+
+    50000  REDIRECT       device -> original IP (ports): rewrite dst, goto 1;
+                          target -> device replies: rewrite src back, goto 1.
+                          Above every drop: its packets never reach the
+                          original destination, they end at the operator's
+                          target (a sinkhole for a blocked C2 works).
+    45000  BLOCK_IP       ipv4_src or ipv4_dst in the prefix: drop (every
+                          switch).  Above the device allow lists: an explicit
+                          network-wide block beats any device's exception.
+    40000  QUARANTINE     allow: ARP, DHCP, DNS to the named servers, the
+                          allow list (both directions): goto 1
+    38000  QUARANTINE     drop everything from and to the device's MAC
+    34000  BLOCK_LATERAL  allow: IPv4 to the gateway and allowed hosts: goto 1
+    32000  BLOCK_LATERAL  drop IPv4 from the device to the internal subnets
+                          (quarantine's whole block sits above it: the
+                          stricter action wins, its holes included)
+    24000  RATE_LIMIT     from the device: meter (kbit/s), goto 1
+    22000  MIRROR         from/to the device: output IDS port, goto 1
+
+Exceptions sit above the drops they punch through; everything is above the
+default goto (0) and inside PRIO_RESPONSE_MIN..MAX.  Because one rule wins per
+packet, RATE_LIMIT and MIRROR only act on traffic no higher response rule
+matches (a quarantined device's allowed DNS is neither metered nor mirrored).
+Two responses with the same action, entity and offset compile to the same
+(match, priority): a switch keeps one, and the later add replaces the earlier
+(cookie included), so the engine must treat them as one response.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Iterable
@@ -87,13 +120,28 @@ PRIO_FWD_IP = 200
 PRIO_FWD_L2 = 100
 PRIO_MISS = 0
 
+# Response slots: base priorities in table 0 (see the module docstring).
+PRIO_REDIRECT = 50000
+PRIO_BLOCK_IP = 45000
+PRIO_QUARANTINE_ALLOW = 40000
+PRIO_QUARANTINE_DROP = 38000
+PRIO_LATERAL_ALLOW = 34000
+PRIO_LATERAL_DROP = 32000
+PRIO_RATE_LIMIT = 24000
+PRIO_MIRROR = 22000
+PRIO_OFFSET_MAX = 999           # a response's own offset within its slot
+
 METER_PACKET_IN = 1
 METER_LLDP = 2
+METER_RESPONSE_MIN = 0x100      # rate_limit meters; the engine allocates ids here
+METER_RESPONSE_MAX = 0xFFFF
+MAX_HARD_TIMEOUT = 0xFFFF       # OpenFlow's 16-bit timeout fields, in seconds
 
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_LLDP = 0x88CC
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
+IP_PROTOS = {"icmp": IPPROTO_ICMP, "tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 
 _RESPONSE_FIELDS = frozenset({
     "in_port", "eth_src", "eth_dst", "eth_type", "ipv4_src", "ipv4_dst",
@@ -137,8 +185,13 @@ class RuleError(ValueError):
 class FlowSpec:
     """One flow-mod as data.  `instructions` is a tuple of plain tuples:
 
-    ("goto", table_id) | ("meter", meter_id) | ("apply", (action, ...))
-    with actions ("output", port) where port may be "controller" or "flood".
+    ("meter", meter_id) | ("apply", (action, ...)) | ("goto", table_id), in that
+    order (the order OpenFlow executes them and Open vSwitch requires), with
+    actions ("output", port) where port may be "controller" or "flood", and
+    ("set_field", field, value).  No instruction at all means drop.
+
+    Match values are exact, or (value, mask) for the fields in MASKABLE, as
+    os-ken's OFPMatch takes them: ("ipv4_dst", ("10.0.0.0", "255.0.0.0")).
     """
 
     table_id: int
@@ -160,10 +213,14 @@ class FlowSpec:
 
 @dataclass(frozen=True)
 class MeterSpec:
+    """One drop-band meter: `rate` and `burst` in packets (unit "pktps") or
+    kilobits (unit "kbps"), per second and per burst."""
+
     meter_id: int
-    rate_pps: int
+    rate: int
     burst: int
     command: str = "add"            # add | modify | delete
+    unit: str = "pktps"             # pktps | kbps
 
 
 def check(spec: FlowSpec) -> FlowSpec:
@@ -184,7 +241,51 @@ def check(spec: FlowSpec) -> FlowSpec:
     lo, hi = table.priorities
     if not lo <= spec.priority <= hi:
         raise RuleError(f"priority {spec.priority} outside {lo}..{hi} of table {table.name}")
+    _check_prerequisites(spec)
+    _check_instructions(spec)
     return spec
+
+
+MASKABLE = frozenset({"eth_src", "eth_dst", "ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"})
+
+# OpenFlow 1.3 match prerequisites (spec 7.2.3.8): a switch refuses a field
+# whose prerequisite is absent (Open vSwitch: OFPBMC_BAD_PREREQ).
+_PREREQ: dict[str, tuple[str, int]] = {
+    "ipv4_src": ("eth_type", ETH_TYPE_IP), "ipv4_dst": ("eth_type", ETH_TYPE_IP),
+    "ip_proto": ("eth_type", ETH_TYPE_IP),
+    "arp_spa": ("eth_type", ETH_TYPE_ARP), "arp_tpa": ("eth_type", ETH_TYPE_ARP),
+    "tcp_src": ("ip_proto", IPPROTO_TCP), "tcp_dst": ("ip_proto", IPPROTO_TCP),
+    "udp_src": ("ip_proto", IPPROTO_UDP), "udp_dst": ("ip_proto", IPPROTO_UDP),
+}
+_INSTRUCTION_ORDER = {"meter": 0, "apply": 1, "goto": 2}
+
+
+def _check_prerequisites(spec: FlowSpec) -> None:
+    m = spec.match_dict
+    for name, value in m.items():
+        if isinstance(value, tuple) and name not in MASKABLE:
+            raise RuleError(f"match field {name} cannot be masked")
+        need = _PREREQ.get(name)
+        if need is not None and m.get(need[0]) != need[1]:
+            raise RuleError(f"match field {name} needs {need[0]}={need[1]:#x}")
+    for ins in spec.instructions:
+        if ins[0] != "apply":
+            continue
+        for act in ins[1]:
+            need = _PREREQ.get(act[1]) if act[0] == "set_field" else None
+            if need is not None and m.get(need[0]) != need[1]:
+                raise RuleError(f"set_field {act[1]} needs match {need[0]}={need[1]:#x}")
+
+
+def _check_instructions(spec: FlowSpec) -> None:
+    order = [_INSTRUCTION_ORDER.get(i[0], -1) for i in spec.instructions]
+    if -1 in order:
+        raise RuleError(f"unknown instruction in {spec.instructions!r}")
+    if order != sorted(set(order)):
+        raise RuleError("instructions must be meter, apply, goto: each at most once, in that order")
+    for ins in spec.instructions:
+        if ins[0] == "goto" and not (ins[1] > spec.table_id and ins[1] in TABLES):
+            raise RuleError(f"goto table {ins[1]} from table {spec.table_id}: must go forward")
 
 
 # ---------------------------------------------------------------- flow keys
@@ -285,12 +386,234 @@ def delete_forwarding_from(mac: str) -> FlowSpec:
                     command="delete", cookie_mask=COOKIE_KIND_MASK)
 
 
+# ---------------------------------------------------------------- responses
+#
+# Each builder returns the checked rules of one response for one switch; the
+# caller (controller.responses) decides which switches.  All rules are in table
+# 0, in the response's slot (+ its offset), with cookie(kind, response id),
+# hard_timeout as the switch-side backstop of the ttl (0: none) and
+# OFPFF_SEND_FLOW_REM, so expiry and deletion are observable.
+
+GOTO_FORWARD = ("goto", TABLE_FORWARD)
+
+
+def hard_timeout(ttl: float | None) -> int:
+    """The switch-side backstop for a ttl in seconds: ceil(ttl), 0 for none."""
+    if ttl is None:
+        return 0
+    if not 0 < ttl <= MAX_HARD_TIMEOUT:
+        raise ValueError(f"ttl {ttl} outside 0 < ttl <= {MAX_HARD_TIMEOUT} s (OpenFlow's 16-bit hard_timeout)")
+    return math.ceil(ttl)
+
+
+def ipv4_match(value: str) -> str | tuple[str, str]:
+    """"10.0.0.5" or "10.0.0.5/32" -> "10.0.0.5"; "10.0.0.0/8" -> ("10.0.0.0", "255.0.0.0")."""
+    net = ipaddress.IPv4Network(value, strict=True)
+    if net.prefixlen == 32:
+        return str(net.network_address)
+    return (str(net.network_address), str(net.netmask))
+
+
+def mac_match(value: str) -> str:
+    parts = value.lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        raise ValueError(f"{value!r} is not a MAC address")
+    return ":".join(parts)
+
+
+def _response(kind: Kind, rid: int, base: int, offset: int, match: tuple, instructions: tuple,
+              timeout: int) -> FlowSpec:
+    if not 0 <= offset <= PRIO_OFFSET_MAX:
+        raise RuleError(f"priority offset {offset} outside 0..{PRIO_OFFSET_MAX}")
+    return check(FlowSpec(TABLE_SECURITY, base + offset, cookie(kind, rid), match=match,
+                          instructions=instructions, hard_timeout=timeout, send_flow_removed=True))
+
+
+def _l4(proto: str | None, ports: tuple[int, ...], side: str) -> list[tuple[tuple[str, Any], ...]]:
+    """Match parts for a protocol and ports on one side ("src" or "dst"), one per port."""
+    if proto is None:
+        if ports:
+            raise RuleError("ports need a protocol (tcp or udp)")
+        return [()]
+    if proto not in IP_PROTOS:
+        raise RuleError(f"unknown protocol {proto!r}; one of {sorted(IP_PROTOS)}")
+    base = (("ip_proto", IP_PROTOS[proto]),)
+    if not ports:
+        return [base]
+    if proto == "icmp":
+        raise RuleError("icmp has no ports")
+    for p in ports:
+        if not 0 < p < 65536:
+            raise RuleError(f"port {p} outside 1..65535")
+    return [base + ((f"{proto}_{side}", p),) for p in ports]
+
+
+def quarantine(rid: int, mac: str, *, ip: str | None = None,
+               allow: Iterable[tuple[str, str | None, tuple[int, ...]]] = (),
+               dhcp: bool = True, dns_servers: Iterable[str] = (), offset: int = 0,
+               timeout: int = 0) -> list[FlowSpec]:
+    """Drop everything from and to `mac`, except (goto table 1, both directions):
+    ARP (from the device only with arp_spa=`ip` when known: it cannot poison
+    others' caches), DHCP, DNS (udp and tcp 53) to each server, and each allow
+    entry (ip or prefix, protocol or None for all IPv4, ports or () for all)."""
+    mac = mac_match(mac)
+    allow_p, drop_p = PRIO_QUARANTINE_ALLOW, PRIO_QUARANTINE_DROP
+    out_ip = (("eth_src", mac), ("eth_type", ETH_TYPE_IP))
+    in_ip = (("eth_dst", mac), ("eth_type", ETH_TYPE_IP))
+    arp_from = (("eth_src", mac), ("eth_type", ETH_TYPE_ARP))
+    if ip is not None:
+        arp_from += (("arp_spa", ipv4_match(ip)),)
+    matches = [arp_from, (("eth_dst", mac), ("eth_type", ETH_TYPE_ARP))]
+    if dhcp:
+        matches += [out_ip + (("ip_proto", IPPROTO_UDP), ("udp_src", 68), ("udp_dst", 67)),
+                    in_ip + (("ip_proto", IPPROTO_UDP), ("udp_src", 67), ("udp_dst", 68))]
+    for server in dns_servers:
+        dst = ipv4_match(server)
+        for proto in ("udp", "tcp"):
+            matches.append(out_ip + (("ipv4_dst", dst),) + _l4(proto, (53,), "dst")[0])
+            matches.append(in_ip + (("ipv4_src", dst),) + _l4(proto, (53,), "src")[0])
+    for host, proto, ports in allow:
+        addr = ipv4_match(host)
+        for fwd, back in zip(_l4(proto, tuple(ports), "dst"), _l4(proto, tuple(ports), "src")):
+            matches.append(out_ip + (("ipv4_dst", addr),) + fwd)
+            matches.append(in_ip + (("ipv4_src", addr),) + back)
+    flows = [_response(Kind.QUARANTINE, rid, allow_p, offset, m, (GOTO_FORWARD,), timeout)
+             for m in matches]
+    flows += [_response(Kind.QUARANTINE, rid, drop_p, offset, (("eth_src", mac),), (), timeout),
+              _response(Kind.QUARANTINE, rid, drop_p, offset, (("eth_dst", mac),), (), timeout)]
+    return flows
+
+
+def block_lateral(rid: int, mac: str, internal_subnets: Iterable[str], gateway_ip: str, *,
+                  gateway_mac: str | None = None, allow: Iterable[str] = (), offset: int = 0,
+                  timeout: int = 0) -> list[FlowSpec]:
+    """Drop IPv4 from `mac` to each internal subnet, except the gateway IP (only
+    through `gateway_mac` when given) and the allowed hosts or prefixes, which
+    go to table 1.  Everything else (the internet, ARP, broadcasts) is untouched."""
+    mac = mac_match(mac)
+    base = (("eth_src", mac), ("eth_type", ETH_TYPE_IP))
+    gw = base + (("ipv4_dst", ipv4_match(gateway_ip)),)
+    if gateway_mac is not None:
+        gw = (("eth_src", mac), ("eth_dst", mac_match(gateway_mac))) + gw[1:]
+    flows = [_response(Kind.BLOCK_LATERAL, rid, PRIO_LATERAL_ALLOW, offset, m, (GOTO_FORWARD,), timeout)
+             for m in [gw] + [base + (("ipv4_dst", ipv4_match(h)),) for h in allow]]
+    subnets = [ipv4_match(n) for n in internal_subnets]
+    if not subnets:
+        raise RuleError("block_lateral needs at least one internal subnet")
+    if ("0.0.0.0", "0.0.0.0") in subnets:
+        raise RuleError("0.0.0.0/0 is not an internal subnet: it would block the internet too")
+    flows += [_response(Kind.BLOCK_LATERAL, rid, PRIO_LATERAL_DROP, offset,
+                        base + (("ipv4_dst", n),), (), timeout) for n in subnets]
+    return flows
+
+
+def redirect(rid: int, mac: str, target_ip: str, target_mac: str, *, original_ip: str | None = None,
+             proto: str | None = None, ports: tuple[int, ...] = (), offset: int = 0,
+             timeout: int = 0) -> list[FlowSpec]:
+    """Steer the device's IPv4 (all, or one protocol and its destination ports)
+    to a target host; the forwarder (table 1) then delivers it.
+
+    With `original_ip` (L3 mode): only traffic to that address is steered,
+    rewritten to eth_dst=target_mac, ipv4_dst=target_ip; replies from the target
+    to the device get ipv4_src=original_ip back, so connections work
+    unmodified.  A stateless rewrite can restore one original address only, so
+    one target stands in for one original IP per device and ports.
+
+    Without it (L2 mode): traffic to any address gets eth_dst=target_mac only;
+    the target must accept packets for any destination address and answer as
+    that address (e.g. iptables `-t nat -j REDIRECT`, or TPROXY), so no reverse
+    rewrite is needed.  target_mac is the next hop toward the target: the
+    target itself on the LAN, or the gateway."""
+    mac, target_mac = mac_match(mac), mac_match(target_mac)
+    target = ipv4_match(target_ip)
+    if isinstance(target, tuple):
+        raise RuleError("redirect target must be one address")
+    out = (("eth_src", mac), ("eth_type", ETH_TYPE_IP))
+    back = (("eth_dst", mac), ("eth_type", ETH_TYPE_IP))
+    flows = []
+    if original_ip is None:
+        rewrite = ("apply", (("set_field", "eth_dst", target_mac),))
+        for l4 in _l4(proto, ports, "dst"):
+            flows.append(_response(Kind.REDIRECT, rid, PRIO_REDIRECT, offset, out + l4,
+                                   (rewrite, GOTO_FORWARD), timeout))
+        return flows
+    original = ipv4_match(original_ip)
+    if isinstance(original, tuple):
+        raise RuleError("redirect original_ip must be one address (the reverse rewrite restores it)")
+    if original == target:
+        raise RuleError("redirect original_ip and target_ip are the same address")
+    rewrite = ("apply", (("set_field", "eth_dst", target_mac), ("set_field", "ipv4_dst", target)))
+    restore = ("apply", (("set_field", "ipv4_src", original),))
+    for fwd, rev in zip(_l4(proto, ports, "dst"), _l4(proto, ports, "src")):
+        flows.append(_response(Kind.REDIRECT, rid, PRIO_REDIRECT, offset,
+                               out + (("ipv4_dst", original),) + fwd, (rewrite, GOTO_FORWARD), timeout))
+        flows.append(_response(Kind.REDIRECT, rid, PRIO_REDIRECT, offset,
+                               back + (("ipv4_src", target),) + rev, (restore, GOTO_FORWARD), timeout))
+    return flows
+
+
+def rate_limit(rid: int, mac: str, meter_id: int, kbps: int, burst_kbits: int, *, offset: int = 0,
+               timeout: int = 0) -> tuple[MeterSpec, FlowSpec]:
+    """A kbit/s drop meter and the flow sending everything from `mac` through it.
+    The meter must reach the switch before the flow that names it."""
+    if not METER_RESPONSE_MIN <= meter_id <= METER_RESPONSE_MAX:
+        raise RuleError(f"response meter id {meter_id:#x} outside "
+                        f"{METER_RESPONSE_MIN:#x}..{METER_RESPONSE_MAX:#x}")
+    if kbps <= 0 or burst_kbits <= 0:
+        raise RuleError("rate and burst must be positive")
+    meter = MeterSpec(meter_id, int(kbps), int(burst_kbits), unit="kbps")
+    flow = _response(Kind.RATE_LIMIT, rid, PRIO_RATE_LIMIT, offset, (("eth_src", mac_match(mac)),),
+                     (("meter", meter_id), GOTO_FORWARD), timeout)
+    return meter, flow
+
+
+def block_ip(rid: int, prefix: str, *, offset: int = 0, timeout: int = 0) -> list[FlowSpec]:
+    """Drop IPv4 from and to a remote address or prefix (two rules; every switch)."""
+    addr = ipv4_match(prefix)
+    if addr == ("0.0.0.0", "0.0.0.0"):
+        raise RuleError("block_ip 0.0.0.0/0 would drop all IPv4")
+    ip = (("eth_type", ETH_TYPE_IP),)
+    return [_response(Kind.BLOCK_IP, rid, PRIO_BLOCK_IP, offset, ip + ((field, addr),), (), timeout)
+            for field in ("ipv4_src", "ipv4_dst")]
+
+
+def mirror(rid: int, mac: str, ids_port: int, *, offset: int = 0, timeout: int = 0) -> list[FlowSpec]:
+    """Copy everything from and to `mac` out of the IDS port, and forward it as usual."""
+    mac = mac_match(mac)
+    if not 0 < ids_port < 0xFFFFFF00:
+        raise RuleError(f"IDS port {ids_port} is not a physical port")
+    ins = (("apply", (("output", ids_port),)), GOTO_FORWARD)
+    return [_response(Kind.MIRROR, rid, PRIO_MIRROR, offset, ((field, mac),), ins, timeout)
+            for field in ("eth_src", "eth_dst")]
+
+
+def delete_response(r_id: int, kind: Kind) -> FlowSpec:
+    """Remove one response's rules from table 0: exact cookie, full mask."""
+    return check(FlowSpec(TABLE_SECURITY, 0, cookie(kind, r_id), command="delete",
+                          cookie_mask=0xFFFF_FFFF_FFFF_FFFF))
+
+
+def delete_meter(meter_id: int) -> MeterSpec:
+    return MeterSpec(meter_id, 0, 0, command="delete", unit="kbps")
+
+
 def layout_rows() -> Iterable[tuple[str, ...]]:
     """The README's table layout, generated so the docs cannot drift."""
     yield ("table", "priority", "match", "action", "cookie kind")
     yield ("0 security", str(PRIO_LLDP), "eth_type=0x88cc (LLDP)", "meter 2, controller", "CONTROL 0x02")
-    yield ("0 security", f"{PRIO_RESPONSE_MIN}-{PRIO_RESPONSE_MAX}", "response rules", "drop/redirect/...",
-           "0x10-0x15")
+    yield ("0 security", f"{PRIO_REDIRECT}+p", "device MAC to original IP (ports); target to device",
+           "rewrite dst (src on replies), goto table 1", "REDIRECT 0x12")
+    yield ("0 security", f"{PRIO_BLOCK_IP}+p", "ipv4_src or ipv4_dst in prefix (every switch)", "drop",
+           "BLOCK_IP 0x14")
+    yield ("0 security", f"{PRIO_QUARANTINE_ALLOW}+p / {PRIO_QUARANTINE_DROP}+p",
+           "device MAC: ARP, DHCP, DNS, allow list / anything", "goto table 1 / drop", "QUARANTINE 0x10")
+    yield ("0 security", f"{PRIO_LATERAL_ALLOW}+p / {PRIO_LATERAL_DROP}+p",
+           "device MAC: IPv4 to gateway, allowed / to internal subnets", "goto table 1 / drop",
+           "BLOCK_LATERAL 0x11")
+    yield ("0 security", f"{PRIO_RATE_LIMIT}+p", "eth_src=device MAC", "meter (kbit/s), goto table 1",
+           "RATE_LIMIT 0x13")
+    yield ("0 security", f"{PRIO_MIRROR}+p", "eth_src or eth_dst=device MAC", "output IDS port, goto table 1",
+           "MIRROR 0x15")
     yield ("0 security", str(PRIO_DEFAULT), "any", "goto table 1", "PIPELINE 0x01")
     yield ("1 forward", str(PRIO_FWD_IP), "eth_src, eth_dst, ipv4_dst, ip_proto, tcp/udp_dst",
            "output port", "FORWARD 0x03")

@@ -76,3 +76,16 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     r = run_cli("run", "--state-dir", str(blocker / "state"))
     assert r.returncode == 1 and "cannot use state directory" in r.stderr
+
+
+def test_playbook_validate_command(tmp_path):
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    ok = run_cli("playbook", "validate", os.path.join(root, "playbooks"))
+    assert ok.returncode == 0 and "quarantine-scanner" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("playbooks:\n  - name: x\n    when: {kinds: [bogus]}\n    do: []\n")
+    r = run_cli("playbook", "validate", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}:3:20: playbooks[0].when.kinds[0]: unknown alert kind 'bogus'" in r.stderr
+    assert f"{bad}:4:9: playbooks[0].do: must list at least one action" in r.stderr

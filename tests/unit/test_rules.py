@@ -21,7 +21,7 @@ def test_cookie_id_out_of_range_is_refused():
 
 def test_pipeline_exact_rules():
     meters, flows = rules.pipeline(1000, 200)
-    assert [(m.meter_id, m.rate_pps, m.burst) for m in meters] == [(1, 1000, 200), (2, 100, 50)]
+    assert [(m.meter_id, m.rate, m.burst, m.unit) for m in meters] == [(1, 1000, 200, "pktps"), (2, 100, 50, "pktps")]
     by = {(f.table_id, f.priority): f for f in flows}
     goto = by[(0, 0)]
     assert goto.match == () and goto.instructions == (("goto", 1),)
