@@ -1,0 +1,163 @@
+"""The response audit log: `<state_dir>/audit.jsonl`, append-only JSON lines.
+
+Every decision of the response engine, and everything that later happens to the
+response it made (installed, failed, released, expired, reconciled), is one
+line.  The file is opened O_APPEND and created 0600 (an existing file is
+chmod'ed to 0600); each record is one `write()` followed by `fsync()`.  Nothing
+here ever truncates, rewrites or seeks: earlier lines stay byte-for-byte.
+
+A crash can leave a last line without its newline.  `read()` skips any line that
+is not a JSON object, and the first append after opening such a file starts
+with a newline so the torn line never glues onto the next record.
+
+Record fields (every record has all of them; absent values are null):
+
+    time         unix seconds of the event (the caller's `now`)
+    event        decision | installed | failed | dry-run | released | expired | reconciled
+    alert        the alert dict (with its `explanation`), or null
+    playbook     the playbook's name ("" for a manual response)
+    action       quarantine, block_lateral, ..., notify
+    mode         enforce | dry-run
+    response_id  the response's id (its rules' cookie id), or null
+    rules        [{dpid, table, priority, cookie (hex), match, instructions, ...}]
+                 or, for a meter, [{dpid, meter, command, rate, burst, unit}]
+    outcome      short word: sent, refreshed, unchanged, dry-run, installed, failed, ...
+    error        the error text, or null
+    detail       optional extra facts (ttl, repeats, reason, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from typing import Any, Iterable
+
+from controller.rules import FlowSpec, MeterSpec
+
+EVENTS = ("decision", "installed", "failed", "dry-run", "released", "expired", "reconciled")
+FIELDS = ("time", "event", "alert", "playbook", "action", "mode", "response_id", "rules",
+          "outcome", "error", "detail")
+READ_LIMIT = 1000
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples (matches, instructions, masks) become lists, numpy scalars numbers, NaN/inf
+    strings (strict JSON); anything else unknown becomes its str()."""
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    item = getattr(value, "item", None)     # numpy scalar
+    if callable(item):
+        try:
+            return _jsonable(item())
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+def rule_record(dpid: int, spec: FlowSpec | MeterSpec) -> dict:
+    """One rule (or meter) as the audit log shows it; the cookie in hex."""
+    if isinstance(spec, MeterSpec):
+        return {"dpid": dpid, "meter": spec.meter_id, "command": spec.command,
+                "rate": spec.rate, "burst": spec.burst, "unit": spec.unit}
+    out = {"dpid": dpid, "table": spec.table_id, "priority": spec.priority,
+           "cookie": f"{spec.cookie:#018x}", "command": spec.command,
+           "match": {k: _jsonable(v) for k, v in spec.match},
+           "instructions": _jsonable(spec.instructions)}
+    if spec.command == "add":
+        out["hard_timeout"] = spec.hard_timeout
+    else:
+        out["cookie_mask"] = f"{spec.cookie_mask:#018x}"
+    return out
+
+
+def rule_records(messages: Iterable[tuple[int, Any]]) -> list[dict]:
+    return [rule_record(d, s) for d, s in messages if isinstance(s, (FlowSpec, MeterSpec))]
+
+
+class AuditLog:
+    """Append-only JSON lines; `write` one record, `read` newest first."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        st = os.fstat(self._fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self._fd)
+            raise OSError(f"{self.path}: the audit log must be a regular file")
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(self._fd, 0o600)
+        self._torn = st.st_size > 0 and not self._ends_with_newline(st.st_size)
+
+    def _ends_with_newline(self, size: int) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(size - 1)
+            return f.read(1) == b"\n"
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "AuditLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, event: str, *, time: float, alert: dict | None = None, playbook: str | None = None,
+              action: str | None = None, mode: str | None = None, response_id: int | None = None,
+              rules: Iterable[tuple[int, Any]] | list[dict] = (), outcome: str | None = None,
+              error: str | None = None, detail: dict | None = None) -> dict:
+        """Append one record (one write, then fsync) and return it."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown audit event {event!r}; one of {', '.join(EVENTS)}")
+        rows = list(rules)
+        if rows and not isinstance(rows[0], dict):
+            rows = rule_records(rows)
+        record = {"time": time, "event": event, "alert": alert, "playbook": playbook,
+                  "action": action, "mode": mode, "response_id": response_id, "rules": rows,
+                  "outcome": outcome, "error": error, "detail": detail}
+        line = json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False) + "\n"
+        data = (b"\n" if self._torn else b"") + line.encode("utf-8")
+        written = os.write(self._fd, data)
+        while written < len(data):      # a regular file takes it all; a full disk raises
+            written += os.write(self._fd, data[written:])
+        os.fsync(self._fd)
+        self._torn = False
+        return record
+
+    def read(self, since: float | None = None, limit: int = READ_LIMIT) -> list[dict]:
+        """Records with time > `since` (all if None), newest first, at most `limit`.
+
+        Lines that are not a JSON object (a torn last line) are skipped.
+        """
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        out: list[dict] = []
+        for raw in reversed(data.split(b"\n")):
+            if len(out) >= limit:
+                break
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if not isinstance(record, dict):
+                continue
+            t = record.get("time")
+            if since is not None and not (isinstance(t, (int, float)) and t > since):
+                continue
+            out.append(record)
+        return out

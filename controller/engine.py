@@ -1,0 +1,842 @@
+"""The response engine: playbooks + alerts -> responses -> rules, with their lifecycle.
+
+Pure and deterministic given `now`: no threads, no sleeps, no network.  Every
+method returns the messages to send as data, `(dpid, FlowSpec | MeterSpec)`,
+like `controller.core.Core`; the app sends them and holds its one lock around
+every call.  State lives in two files under the state directory:
+
+- `ResponseStore` (SQLite, stdlib `sqlite3`, plain JSON columns): every
+  response ever decided, with its state (active, released, expired, failed).
+  The active ones are reloaded at start and re-installed by `reconcile`; the
+  others are the offence history that escalation counts.
+- `controller.audit.AuditLog` (`audit.jsonl`): one line per decision and per
+  later event.
+
+How an alert becomes responses (the contract of docs/playbooks.md, "How
+playbooks combine"):
+
+1. `playbook.matching()` gives the playbooks that fire, highest priority first.
+   A playbook runs in dry-run when its mode says so or `dry_run` (global) is set.
+2. Each action is resolved to a response key: the action and its subject (the
+   device's MAC; block_ip's prefix; mirror's MAC and IDS port) and the mode.
+   Actions with the same key form one group: its params come from the first
+   (highest-priority) member, its ttl is the longest any member asks for after
+   escalation (`Action.ttl_for(repeats)`, repeats = earlier responses with the
+   same action and subject, in the same mode, created within that member's
+   `escalate.within`).  Enforce and dry-run never share a group, so a dry-run
+   playbook can never replace, shorten or suppress an enforced action.
+3. A group whose key is already active is not added again: the active
+   response's expiry moves to now + ttl if that is later ("refreshed": its rules
+   are re-sent with the new hard_timeout), otherwise nothing happens
+   ("unchanged").  Its params stay those of the first application.
+4. Otherwise a new response gets an id (the low 40 bits of its rules' cookies),
+   for rate_limit a meter id, and is compiled by `responses.compile_response`
+   at the device's edge switch (every switch when unknown; block_ip always on
+   every switch).  Dry-run responses are stored and audited with the rules
+   they would install, and nothing is returned to send.
+5. `notify` actions become notify jobs (plain dicts), one per destination (the
+   log, or a webhook URL) per alert, for the app to deliver off the lock.
+
+Confirmation: every rule the engine emits carries its response's cookie, and
+every meter a meter id the engine knows, so `response_id(spec)` maps a sent
+message back to its response.  The app sends a Barrier after a batch and calls
+`installed(id, dpid, now)` on its reply, or `failed(id, dpid, error, now)` on
+an OpenFlow error for one of the batch's xids.  A failure marks the response
+failed, is audited and logged, and returns the messages that remove what was
+installed of it (a half-installed quarantine could drop DNS without its holes).
+
+Timeouts: a response's ttl is capped at 65535 s, OpenFlow's hard_timeout (the
+switch-side backstop); an escalation beyond it is audited as capped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import math
+import os
+import sqlite3
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+
+from controller import playbook as pb
+from controller import rules
+from controller.audit import AuditLog
+from controller.responses import (ACTIONS, PARAMS, Allow, BlockIpParams, BlockLateralParams, Entity,
+                                  MirrorParams, QuarantineParams, RateLimitParams, RedirectParams,
+                                  Response, ResponseError, compile_response, release_response)
+from controller.rules import FlowSpec, MeterSpec
+from controller.topology import Location
+
+LOG = logging.getLogger("iotguard.engine")
+
+STATES = ("active", "released", "expired", "failed")
+MODES = ("enforce", "dry-run")
+Spec = FlowSpec | MeterSpec
+Messages = list[tuple[int, Spec]]
+HostLookup = Callable[[str], "tuple[str, str | None, Location | None] | None"]
+
+
+class Applied(NamedTuple):
+    """What `Engine.on_alert` decided: messages to send and notify jobs to deliver."""
+
+    messages: Messages
+    notify: list[dict]
+
+
+# ---------------------------------------------------------------- stored records
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One response as the store keeps it (a `Response` plus its lifecycle)."""
+
+    id: int
+    action: str
+    entity: Entity
+    params: Any                     # the responses.PARAMS[action] record
+    playbook: str
+    mode: str                       # enforce | dry-run
+    created: float
+    expires: float
+    repeats: int = 0
+    state: str = "active"
+    priority: int = 0               # offset in the action's slot (playbook priority - 1)
+    meter_id: int | None = None     # rate_limit only
+    alert_id: str | None = None
+    mac: str | None = None          # the device the alert was about
+    dpids: tuple[int, ...] = ()     # switches its rules were sent to
+    confirmed: tuple[int, ...] = () # switches that confirmed them (barrier)
+    reason: str = ""
+    ended: float | None = None
+
+    @property
+    def ttl(self) -> float:
+        return self.expires - self.created
+
+    @property
+    def subject(self) -> str:
+        """What escalation counts offences of: the device's MAC, or block_ip's prefix."""
+        return self.entity.prefix if self.action == "block_ip" else self.entity.mac  # type: ignore[return-value]
+
+    @property
+    def key(self) -> str:
+        return response_key(self.action, self.entity, self.params)
+
+    def response(self, now: float | None = None) -> Response:
+        """The record as a `Response`; with `now`, created=now and ttl the time left
+        (so compile_response gives the remaining hard_timeout)."""
+        if now is None:
+            return Response(self.id, self.action, self.entity, self.params, None, self.priority,
+                            self.created, self.playbook, self.reason)
+        left = self.expires - now
+        if left <= 0:
+            raise ResponseError(f"response {self.id} expired {-left:.1f} s ago")
+        return Response(self.id, self.action, self.entity, self.params, min(left, rules.MAX_HARD_TIMEOUT),
+                        self.priority, now, self.playbook, self.reason)
+
+    def view(self, now: float) -> dict:
+        return {"id": self.id, "action": self.action, "mode": self.mode, "playbook": self.playbook,
+                "entity": _entity_json(self.entity), "params": _params_json(self.params),
+                "mac": self.mac, "alert_id": self.alert_id, "created": self.created,
+                "expires": self.expires, "ttl": round(self.ttl, 3),
+                "remaining": max(0.0, round(self.expires - now, 3)), "repeats": self.repeats,
+                "state": self.state, "priority": self.priority, "meter_id": self.meter_id,
+                "dpids": list(self.dpids), "confirmed": list(self.confirmed), "reason": self.reason,
+                "cookie": f"{rules.cookie(ACTIONS[self.action], self.id):#018x}"}
+
+
+def response_key(action: str, entity: Entity, params: Any) -> str:
+    """Responses with the same key are one response (docs/playbooks.md, "one per")."""
+    if action == "block_ip":
+        return f"block_ip {entity.prefix}"
+    if action == "mirror":
+        return f"mirror {entity.mac} {params.dpid:#x}:{params.port}"
+    return f"{action} {entity.mac}"
+
+
+# ---------------------------------------------------------------- JSON columns
+
+_STRS, _INTS, _ALLOWS = "strs", "ints", "allows"
+_OPT_STR, _OPT_INT = (str, None), (int, None)
+_PARAM_FIELDS: dict[str, dict[str, Any]] = {
+    "quarantine": {"allow": _ALLOWS, "dhcp": bool, "dns_servers": _STRS},
+    "block_lateral": {"internal_subnets": _STRS, "gateway_ip": str, "gateway_mac": _OPT_STR,
+                      "allow": _STRS},
+    "redirect": {"target_ip": str, "target_mac": str, "original_ip": _OPT_STR, "proto": _OPT_STR,
+                 "ports": _INTS},
+    "rate_limit": {"kbps": int, "burst_kbits": _OPT_INT},
+    "block_ip": {},
+    "mirror": {"dpid": int, "port": int},
+}
+_ALLOW_FIELDS = {"ip": str, "proto": _OPT_STR, "ports": _INTS}
+_ENTITY_FIELDS = {"mac": _OPT_STR, "ip": _OPT_STR, "prefix": _OPT_STR}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _value(kind: Any, v: Any, where: str) -> Any:
+    if kind == _STRS or kind == _INTS:
+        want = str if kind == _STRS else int
+        if not isinstance(v, list) or not all(_is_int(x) if want is int else isinstance(x, str) for x in v):
+            raise ValueError(f"{where}: expected a list of {want.__name__}")
+        return tuple(v)
+    if kind == _ALLOWS:
+        if not isinstance(v, list):
+            raise ValueError(f"{where}: expected a list")
+        return tuple(Allow(**_fields(_ALLOW_FIELDS, a, f"{where}[{i}]")) for i, a in enumerate(v))
+    if isinstance(kind, tuple):
+        if v is None:
+            return None
+        kind = kind[0]
+    ok = _is_int(v) if kind is int else isinstance(v, kind)
+    if not ok:
+        raise ValueError(f"{where}: expected {kind.__name__}, got {type(v).__name__}")
+    return v
+
+
+def _fields(spec: dict[str, Any], obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected an object")
+    if set(obj) != set(spec):
+        raise ValueError(f"{where}: fields {sorted(obj)}, expected {sorted(spec)}")
+    return {k: _value(kind, obj[k], f"{where}.{k}") for k, kind in spec.items()}
+
+
+def _params_json(params: Any) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(params)))
+
+
+def _entity_json(entity: Entity) -> dict:
+    return {"mac": entity.mac, "ip": entity.ip, "prefix": entity.prefix}
+
+
+def _load_json(text: Any, where: str) -> Any:
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: not JSON text")
+    return json.loads(text)
+
+
+# ---------------------------------------------------------------- the store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id INTEGER PRIMARY KEY,
+    action TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    params TEXT NOT NULL,
+    playbook TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    ttl REAL NOT NULL,
+    alert_id TEXT,
+    mac TEXT,
+    subject TEXT NOT NULL,
+    key TEXT NOT NULL,
+    repeats INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    meter_id INTEGER,
+    dpids TEXT NOT NULL,
+    confirmed TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    ended REAL
+);
+CREATE INDEX IF NOT EXISTS responses_state ON responses (state, expires);
+CREATE INDEX IF NOT EXISTS responses_key ON responses (key, mode, state);
+CREATE INDEX IF NOT EXISTS responses_offences ON responses (subject, action, mode, created);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_COLUMNS = ("id", "action", "entity", "params", "playbook", "mode", "created", "expires", "ttl",
+            "alert_id", "mac", "subject", "key", "repeats", "state", "priority", "meter_id", "dpids",
+            "confirmed", "reason", "ended")
+
+
+class ResponseStore:
+    """Responses in SQLite (`<state_dir>/responses.sqlite`), JSON columns only.
+
+    Rows are validated when read: a row that does not make a valid `Response`
+    is reported once (logged, and kept in `problems`) and skipped, never executed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        if self.path != ":memory:" and not os.path.exists(self.path):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA synchronous = FULL")
+        self.db.executescript(_SCHEMA)
+        self.problems: list[str] = []
+        self._reported: set[Any] = set()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------ ids
+    def next_id(self) -> int:
+        """A new response id: persisted, increasing, never reused, 1..2**40-1."""
+        with self._tx():
+            row = self.db.execute("SELECT value FROM meta WHERE name = 'next_id'").fetchone()
+            top = self.db.execute("SELECT max(id) FROM responses").fetchone()[0]
+            n = max(row[0] if row and _is_int(row[0]) else 1, (top + 1) if _is_int(top) else 1)
+            if n > rules.COOKIE_ID_MASK:
+                raise ResponseError(f"response ids exhausted ({rules.COOKIE_ID_MASK})")
+            self.db.execute("INSERT INTO meta (name, value) VALUES ('next_id', ?) "
+                            "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (n + 1,))
+        return n
+
+    def _tx(self):
+        db = self.db
+
+        class _T:
+            def __enter__(self) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, *rest) -> None:
+                db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return _T()
+
+    # ------------------------------------------------------------ rows
+    def put(self, r: Stored) -> None:
+        """Insert or replace one response (validated first: a bad record is never stored)."""
+        r.response()
+        row = (r.id, r.action, json.dumps(_entity_json(r.entity)), json.dumps(_params_json(r.params)),
+               r.playbook, r.mode, float(r.created), float(r.expires), float(r.ttl), r.alert_id, r.mac,
+               r.subject, r.key, r.repeats, r.state, r.priority, r.meter_id, json.dumps(list(r.dpids)),
+               json.dumps(list(r.confirmed)), r.reason, r.ended)
+        with self._tx():
+            self.db.execute(f"INSERT OR REPLACE INTO responses ({', '.join(_COLUMNS)}) "
+                            f"VALUES ({', '.join('?' * len(_COLUMNS))})", row)
+
+    def mark(self, rid: int, state: str, when: float) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
+        with self._tx():
+            cur = self.db.execute("UPDATE responses SET state = ?, ended = ? WHERE id = ?",
+                                  (state, when, rid))
+        if cur.rowcount != 1:
+            raise KeyError(f"no response with id {rid}")
+
+    def get(self, rid: int) -> Stored | None:
+        """The response with this id, None if there is none or its row is invalid (reported)."""
+        rows = self._select("WHERE id = ?", (rid,))
+        return rows[0] if rows else None
+
+    def active(self, now: float | None = None) -> list[Stored]:
+        """Active responses; with `now`, only those not yet expired.  By id."""
+        if now is None:
+            return self._select("WHERE state = 'active' ORDER BY id")
+        return self._select("WHERE state = 'active' AND expires > ? ORDER BY id", (now,))
+
+    def due(self, now: float) -> list[Stored]:
+        """Active responses whose ttl has run out."""
+        return self._select("WHERE state = 'active' AND expires <= ? ORDER BY id", (now,))
+
+    def lingering(self, now: float) -> list[Stored]:
+        """Ended responses whose switch backstop (hard_timeout) may still be running."""
+        return self._select("WHERE state != 'active' AND expires > ? ORDER BY id", (now,))
+
+    def by_key(self, key: str, mode: str, now: float) -> Stored | None:
+        rows = self._select("WHERE key = ? AND mode = ? AND state = 'active' AND expires > ? "
+                            "ORDER BY id", (key, mode, now))
+        return next((r for r in rows if r.key == key), None)
+
+    def meters_in_use(self) -> set[int]:
+        return {r.meter_id for r in self.active() if r.meter_id is not None}
+
+    def offences(self, subject: str, action: str, since: float, mode: str = "enforce") -> int:
+        """Responses with this action for this subject (a device's MAC, or block_ip's
+        prefix) created at or after `since`, in any state: the escalation history."""
+        return self.db.execute("SELECT count(*) FROM responses WHERE subject = ? AND action = ? "
+                               "AND mode = ? AND created >= ?", (subject, action, mode, since)).fetchone()[0]
+
+    def _select(self, where: str, args: tuple = ()) -> list[Stored]:
+        cur = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM responses {where}", args)
+        out = []
+        for row in cur.fetchall():
+            try:
+                out.append(self._decode(dict(zip(_COLUMNS, row))))
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                self._report(row[0], f"response row id={row[0]!r} is invalid and is skipped: {e}")
+        return out
+
+    def _report(self, rid: Any, message: str) -> None:
+        if rid in self._reported:
+            return
+        self._reported.add(rid)
+        self.problems.append(message)
+        LOG.error("%s: %s", self.path, message)
+
+    @staticmethod
+    def _decode(row: dict) -> Stored:
+        rid, action, mode, state = row["id"], row["action"], row["mode"], row["state"]
+        if not _is_int(rid) or not 0 < rid <= rules.COOKIE_ID_MASK:
+            raise ValueError(f"id {rid!r} outside 1..{rules.COOKIE_ID_MASK}")
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        for name in ("created", "expires"):
+            v = row[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} {v!r} is not a time")
+        if row["expires"] <= row["created"]:
+            raise ValueError("expires is not after created")
+        for name in ("repeats", "priority"):
+            if not _is_int(row[name]) or row[name] < 0:
+                raise ValueError(f"{name} {row[name]!r} is not a count")
+        meter = row["meter_id"]
+        if meter is not None and not (_is_int(meter) and rules.METER_RESPONSE_MIN <= meter
+                                      <= rules.METER_RESPONSE_MAX):
+            raise ValueError(f"meter_id {meter!r} outside the response meters")
+        if action == "rate_limit" and meter is None:
+            raise ValueError("rate_limit without a meter_id")
+        entity = Entity(**_fields(_ENTITY_FIELDS, _load_json(row["entity"], "entity"), "entity"))
+        params = PARAMS[action](**_fields(_PARAM_FIELDS[action], _load_json(row["params"], "params"),
+                                          "params"))
+        dpids = _value(_INTS, _load_json(row["dpids"], "dpids"), "dpids")
+        confirmed = _value(_INTS, _load_json(row["confirmed"], "confirmed"), "confirmed")
+        for name in ("playbook", "reason"):
+            if not isinstance(row[name], str):
+                raise ValueError(f"{name} is not text")
+        for name in ("alert_id", "mac"):
+            if row[name] is not None and not isinstance(row[name], str):
+                raise ValueError(f"{name} is not text")
+        ended = row["ended"]
+        if ended is not None and (isinstance(ended, bool) or not isinstance(ended, (int, float))):
+            raise ValueError(f"ended {ended!r} is not a time")
+        r = Stored(rid, action, entity, params, row["playbook"], mode, float(row["created"]),
+                   float(row["expires"]), row["repeats"], state, row["priority"], meter, row["alert_id"],
+                   row["mac"], dpids, confirmed, row["reason"], ended)
+        r.response()                      # Response's own checks (params, entity, priority)
+        return r
+
+
+# ---------------------------------------------------------------- the engine
+
+
+@dataclass
+class _Group:
+    """One response key's candidates, in playbook order (the first wins the params)."""
+
+    mode: str
+    key: str
+    entity: Entity
+    params: Any
+    members: list[tuple[pb.Playbook, pb.Action]] = field(default_factory=list)
+
+
+def _ipv4(value: str) -> bool:
+    try:
+        ipaddress.IPv4Address(value)
+        return True
+    except ValueError:
+        return False
+
+
+class Engine:
+    """Decides responses for alerts and manages their lifecycle (module docstring).
+
+    Inputs from the controller are callables, so the engine sees the current
+    topology and inventory without owning them:
+
+    - `gateway() -> (ip, mac | None) | None`: the gateway block_lateral lets through;
+    - `hosts(name_or_ip) -> (ip, mac | None, Location | None) | None`: a named host
+      (allow lists, redirect and mirror targets); `mac` is the next hop toward it;
+    - `locate(mac) -> Location | None`: a device's edge;
+    - `switches() -> iterable of dpids`: the connected switches.
+    """
+
+    def __init__(self, playbooks: Sequence[pb.Playbook], store: ResponseStore, audit: AuditLog, *,
+                 internal_subnets: Sequence[str] = (), gateway: Callable[[], Any] = lambda: None,
+                 dns_servers: Sequence[str] = (), hosts: HostLookup = lambda name: None,
+                 locate: Callable[[str], Location | None] = lambda mac: None,
+                 switches: Callable[[], Iterable[int]] = lambda: (), dry_run: bool = False) -> None:
+        self.playbooks = list(playbooks)
+        self.store = store
+        self.audit = audit
+        self.internal_subnets = tuple(internal_subnets)
+        self.gateway = gateway
+        self.dns_servers = tuple(dns_servers)
+        self.hosts = hosts
+        self.locate = locate
+        self.switches = switches
+        self.dry_run = dry_run
+
+    def set_playbooks(self, playbooks: Sequence[pb.Playbook]) -> None:
+        """A reloaded set; active responses are kept as they are."""
+        self.playbooks = list(playbooks)
+
+    # ------------------------------------------------------------ alerts
+    def on_alert(self, alert: Mapping[str, Any], device: Mapping[str, Any] | None, now: float) -> Applied:
+        """Decide, store and audit the responses `alert` about `device` calls for.
+
+        `device` is {name, mac, ips, tags}, or None (an outbreak's playbooks then
+        match without device selectors, and device actions fail: call once per
+        device of `alert["devices"]` to act on them)."""
+        alert = dict(alert)
+        dev = _device(device)
+        groups: dict[tuple[str, str], _Group] = {}
+        jobs: dict[str, dict] = {}
+        summary: list[dict] = []
+        messages: Messages = []
+        for book in pb.matching(self.playbooks, alert, dev):
+            mode = "dry-run" if book.dry_run or self.dry_run else "enforce"
+            for act in book.do:
+                if act.kind == "notify":
+                    self._notify(jobs, book, act, mode, alert)
+                    continue
+                try:
+                    entity, params = self._resolve(act, alert, dev)
+                except ResponseError as e:
+                    self._audit_failed(now, alert, book.name, act.kind, mode, str(e))
+                    summary.append({"action": act.kind, "playbook": book.name, "mode": mode,
+                                    "response_id": None, "outcome": "failed", "error": str(e)})
+                    continue
+                key = response_key(act.kind, entity, params)
+                group = groups.setdefault((mode, key), _Group(mode, key, entity, params))
+                group.members.append((book, act))
+        for group in groups.values():
+            out, info = self._apply(group, alert, dev, now)
+            messages += out
+            summary.append(info)
+        notify = list(jobs.values())
+        for job in notify:
+            job["actions"] = summary
+            self.audit.write("dry-run" if job["mode"] == "dry-run" else "decision", time=now, alert=alert,
+                             playbook=job["playbook"], action="notify", mode=job["mode"],
+                             outcome="queued", detail={"destination": job["destination"]})
+        return Applied(messages, notify)
+
+    def _notify(self, jobs: dict[str, dict], book: pb.Playbook, act: pb.Action, mode: str,
+                alert: dict) -> None:
+        p: pb.Notify = act.params  # type: ignore[assignment]
+        dests = (["log"] if p.log else []) + ([p.webhook] if p.webhook else [])
+        for dest in dests:
+            job = jobs.get(dest)
+            if job is None:
+                jobs[dest] = {"destination": dest, "playbook": book.name, "mode": mode, "alert": alert,
+                              "webhook": None if dest == "log" else dest, "timeout_s": p.timeout_s,
+                              "retries": p.retries}
+            elif job["mode"] == "dry-run" and mode == "enforce":
+                job["mode"] = "enforce"           # an enforced notify is never demoted to dry-run
+
+    def _resolve(self, act: pb.Action, alert: Mapping[str, Any],
+                 dev: dict) -> tuple[Entity, Any]:
+        """The playbook action as an entity and a responses.PARAMS record; ResponseError if impossible."""
+        p = act.params
+        if act.kind == "block_ip":
+            target = p.ip if p.ip is not None else _alert_remote(alert)  # type: ignore[union-attr]
+            return Entity(prefix=target), BlockIpParams()
+        mac = dev.get("mac")
+        if not mac:
+            raise ResponseError(f"{act.kind} needs a device, and the alert names none")
+        ip = next((a for a in dev.get("ips") or () if _ipv4(a)), None)
+        entity = Entity(mac=mac, ip=ip)
+        if isinstance(p, pb.Quarantine):
+            allow: list[Allow] = []
+            for rule in p.allow:
+                addr = self._host(rule.host)[0]
+                protos = [None] if rule.proto == "any" and not rule.ports else \
+                    ["tcp", "udp"] if rule.proto == "any" else [rule.proto]
+                allow += [Allow(addr, proto, rule.ports) for proto in protos]
+            return entity, QuarantineParams(tuple(allow), p.dhcp, self.dns_servers if p.dns else ())
+        if isinstance(p, pb.BlockLateral):
+            gw = self.gateway()
+            if gw is None:
+                raise ResponseError("block_lateral needs the gateway (a device tagged 'gateway')")
+            return entity, BlockLateralParams(self.internal_subnets, gw[0], gw[1],
+                                              tuple(self._host(h)[0] for h in p.allow))
+        if isinstance(p, pb.Redirect):
+            addr, next_hop, _ = self._host(p.to)
+            if next_hop is None:
+                raise ResponseError(f"redirect: the MAC toward {p.to!r} is not known yet")
+            if p.proto == "any" and p.ports:
+                raise ResponseError("redirect with ports needs proto tcp or udp")
+            return entity, RedirectParams(addr, next_hop, None, None if p.proto == "any" else p.proto,
+                                          p.ports)
+        if isinstance(p, pb.RateLimit):
+            if p.kbps is None:
+                raise ResponseError("rate_limit in pps is not supported yet; use kbps")
+            return entity, RateLimitParams(p.kbps)
+        if isinstance(p, pb.Mirror):
+            if p.port is not None:
+                return entity, MirrorParams(*p.port)
+            where = self._host(p.to)[2]  # type: ignore[arg-type]
+            if where is None:
+                raise ResponseError(f"mirror: the IDS host {p.to!r} has no known switch port yet")
+            return entity, MirrorParams(where.dpid, where.port)
+        raise ResponseError(f"unknown action {act.kind!r}")  # pragma: no cover
+
+    def _host(self, ref: str) -> tuple[str, str | None, Location | None]:
+        found = self.hosts(ref)
+        if found is not None:
+            return found
+        if _ipv4(ref):
+            return ref, None, None
+        raise ResponseError(f"unknown host {ref!r} (not in the device inventory, not an IPv4 address)")
+
+    def _apply(self, g: _Group, alert: dict, dev: dict, now: float) -> tuple[Messages, dict]:
+        first_book, first_act = g.members[0]
+        subject = g.entity.prefix if first_act.kind == "block_ip" else g.entity.mac
+        existing = self.store.by_key(g.key, g.mode, now)
+        ttl, repeats = 0, 0
+        for _book, act in g.members:
+            n = 0
+            if act.escalate is not None:
+                since = now - act.escalate.within
+                n = self.store.offences(subject, act.kind, since, g.mode)
+                if existing is not None and existing.created >= since:
+                    n -= 1          # re-applying the active response is not a new offence
+            t = act.ttl_for(n) or pb.DEFAULT_TTL
+            if t > ttl:
+                ttl, repeats = t, n
+        detail: dict[str, Any] = {"ttl": ttl, "repeats": repeats,
+                                  "playbooks": [b.name for b, _ in g.members]}
+        if ttl > rules.MAX_HARD_TIMEOUT:
+            detail["capped"] = f"ttl {ttl} s capped at {rules.MAX_HARD_TIMEOUT} s (OpenFlow hard_timeout)"
+            ttl = rules.MAX_HARD_TIMEOUT
+        event = "dry-run" if g.mode == "dry-run" else "decision"
+        info = {"action": first_act.kind, "playbook": first_book.name, "mode": g.mode, "ttl": ttl}
+        if existing is not None:
+            info["response_id"] = existing.id
+            if now + ttl <= existing.expires:
+                self.audit.write(event, time=now, alert=alert, playbook=first_book.name,
+                                 action=first_act.kind, mode=g.mode, response_id=existing.id,
+                                 outcome="unchanged", detail={**detail, "expires": existing.expires})
+                info["outcome"] = "unchanged"
+                return [], info
+            r = replace(existing, expires=now + ttl)
+            out = self._compile(r, now, refresh=True) if g.mode == "enforce" else []
+            r = replace(r, dpids=tuple(sorted(set(r.dpids) | {d for d, _ in out})))
+            self.store.put(r)
+            self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
+                             mode=g.mode, response_id=r.id, rules=out, outcome="refreshed",
+                             detail={**detail, "expires": r.expires, "previous_expires": existing.expires})
+            info["outcome"] = "refreshed"
+            return out, info
+        try:
+            meter = self._meter() if first_act.kind == "rate_limit" else None
+            r = Stored(self.store.next_id(), first_act.kind, g.entity, g.params, first_book.name, g.mode,
+                       now, now + ttl, repeats, "active", first_book.priority - 1, meter,
+                       _text(alert.get("id")), dev.get("mac"),
+                       reason=_text(alert.get("explanation")) or "")
+            r.response()
+            out = self._compile(r, now)
+        except ResponseError as e:
+            self._audit_failed(now, alert, first_book.name, first_act.kind, g.mode, str(e), detail)
+            return [], {**info, "response_id": None, "outcome": "failed", "error": str(e)}
+        info["response_id"] = r.id
+        if g.mode == "dry-run":
+            self.store.put(r)
+            self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
+                             mode=g.mode, response_id=r.id, rules=out, outcome="dry-run",
+                             detail={**detail, "expires": r.expires})
+            info["outcome"] = "dry-run"
+            return [], info
+        r = replace(r, dpids=tuple(sorted({d for d, _ in out})))
+        self.store.put(r)
+        outcome = "sent" if out else "pending"   # pending: no switch yet; reconcile installs it
+        self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
+                         mode=g.mode, response_id=r.id, rules=out, outcome=outcome,
+                         detail={**detail, "expires": r.expires})
+        info["outcome"] = outcome
+        return out, info
+
+    def _audit_failed(self, now: float, alert: dict | None, playbook: str, action: str, mode: str,
+                      error: str, detail: dict | None = None) -> None:
+        LOG.error("response %s of playbook %s failed: %s", action, playbook, error)
+        self.audit.write("failed", time=now, alert=alert, playbook=playbook, action=action, mode=mode,
+                         outcome="failed", error=error, detail=detail)
+
+    def _meter(self) -> int:
+        used = self.store.meters_in_use()
+        for m in range(rules.METER_RESPONSE_MIN, rules.METER_RESPONSE_MAX + 1):
+            if m not in used:
+                return m
+        raise ResponseError("no free rate_limit meter id")
+
+    def _connected(self) -> set[int]:
+        return set(self.switches())
+
+    def _compile(self, r: Stored, now: float, *, only: int | None = None,
+                 refresh: bool = False) -> Messages:
+        """The rules of `r` with the time left as hard_timeout, for connected switches
+        (or `only` one).  A rate_limit meter is deleted before it is added (a restarted
+        controller may find it on the switch), or modified when refreshing."""
+        connected = self._connected()
+        edge = self.locate(r.entity.mac) if r.entity.mac else None
+        out: Messages = []
+        for dpid, spec in compile_response(r.response(now), edge, sorted(connected),
+                                           meter_id=r.meter_id):
+            if dpid not in connected or (only is not None and dpid != only):
+                continue
+            if isinstance(spec, MeterSpec):
+                if refresh:
+                    spec = replace(spec, command="modify")
+                else:
+                    out.append((dpid, rules.delete_meter(spec.meter_id)))
+            out.append((dpid, spec))
+        return out
+
+    def _removal(self, r: Stored, dpids: Iterable[int] | None = None) -> Messages:
+        if r.mode != "enforce":
+            return []
+        targets = set(r.dpids if dpids is None else dpids) & self._connected()
+        return release_response(r.response(), targets, meter_id=r.meter_id)
+
+    # ------------------------------------------------------------ lifecycle
+    def _get_active(self, rid: int) -> Stored:
+        r = self.store.get(rid)
+        if r is None:
+            raise KeyError(f"no response with id {rid}")
+        if r.state != "active":
+            raise KeyError(f"response {rid} is not active (it was {r.state})")
+        return r
+
+    def release(self, rid: int, now: float, reason: str = "") -> Messages:
+        """End a response now: delete its rules by cookie (and its meter)."""
+        r = self._get_active(rid)
+        out = self._removal(r)
+        self.store.mark(rid, "released", now)
+        self.audit.write("released", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
+                         response_id=rid, rules=out, outcome="released", detail={"reason": reason})
+        return out
+
+    def expire(self, now: float) -> Messages:
+        """End every active response whose ttl has run out (the switch's hard_timeout is the backstop)."""
+        out: Messages = []
+        for r in self.store.due(now):
+            msgs = self._removal(r)
+            self.store.mark(r.id, "expired", now)
+            self.audit.write("expired", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
+                             response_id=r.id, rules=msgs, outcome="expired",
+                             detail={"expires": r.expires})
+            out += msgs
+        return out
+
+    def reconcile(self, dpid: int, now: float) -> Messages:
+        """A switch (re)connected: expire what is due, remove from it what ended
+        while it may still hold it, and re-install there every active enforced
+        response that belongs on it, with the time left.  Deletes are by exact
+        cookie: foreign rules, and other responses, are never touched."""
+        out = self.expire(now)
+        for r in self.store.lingering(now):
+            if r.mode != "enforce" or dpid not in r.dpids:
+                continue
+            msgs = release_response(r.response(), [dpid], meter_id=r.meter_id)
+            self.audit.write("reconciled", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
+                             response_id=r.id, rules=msgs, outcome="removed",
+                             detail={"dpid": dpid, "state": r.state})
+            out += msgs
+        for r in self.store.active(now):
+            if r.mode != "enforce":
+                continue
+            try:
+                msgs = self._compile(r, now, only=dpid)
+            except ResponseError as e:
+                out += self._fail(r, dpid, str(e), now)
+                continue
+            if not msgs:
+                continue
+            self.store.put(replace(r, dpids=tuple(sorted(set(r.dpids) | {dpid})),
+                                   confirmed=tuple(d for d in r.confirmed if d != dpid)))
+            self.audit.write("reconciled", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
+                             response_id=r.id, rules=msgs, outcome="sent",
+                             detail={"dpid": dpid, "remaining": round(r.expires - now, 3)})
+            out += msgs
+        return out
+
+    # ------------------------------------------------------------ confirmation
+    def response_id(self, spec: Spec) -> int | None:
+        """The response a message the engine emitted belongs to (None: not a response's)."""
+        if isinstance(spec, FlowSpec):
+            kind = rules.cookie_kind(spec.cookie)
+            return rules.cookie_id(spec.cookie) if kind in ACTIONS.values() else None
+        for r in self.store.active():
+            if r.meter_id == spec.meter_id:
+                return r.id
+        return None
+
+    def installed(self, rid: int, dpid: int, now: float) -> None:
+        """The barrier after `rid`'s rules on `dpid` came back: they are in place."""
+        r = self.store.get(rid)
+        if r is None:
+            raise KeyError(f"no response with id {rid}")
+        if r.state == "active":
+            self.store.put(replace(r, confirmed=tuple(sorted(set(r.confirmed) | {dpid}))))
+        self.audit.write("installed", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
+                         response_id=rid, outcome="installed" if r.state == "active" else r.state,
+                         detail={"dpid": dpid})
+
+    def failed(self, rid: int, dpid: int, error: str, now: float) -> Messages:
+        """A switch refused one of `rid`'s messages (e.g. OFPFMFC_TABLE_FULL): mark it
+        failed, audit and log it, and return the messages removing the rest of it."""
+        r = self.store.get(rid)
+        if r is None:
+            raise KeyError(f"no response with id {rid}")
+        return self._fail(r, dpid, error, now)
+
+    def _fail(self, r: Stored, dpid: int, error: str, now: float) -> Messages:
+        out = self._removal(r, set(r.dpids) | {dpid}) if r.state == "active" else []
+        if r.state == "active":
+            self.store.mark(r.id, "failed", now)
+        LOG.error("response %d (%s, playbook %s) failed on switch %#x: %s", r.id, r.action,
+                  r.playbook, dpid, error)
+        self.audit.write("failed", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
+                         response_id=r.id, rules=out, outcome="failed", error=error,
+                         detail={"dpid": dpid, "state_before": r.state})
+        return out
+
+    def confirm(self, rid: int, dpid: int, ok: bool, error: str | None, now: float) -> Messages:
+        """`installed` or `failed` in one call."""
+        if ok:
+            self.installed(rid, dpid, now)
+            return []
+        return self.failed(rid, dpid, error or "unknown error", now)
+
+    # ------------------------------------------------------------ views
+    def active_view(self, now: float) -> list[dict]:
+        """Active, unexpired responses with their remaining ttl (GET /api/v1/responses)."""
+        return [r.view(now) for r in self.store.active(now)]
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _device(device: Mapping[str, Any] | None) -> dict:
+    if not device:
+        return {}
+    dev = dict(device)
+    mac = dev.get("mac")
+    if isinstance(mac, str):
+        try:
+            dev["mac"] = rules.mac_match(mac.replace("-", ":"))
+        except ValueError:
+            dev["mac"] = None
+    dev["ips"] = [str(a) for a in dev.get("ips") or ()]
+    dev["tags"] = list(dev.get("tags") or ())
+    return dev
+
+
+def _alert_remote(alert: Mapping[str, Any]) -> str:
+    """block_ip `target: alert`: the alert's top remote address, `alert["remote"]`, or
+    the first `remote` of its `features` entries."""
+    value = alert.get("remote")
+    if not isinstance(value, str):
+        for entry in alert.get("features") or ():
+            if isinstance(entry, Mapping) and isinstance(entry.get("remote"), str):
+                value = entry["remote"]
+                break
+    if not isinstance(value, str):
+        raise ResponseError("block_ip target: alert, but the alert carries no remote address "
+                            "(alert['remote'])")
+    return value
