@@ -75,9 +75,9 @@ class IoTGuard(compat.BaseApp):
         thread = super().start()
         self.threads.append(hub.spawn(self._poll_loop))
         self.threads.append(hub.spawn(self._lldp_loop))
+        handler = make_handler(self.api)
         self._server = hub.StreamServer((self.config.api_host, self.config.api_port),
-                                        lambda sock, addr: serve_connection(
-                                            make_handler(self.api), sock, addr))
+                                        lambda sock, addr: serve_connection(handler, sock, addr))
         self.threads.append(hub.spawn(self._server.serve_forever))
         LOG.info("iotguard on %s: OpenFlow %s:%d, API http://%s:%d/api/v1/, poll every %.1fs",
                  compat.FRAMEWORK, self.config.ofp_host, self.config.ofp_port,
