@@ -157,7 +157,8 @@ class Core:
                     LOG.info("link: %016x:%d -> %016x:%d", origin[0], origin[1], dpid, in_port)
             return []
         self.counters["packet_in"] += 1
-        if not self.topology.is_trunk(dpid, in_port):
+        local = not self.topology.is_trunk(dpid, in_port)
+        if local:
             self.inventory.observe(pkt.eth_src, self.wall(), pkt.arp_spa)
             if self.topology.observe(pkt.eth_src, dpid, in_port, now):
                 loc = self.topology.location(pkt.eth_src)
@@ -166,7 +167,7 @@ class Core:
         for f in decision.flows:
             if f.command == "add" and rules.cookie_kind(f.cookie) == rules.Kind.FORWARD:
                 self.extractor.new_flow(rules.cookie_id(f.cookie))
-        if self.topology.edge_dpid(pkt.eth_src) == dpid and not self.topology.is_trunk(dpid, in_port):
+        if local and self.topology.edge_dpid(pkt.eth_src) == dpid:
             self._event(pkt)
         out: Out = [(dpid, f) for f in decision.flows]
         if decision.out_port is None:

@@ -113,6 +113,13 @@ class KnownDestinations:
         self._learned = np.zeros(0, dtype=bool)
         self._saturated = np.zeros(0, dtype=bool)
 
+    def replace_with(self, other: "KnownDestinations") -> None:
+        """Take `other`'s contents in place: the extractor holds a reference to this object."""
+        self.max_per_device = other.max_per_device
+        self._sets, self._many = other._sets, other._many
+        self._version += 1
+        self._built = None
+
     def __len__(self) -> int:
         return len(self._sets) + len(self._many)
 

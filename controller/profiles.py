@@ -194,7 +194,7 @@ class BaselineStore:
                 known = type(self.known).from_dict(d.get("known", {}))
             except (ValueError, TypeError, AttributeError) as e:
                 raise BaselineFormatError(f"known: {e}") from None
-            self.known.__dict__.update(known.__dict__)
+            self.known.replace_with(known)
         self.profiles = {p.mac: p for p in profiles}
         self._priors_dirty = True
         self._fit_priors(time.time())
