@@ -25,7 +25,7 @@ from typing import Callable
 from controller.config import Config
 import numpy as np
 
-from controller.features import FEATURES, WindowFeatures, impute_tx_mix
+from controller.features import FEATURES, WindowFeatures, shrink_tx_mix
 from controller.profiles import BaselineStore
 
 CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
@@ -170,7 +170,7 @@ class Detector:
             if baseline is None:
                 continue
             self.windows_scored += 1
-            x = impute_tx_mix(x[None, :], np.expm1(baseline.median_))[0]
+            x = shrink_tx_mix(x[None, :], np.expm1(baseline.median_))[0]
             score = baseline.score_one(x)
             key = (mac, "anomaly")
             if score <= baseline.threshold_:

@@ -516,16 +516,23 @@ TX_MIX: tuple[int, ...] = tuple(INDEX[f] for f in ("tcp_share", "udp_share", "ic
                                                  "other_share", "mean_pkt_size"))
 
 
-def impute_tx_mix(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Rows that sent no packets get `fill` for the TX_MIX features.
+# Packets of evidence a window needs before its own mix outweighs the baseline's.
+MIX_PSEUDO_PACKETS = 8.0
 
-    A window of pure listening has no protocol mix or packet size; scoring its
-    zeros would read as a collapse of TCP and of packet size.  The caller
-    passes a neutral fill (the baseline's median) so those features say nothing.
+
+def shrink_tx_mix(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Pull the TX_MIX features of sparse windows towards `fill` (the baseline median).
+
+    A share measured on two packets can only be 0, 0.5 or 1: one ARP request
+    beside one ping reads as "50% OTHER" and would alarm on a quiet bulb.  Each
+    row is blended as (p*x + k*fill) / (p + k), with p its packets sent and
+    k = MIX_PSEUDO_PACKETS, so a window of pure listening (p = 0) says nothing
+    and a scan of hundreds of packets keeps its own mix.  Training and scoring
+    apply the same blend, so the baseline band matches what is scored.
     """
-    idle = X[:, INDEX["tx_packets"]] <= 0
-    if not idle.any():
-        return X
-    X = X.copy()
-    X[np.ix_(idle, TX_MIX)] = fill[list(TX_MIX)]
+    p = np.maximum(X[:, INDEX["tx_packets"]], 0.0)
+    X = np.array(X, dtype=np.float64, copy=True)
+    w = (p / (p + MIX_PSEUDO_PACKETS))[:, None]
+    cols = list(TX_MIX)
+    X[:, cols] = w * X[:, cols] + (1.0 - w) * np.asarray(fill, dtype=np.float64)[cols]
     return X

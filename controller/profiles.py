@@ -125,11 +125,11 @@ class BaselineStore:
 
     @staticmethod
     def _defined(X: np.ndarray) -> np.ndarray:
-        """Fill idle windows' undefined mix with the median of the windows that sent."""
-        from controller.features import INDEX, impute_tx_mix
+        """Shrink sparse windows' mix towards the median of the windows that sent."""
+        from controller.features import INDEX, shrink_tx_mix
         sent = X[X[:, INDEX["tx_packets"]] > 0]
         fill = np.median(sent, axis=0) if len(sent) else np.zeros(X.shape[1])
-        return impute_tx_mix(X, fill)
+        return shrink_tx_mix(X, fill)
 
     def _fit_priors(self, now: float) -> None:
         by_cls: dict[str | None, list[np.ndarray]] = {}

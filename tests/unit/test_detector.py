@@ -169,3 +169,21 @@ def test_a_window_that_only_listens_is_not_a_protocol_collapse():
     x[INDEX["rx_bytes"]] = 300
     x[INDEX["rx_packets"]] = 5      # received, sent nothing: no tcp share, no packet size
     assert det.on_window(window(2000.0, {CAM: x}), 2000.0) == []
+
+
+def test_two_packets_of_other_protocols_are_not_a_protocol_shift():
+    """The soak's false alarm: one ARP and one ping from a quiet TCP device read as '50% OTHER'."""
+    det, rng = trained()
+    x = np.zeros(len(FEATURES))
+    x[INDEX["tx_packets"]], x[INDEX["tx_bytes"]] = 2, 140
+    x[INDEX["icmp_share"]], x[INDEX["other_share"]], x[INDEX["mean_pkt_size"]] = 0.5, 0.5, 70
+    assert det.on_window(window(2000.0, {CAM: x}), 2000.0) == []
+
+
+def test_a_protocol_shift_with_many_packets_still_alarms():
+    det, rng = trained()
+    x = normal(rng)
+    x[INDEX["tx_packets"]] = 400
+    x[INDEX["tcp_share"]], x[INDEX["udp_share"]] = 0.0, 1.0   # same volume of bytes, all UDP now
+    (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
+    assert {f["feature"] for f in alert.features} & {"udp_share", "tcp_share"}
