@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 
-from controller import compat
-from controller.api import Api, load_or_create_token, make_handler, query_float, serve_connection
+from controller import compat, notify
+from controller.api import Api, ApiError, load_or_create_token, make_handler, query_float, serve_connection
 from controller.config import Config, load_config
 from controller.core import Core
+from controller.playbook import PlaybookError
 from controller.record import Recorder
+from controller.responder import RequestError, is_response_message
+from controller.rules import Barrier
 from controller.compat import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, hub, ofp,
                                ofp_event, set_ev_cls)
 
@@ -63,18 +68,34 @@ class IoTGuard(compat.BaseApp):
         if _RECORD:
             self.core.recorder = Recorder(_RECORD, self.config.poll_interval)
             LOG.info("recording detector input to %s", _RECORD)
+        self.core.enable_responses()        # PlaybookError: the launcher validated them first
+        self.notify_q = hub.Queue(notify.QUEUE_SIZE)
+        self.notify_dropped = 0
         self.api = Api(token, {
             ("GET", "/api/v1/health"): lambda q: self._locked(self.core.health_view),
             ("GET", "/api/v1/devices"): lambda q: {"devices": self._locked(self.core.devices_view)},
             ("GET", "/api/v1/alerts"): self._alerts,
+            ("POST", "/api/v1/alerts"): self._inject_alert,
+            ("GET", "/api/v1/responses"): lambda q: {"responses": self._locked(
+                self.core.responder.responses_view)},
+            ("POST", "/api/v1/responses"): self._manual,
+            ("DELETE", "/api/v1/responses/{id}"): self._release,
+            ("GET", "/api/v1/audit"): lambda q: {"events": self._locked(
+                self.core.responder.audit_view, query_float(q["query"], "since"))},
+            ("GET", "/api/v1/playbooks"): lambda q: {"playbooks": self._locked(
+                self.core.responder.playbooks_view)},
+            ("POST", "/api/v1/playbooks/reload"): lambda q: self.reload_playbooks(),
         })
         self._server = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, lambda signum, frame: hub.spawn(self.reload_playbooks))
 
     # ------------------------------------------------------------ plumbing
     def start(self):
         thread = super().start()
         self.threads.append(hub.spawn(self._poll_loop))
         self.threads.append(hub.spawn(self._lldp_loop))
+        self.threads.append(hub.spawn(self._notify_loop))
         handler = make_handler(self.api)
         self._server = hub.StreamServer((self.config.api_host, self.config.api_port),
                                         lambda sock, addr: serve_connection(handler, sock, addr))
@@ -87,6 +108,95 @@ class IoTGuard(compat.BaseApp):
     def _alerts(self, q: dict) -> dict:
         since = query_float(q["query"], "since")
         return {"alerts": self._locked(self.core.detector.recent, since)}
+
+    # ------------------------------------------------------------ responses
+    def _inject_alert(self, q: dict):
+        try:
+            alert = self._locked(self.core.inject_alert, q.get("body"))
+        except RequestError as e:
+            raise ApiError(400, "bad_request", str(e)) from None
+        self._flush()
+        return 201, {"alert": alert}
+
+    def _manual(self, q: dict):
+        body = q.get("body")
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_request", "the body must be a JSON object: "
+                                               '{"device": ..., "action": ..., "ttl": ..., "params": {...}}')
+        unknown = sorted(set(body) - {"device", "action", "ttl", "params", "reason", "dry_run"})
+        if unknown:
+            raise ApiError(400, "bad_request", f"unknown field {unknown[0]!r}; allowed: action, device, "
+                                               "dry_run, params, reason, ttl")
+
+        def apply() -> dict:
+            done = self.core.responder.manual(body, self.core.wall())
+            self.core.outbox += done["messages"]
+            self.core.notify_jobs += done["notify"]
+            return done
+        try:
+            done = self._locked(apply)
+        except RequestError as e:
+            raise ApiError(400, "bad_request", str(e)) from None
+        self._flush()
+        ids = {rid for rid in (a.get("response_id") for j in done["notify"] for a in j.get("actions", []))}
+        view = self._locked(self.core.responder.responses_view)
+        mine = [r for r in view if r["alert_id"] == done["alert"]["id"] or r["id"] in ids]
+        actions = self._locked(self.core.responder.audit_view, done["alert"]["time"] - 1e-6)
+        acts = [{"action": e["action"], "playbook": e["playbook"], "mode": e["mode"],
+                 "response_id": e["response_id"], "outcome": e["outcome"],
+                 **({"error": e["error"]} if e.get("error") else {})}
+                for e in reversed(actions) if (e.get("alert") or {}).get("id") == done["alert"]["id"]]
+        failed = [a for a in acts if a["outcome"] == "failed"]
+        if failed and not mine:
+            raise ApiError(422, "response_failed", failed[0].get("error") or "the response failed")
+        return 201, {"responses": mine, "actions": acts}
+
+    def _release(self, q: dict):
+        raw = q["params"]["id"]
+        if not raw.isdigit():
+            raise ApiError(400, "bad_request", f"response id must be a number, got {raw[:40]!r}")
+        reason = ""
+        if isinstance(q.get("body"), dict) and isinstance(q["body"].get("reason"), str):
+            reason = q["body"]["reason"]
+        try:
+            out = self._locked(self.core.responder.release, int(raw), reason or "released through the API")
+        except KeyError as e:
+            raise ApiError(404, "not_found", str(e.args[0])) from None
+        self._send(out)
+        return {"released": int(raw), "rules_removed": len(out)}
+
+    def reload_playbooks(self):
+        """SIGHUP or POST /api/v1/playbooks/reload; an invalid set changes nothing."""
+        try:
+            done = self._locked(self.core.responder.reload)
+        except PlaybookError as e:
+            LOG.error("playbook reload refused, the previous set stays active:\n%s", e)
+            return 422, {"error": "invalid_playbooks",
+                         "message": f"{len(e.problems)} problem(s); the previous playbooks stay active",
+                         "problems": [str(p) for p in e.problems]}
+        return done
+
+    def _notify_loop(self) -> None:
+        while self.running:
+            job = self.notify_q.get()
+            try:
+                notify.deliver(job, sleep=hub.sleep)
+            except Exception:  # noqa: BLE001 - one bad job must not end deliveries
+                LOG.exception("notify failed")
+
+    def _queue_jobs(self, jobs: list[dict]) -> None:
+        for job in jobs:
+            try:
+                self.notify_q.put_nowait(job)
+            except Exception:  # noqa: BLE001 - hub queues raise their framework's Full
+                self.notify_dropped += 1
+                LOG.error("notify queue full: dropped a job for %s", job.get("destination"))
+
+    def _flush(self) -> None:
+        """Send what the core decided outside a switch event (responses, expiries)."""
+        out, jobs = self._locked(self.core.take_outbox)
+        self._send(out)
+        self._queue_jobs(jobs)
 
     def stop_serving(self) -> None:
         """Stop the loops, save the baselines, close the API socket (the launcher exits after)."""
@@ -108,10 +218,32 @@ class IoTGuard(compat.BaseApp):
             return fn(*args)
 
     def _send(self, out) -> None:
-        for dpid, msg in out:
+        """Send messages; a response's rules get xids the core tracks and a barrier per switch."""
+        if not any(is_response_message(spec) for _, spec in out):
+            for dpid, spec in out:
+                dp = self.datapaths.get(dpid)
+                if dp is not None:
+                    dp.send_msg(compat.to_message(dp, spec))
+            return
+        batch = []
+        for dpid, spec in out:
             dp = self.datapaths.get(dpid)
             if dp is not None:
-                dp.send_msg(compat.to_message(dp, msg))
+                msg = compat.to_message(dp, spec)
+                dp.set_xid(msg)
+                batch.append((dpid, dp, spec, msg))
+        barriers = []
+        with self.lock:   # track before sending: a fast reply must find its batch
+            for dpid in self.core.responder.track((d, m.xid, s) for d, _, s, m in batch):
+                dp = self.datapaths[dpid]
+                msg = compat.to_message(dp, Barrier())
+                dp.set_xid(msg)
+                self.core.responder.barrier_sent(dpid, msg.xid)
+                barriers.append((dp, msg))
+        for _, dp, _, msg in batch:
+            dp.send_msg(msg)
+        for dp, msg in barriers:
+            dp.send_msg(msg)
 
     # ------------------------------------------------------------ loops
     def _poll_loop(self) -> None:
@@ -132,6 +264,8 @@ class IoTGuard(compat.BaseApp):
                     continue   # the previous poll is still being answered: do not pile up
                 polled.append(dpid)
             self._locked(self.core.poll_sent, polled)
+            self._locked(self.core.expire_responses)
+            self._flush()
             for dpid in polled:
                 dp = self.datapaths.get(dpid)
                 if dp is None:
@@ -181,9 +315,18 @@ class IoTGuard(compat.BaseApp):
     def _error(self, ev) -> None:
         msg = ev.msg
         if msg.type == ofp.OFPET_METER_MOD_FAILED and msg.code == ofp.OFPMMFC_UNKNOWN_METER:
-            return   # deleting a meter that was not there, at connect: expected
-        LOG.error("switch %016x rejected a message: type=%d code=%d data=%s",
-                  msg.datapath.id, msg.type, msg.code, bytes(msg.data[:64]).hex())
+            return   # deleting a meter that was not there (at connect, before a re-add): expected
+        text = compat.error_text(msg.type, msg.code)
+        removal = self._locked(self.core.responder.error, msg.datapath.id, msg.xid, text)
+        if removal is None:
+            LOG.error("switch %016x rejected a message: %s data=%s",
+                      msg.datapath.id, text, bytes(msg.data[:64]).hex())
+            return
+        self._send(removal)
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier(self, ev) -> None:
+        self._locked(self.core.responder.barrier_reply, ev.msg.datapath.id, ev.msg.xid)
 
     # ------------------------------------------------------------ traffic
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
@@ -191,6 +334,8 @@ class IoTGuard(compat.BaseApp):
         msg = ev.msg
         self._send(self._locked(self.core.packet_in, msg.datapath.id, msg.match["in_port"],
                                 bytes(msg.data)))
+        if self.core.outbox or self.core.notify_jobs:   # a burst alert decided responses
+            self._flush()
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def _flow_removed(self, ev) -> None:
@@ -210,6 +355,8 @@ class IoTGuard(compat.BaseApp):
             LOG.error("switch %016x: bad flow stats reply: %s", dpid, e)
         if not more:
             self._inflight.pop(dpid, None)
+        if self.core.outbox or self.core.notify_jobs:   # the window closed with alerts
+            self._flush()
 
     @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
     def _port_stats(self, ev) -> None:

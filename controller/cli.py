@@ -1,14 +1,26 @@
-"""The `iotguard` command."""
+"""The `iotguard` command.
+
+`run`, `replay`, `playbook validate` and `config` work locally; the response
+commands (`quarantine`, `respond`, `release`, `responses`, `audit`,
+`playbook reload`) talk to a running controller's REST API through
+controller/client.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
+import time
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
 
 from controller import __version__
 from controller.api import load_or_create_token
@@ -21,8 +33,16 @@ normally behaves and answers misbehaviour with operator-written playbooks.
 commands:
   run        start the controller (OpenFlow listener, stats polling, detection, REST API)
   replay     run the detector offline over a recording made with 'run --record'
-  playbook   validate response playbooks ('iotguard playbook validate FILE...')
+  playbook   validate response playbooks ('playbook validate FILE...'), or make the
+             running controller reload them ('playbook reload')
   config     validate a configuration file and print the effective settings
+
+commands for a running controller (through its REST API):
+  quarantine  isolate a device now ('quarantine DEVICE --ttl 10m')
+  respond     apply any response action ('respond rate_limit DEVICE --param kbps=1000')
+  release     end a response early ('release ID')
+  responses   list the active responses
+  audit       show the response audit log
 
 Run 'iotguard COMMAND --help' for a command's options."""
 
@@ -32,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"iotguard {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    common = _client_options()
 
     run = sub.add_parser(
         "run", help="start the controller",
@@ -61,9 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("file", metavar="FILE", help="recording (JSON lines)")
     rep.add_argument("--config", metavar="FILE", help="YAML configuration file")
 
-    pb = sub.add_parser("playbook", help="work with response playbooks",
+    pb = sub.add_parser("playbook", help="validate or reload response playbooks",
                         description="Response playbooks (see docs/playbooks.md).")
     pbsub = pb.add_subparsers(dest="playbook_command", metavar="SUBCOMMAND")
+    pbsub.add_parser("reload", parents=[common], help="make the running controller reload its playbooks",
+                     description="Ask the running controller to re-read its playbook files "
+                                 "(POST /api/v1/playbooks/reload) and print what it loaded. If any "
+                                 "file is invalid, print each problem and exit with status 2.")
     val = pbsub.add_parser("validate", help="check playbook files",
                            description="Check every FILE (or the *.yaml files of a directory) and "
                                        "print each problem as FILE:LINE:COL: field: message. Exit "
@@ -72,11 +97,91 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--config", metavar="FILE",
                      help="check host names and tags against this config's device inventory")
 
+    _response_parsers(sub, common)
+
     cfg = sub.add_parser("config", help="validate a configuration file",
                          description="Validate FILE and print the effective settings as JSON. "
                                      "Exit status 2 and a file:line: field: message error if invalid.")
     cfg.add_argument("file", metavar="FILE")
     return p
+
+
+RESPONSE_ACTIONS = ("quarantine", "block_lateral", "redirect", "rate_limit", "block_ip", "mirror")
+
+
+def _client_options() -> argparse.ArgumentParser:
+    """The options every command that talks to a running controller takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("connection options")
+    g.add_argument("--config", metavar="FILE",
+                   help="the controller's YAML configuration: the API address (api.listen_host, "
+                        "api.port), api.token and state_dir come from it; built-in defaults if omitted")
+    g.add_argument("--state-dir", metavar="DIR",
+                   help="the controller's state directory, where 'iotguard run' wrote the api-token "
+                        "file (overrides state_dir; default /var/lib/iotguard)")
+    g.add_argument("--api", metavar="URL",
+                   help="the controller's REST API, like http://127.0.0.1:8080 (default: from the config)")
+    g.add_argument("--token", metavar="TOKEN",
+                   help="API bearer token; default $IOTGUARD_TOKEN, else the config's api.token, else "
+                        "the api-token file in the state directory. Prefer the variable: a command "
+                        "line is visible to other users")
+    g.add_argument("--json", action="store_true", help="print the API's JSON answer instead of a table")
+    return common
+
+
+def _response_parsers(sub, common: argparse.ArgumentParser) -> None:
+    def response_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ttl", metavar="DURATION",
+                       help="how long the response lasts: 30s, 10m, 2h, 1d, or plain seconds "
+                            "(1s..30d; default: the controller's, 1h)")
+        p.add_argument("--reason", metavar="TEXT", help="why; kept with the response and in the audit log")
+        p.add_argument("--dry-run", action="store_true",
+                       help="let the controller decide and audit the response without installing rules")
+
+    q = sub.add_parser(
+        "quarantine", parents=[common], help="isolate a device now",
+        description="Quarantine DEVICE on the running controller (POST /api/v1/responses): drop "
+                    "its traffic except DHCP and DNS until the ttl runs out or 'iotguard release "
+                    "ID' ends it. Prints the response id, the outcome and the ttl.")
+    q.add_argument("device", metavar="DEVICE", help="the device: its inventory name, MAC or IP address")
+    response_options(q)
+
+    r = sub.add_parser(
+        "respond", parents=[common], help="apply a response action to a device",
+        description="Apply ACTION on the running controller (POST /api/v1/responses), with the "
+                    "action's fields from --param (see docs/playbooks.md, 'Actions'). Examples: "
+                    "'respond rate_limit cam1 --param kbps=1000', 'respond redirect cam1 --param "
+                    "to=honeypot --param ports=[22,23]', 'respond block_ip - --param ip=203.0.113.7'.")
+    r.add_argument("action", metavar="ACTION", choices=RESPONSE_ACTIONS,
+                   help="one of: " + ", ".join(RESPONSE_ACTIONS))
+    r.add_argument("device", metavar="DEVICE",
+                   help="the device: its inventory name, MAC or IP address; '-' for block_ip, "
+                        "which takes its address from --param ip=...")
+    response_options(r)
+    r.add_argument("--param", metavar="KEY=VALUE", action="append", default=[],
+                   help="an action field; VALUE is read as JSON when it is JSON (1000, true, "
+                        "[22,23], {...}), else as a string. Repeat for several fields")
+
+    rel = sub.add_parser(
+        "release", parents=[common], help="end a response early",
+        description="End the active response ID now and remove its rules "
+                    "(DELETE /api/v1/responses/ID). 'iotguard responses' lists the ids.")
+    rel.add_argument("id", metavar="ID", help="the response id")
+    rel.add_argument("--reason", metavar="TEXT", help="why; recorded in the audit log")
+
+    sub.add_parser(
+        "responses", parents=[common], help="list the active responses",
+        description="List the running controller's active responses (GET /api/v1/responses): "
+                    "id, action, device (MAC, or the address for block_ip), mode, time left, "
+                    "playbook ('-' for manual ones) and the switches that confirmed the rules.")
+
+    au = sub.add_parser(
+        "audit", parents=[common], help="show the response audit log",
+        description="Print the running controller's response audit log (GET /api/v1/audit), one "
+                    "line per event, oldest first: time, event, action, response id, outcome.")
+    au.add_argument("--since", metavar="WHEN",
+                    help="only events from WHEN on: unix seconds, or a time ago like -10m (or 10m), "
+                         "-2h, -1d (default: the controller's recent events)")
 
 
 def _port(value: int | None, what: str) -> int | None:
@@ -117,8 +222,29 @@ def prepare_state(config: Config) -> None:
         raise OSError(f"cannot use state directory {config.state_dir}: {e.strerror or e}") from None
 
 
+def check_playbooks(config: Config) -> str | None:
+    """Every problem of the configured playbooks, or None: the controller must not start
+    with a set it would refuse on reload."""
+    from controller import playbook as pb
+    missing = [p for p in config.playbooks if not os.path.exists(p)]
+    if missing:
+        return "\n".join(f"{p}: responses.playbooks: no such file or directory" for p in missing)
+    hosts = {d.name for d in config.devices} | {ip for d in config.devices for ip in d.ips}
+    tags = {t for d in config.devices for t in d.tags}
+    try:
+        pb.load_playbooks(config.playbooks, known_hosts=hosts if config.devices else None,
+                          known_tags=tags if config.devices else None)
+    except pb.PlaybookError as e:
+        return str(e)
+    return None
+
+
 def cmd_run(args) -> int:
     config = effective_config(args)
+    problems = check_playbooks(config)
+    if problems:
+        print(f"iotguard: the playbooks are invalid; not starting:\n{problems}", file=sys.stderr)
+        return 2
     prepare_state(config)
     _check_listen(config.ofp_host, config.ofp_port, "OpenFlow switches")
     _check_listen(config.api_host, config.api_port, "the REST API")
@@ -158,6 +284,8 @@ def cmd_replay(args) -> int:
 
 def cmd_playbook(args) -> int:
     from controller.playbook import main as playbook_main
+    if args.playbook_command == "reload":
+        return cmd_playbook_reload(args)
     if args.playbook_command != "validate":
         _parser().parse_args(["playbook", "--help"])
         return 2
@@ -172,17 +300,262 @@ def cmd_config(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ API commands
+
+
+class UsageError(ValueError):
+    """A bad command-line value found after parsing (exit status 2)."""
+
+
+def _api(args, method: str, path: str, body: Any = None) -> dict:
+    """One call to the controller's API; its JSON object answer."""
+    from controller.client import Client, ClientError, api_url, resolve_token
+    config = load_config(args.config) if args.config else Config()
+    token = resolve_token(args.token, config, args.state_dir)
+    try:
+        client = Client(api_url(config, args.api), token)
+    except ValueError as e:
+        raise UsageError(f"--api: {e}") from None
+    answer = client.request(method, path, body)
+    if not isinstance(answer, dict):
+        raise ClientError(None, "bad_response", f"{method} {path}: expected a JSON object, got {answer!r:.80}")
+    return answer
+
+
+def _print_json(answer: Any) -> None:
+    print(json.dumps(answer, indent=1, sort_keys=True))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> None:
+    cells = [header] + [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def human_duration(seconds: Any) -> str:
+    """9m58s; whole seconds, rounded down (a ttl is never longer than shown)."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds != seconds:
+        return "-"
+    left = max(0, int(seconds))
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if left >= size or out:
+            out += f"{left // size}{unit}"
+            left %= size
+    return f"{out}{left}s"
+
+
+def _device(r: dict) -> str:
+    entity = r.get("entity") or {}
+    return entity.get("prefix") or entity.get("mac") or entity.get("ip") or r.get("mac") or "-"
+
+
+def _number(text: str) -> int | float | str:
+    """Plain seconds as a number; anything else ('10m') as the API's duration string."""
+    if re.fullmatch(r"[0-9]+", text):
+        return int(text)
+    return float(text) if re.fullmatch(r"[0-9]*\.[0-9]+", text) else text
+
+
+def _json_value(text: str) -> Any:
+    def no_constants(name: str) -> Any:
+        raise ValueError(name)
+    try:
+        return json.loads(text, parse_constant=no_constants)
+    except ValueError:
+        return text
+
+
+def parse_params(items: list[str]) -> dict:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--param {item!r}: write KEY=VALUE, like kbps=1000")
+        if key in params:
+            raise UsageError(f"--param {key!r} is given twice")
+        params[key] = _json_value(value)
+    return params
+
+
+def _respond(args, action: str, params: dict) -> int:
+    body: dict[str, Any] = {"action": action}
+    if args.device != "-":
+        body["device"] = args.device
+    elif action != "block_ip":
+        raise UsageError("DEVICE '-' (no device) is only for block_ip")
+    if args.ttl is not None:
+        body["ttl"] = _number(args.ttl)
+    if params:
+        body["params"] = params
+    if args.reason is not None:
+        body["reason"] = args.reason
+    if args.dry_run:
+        body["dry_run"] = True
+    answer = _api(args, "POST", "/api/v1/responses", body)
+    actions = answer.get("actions") or []
+    if args.json:
+        _print_json(answer)
+    else:
+        by_id = {r.get("id"): r for r in answer.get("responses") or []}
+        rows = []
+        for a in actions:
+            r = by_id.get(a.get("response_id"), {})
+            rows.append([a.get("response_id"), a.get("action"), _device(r) if r else None,
+                         a.get("mode"), a.get("outcome"), human_duration(r.get("ttl"))])
+        _table(["ID", "ACTION", "DEVICE", "MODE", "OUTCOME", "TTL"], rows)
+    failed = [a for a in actions if a.get("error")]
+    for a in failed:
+        print(f"iotguard: {a.get('action')} {a.get('outcome') or 'failed'}: {a['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_quarantine(args) -> int:
+    return _respond(args, "quarantine", {})
+
+
+def cmd_respond(args) -> int:
+    return _respond(args, args.action, parse_params(args.param))
+
+
+def cmd_release(args) -> int:
+    body = {"reason": args.reason} if args.reason is not None else None
+    answer = _api(args, "DELETE", f"/api/v1/responses/{quote(args.id, safe='')}", body)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(f"released response {answer.get('released')}: {answer.get('rules_removed')} rules removed")
+    return 0
+
+
+def cmd_responses(args) -> int:
+    answer = _api(args, "GET", "/api/v1/responses")
+    if args.json:
+        _print_json(answer)
+        return 0
+    responses = answer.get("responses") or []
+    if not responses:
+        print("no active responses")
+        return 0
+    rows = []
+    for r in responses:
+        confirmed, sent = r.get("confirmed") or [], r.get("dpids") or []
+        switches = ",".join(str(d) for d in confirmed)
+        if len(sent) > len(confirmed):
+            switches += f" ({len(sent) - len(confirmed)} unconfirmed)"
+        rows.append([r.get("id"), r.get("action"), _device(r), r.get("mode"),
+                     human_duration(r.get("remaining")), r.get("playbook"), switches.strip()])
+    _table(["ID", "ACTION", "DEVICE", "MODE", "REMAINING", "PLAYBOOK", "CONFIRMED"], rows)
+    return 0
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """Unix seconds, or a time ago: -90 (seconds), -10m or 10m, -2h, -1d."""
+    m = re.fullmatch(r"(-?)([0-9]+(?:\.[0-9]+)?)([smhd]?)", text.strip())
+    if m is None:
+        raise UsageError(f"--since {text!r}: give unix seconds (1700000000) or a time ago (-10m, -2h, -1d)")
+    if not m.group(1) and not m.group(3):
+        return float(m.group(2))
+    size = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(3)]
+    return (time.time() if now is None else now) - float(m.group(2)) * size
+
+
+def _iso(t: Any) -> str:
+    if not isinstance(t, (int, float)) or isinstance(t, bool):
+        return "-"
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def cmd_audit(args) -> int:
+    path = "/api/v1/audit"
+    if args.since is not None:
+        path += "?since=" + f"{parse_since(args.since):.3f}".rstrip("0").rstrip(".")
+    answer = _api(args, "GET", path)
+    if args.json:
+        _print_json(answer)
+        return 0
+    events = answer.get("events") or []
+    if not events:
+        print("no audit events")
+        return 0
+    header = ["TIME", "EVENT", "ACTION", "RESPONSE", "OUTCOME"]
+    rows = [[_iso(e.get("time")), e.get("event"), e.get("action"), e.get("response_id"), e.get("outcome")]
+            for e in events]
+    if any(e.get("error") for e in events):
+        header.append("ERROR")
+        for row, e in zip(rows, events):
+            row.append(e.get("error"))
+    _table(header, rows)
+    return 0
+
+
+def _problem(p: Any) -> str:
+    if not isinstance(p, dict):
+        return str(p)
+    where = ":".join(str(p[k]) for k in ("file", "line", "col") if p.get(k) is not None)
+    text = ": ".join(str(p[k]) for k in ("field", "message") if p.get(k))
+    return ": ".join(x for x in (where, text) if x) or json.dumps(p, sort_keys=True)
+
+
+def cmd_playbook_reload(args) -> int:
+    from controller.client import ClientError
+    try:
+        answer = _api(args, "POST", "/api/v1/playbooks/reload")
+    except ClientError as e:
+        if e.status != 422 or not isinstance(e.body, dict):
+            raise
+        print(f"iotguard: {e}", file=sys.stderr)
+        for problem in e.body.get("problems") or []:
+            print(_problem(problem), file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(answer)
+        return 0
+    loaded = answer.get("loaded") or []
+    print(f"loaded {len(loaded)} playbook{'' if len(loaded) == 1 else 's'}"
+          + (": " + ", ".join(map(str, loaded)) if loaded else ""))
+    for f in answer.get("files") or []:
+        print(f"  from {f}")
+    return 0
+
+
+def _since_ago(argv: list[str]) -> list[str]:
+    """`--since -10m` as `--since=-10m`: argparse would take -10m for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--":
+            return out + argv[i:]
+        if argv[i] == "--since" and i + 1 < len(argv) and re.fullmatch(r"-[0-9.]+[smhd]", argv[i + 1]):
+            out.append(f"--since={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from controller.client import ClientError
+    args = _parser().parse_args(_since_ago(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         _parser().print_help()
         return 2
     try:
-        return {"run": cmd_run, "replay": cmd_replay, "playbook": cmd_playbook,
-                "config": cmd_config}[args.command](args)
+        return {"run": cmd_run, "replay": cmd_replay, "playbook": cmd_playbook, "config": cmd_config,
+                "quarantine": cmd_quarantine, "respond": cmd_respond, "release": cmd_release,
+                "responses": cmd_responses, "audit": cmd_audit}[args.command](args)
     except ConfigError as e:
         print(f"iotguard: configuration error: {e}", file=sys.stderr)
         return 2
+    except UsageError as e:
+        print(f"iotguard: {e}", file=sys.stderr)
+        return 2
+    except ClientError as e:
+        print(f"iotguard: {e}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as e:
         print(f"iotguard: {e}", file=sys.stderr)
         return 1

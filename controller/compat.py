@@ -150,3 +150,23 @@ def run_apps(app_modules: list[str], ofp_host: str, ofp_port: int) -> None:
     else:  # pragma: no cover
         cfg.CONF(args=args, project="ryu")
     app_manager.AppManager.run_apps(app_modules)
+
+
+_ERROR_CODES = {"OFPET_HELLO_FAILED": "OFPHFC_", "OFPET_BAD_REQUEST": "OFPBRC_",
+                "OFPET_BAD_ACTION": "OFPBAC_", "OFPET_BAD_INSTRUCTION": "OFPBIC_",
+                "OFPET_BAD_MATCH": "OFPBMC_", "OFPET_FLOW_MOD_FAILED": "OFPFMFC_",
+                "OFPET_GROUP_MOD_FAILED": "OFPGMFC_", "OFPET_PORT_MOD_FAILED": "OFPPMFC_",
+                "OFPET_TABLE_MOD_FAILED": "OFPTMFC_", "OFPET_QUEUE_OP_FAILED": "OFPQOFC_",
+                "OFPET_SWITCH_CONFIG_FAILED": "OFPSCFC_", "OFPET_ROLE_REQUEST_FAILED": "OFPRRFC_",
+                "OFPET_METER_MOD_FAILED": "OFPMMFC_", "OFPET_TABLE_FEATURES_FAILED": "OFPTFFC_"}
+
+
+def error_text(err_type: int, code: int) -> str:
+    """An OpenFlow error as its spec names, e.g. 'OFPET_FLOW_MOD_FAILED/OFPFMFC_TABLE_FULL'."""
+    names = {getattr(ofp, n): n for n in _ERROR_CODES if hasattr(ofp, n)}
+    tname = names.get(err_type)
+    if tname is None:
+        return f"type={err_type} code={code}"
+    prefix = _ERROR_CODES[tname]
+    cname = next((n for n in dir(ofp) if n.startswith(prefix) and getattr(ofp, n) == code), None)
+    return f"{tname}/{cname or f'code={code}'}"

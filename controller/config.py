@@ -23,6 +23,9 @@ from controller.yamlnodes import MAX_FILE_BYTES
 
 __all__ = ["ConfigError", "Device", "Config", "load_config", "parse_config", "MAX_FILE_BYTES"]
 
+# The shipped playbooks, beside the package (a checkout or an editable install).
+DEFAULT_PLAYBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "playbooks")
+
 IPLike = Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
@@ -77,6 +80,10 @@ class Config:
     outbreak_seconds: float = 30.0
     max_shift_per_day: float = 0.7
     exclude_tags: tuple[str, ...] = ("gateway", "internet", "infra", "external")
+    # responses (issue 4): see docs/config.md and docs/playbooks.md
+    playbooks: tuple[str, ...] = (DEFAULT_PLAYBOOKS,)
+    dry_run: bool = False
+    dns_servers: tuple[str, ...] = ()
 
     # Indexes are built on first use: lookups happen on the packet-in path.
     # cached_property writes to __dict__ directly, so it works on a frozen dataclass
@@ -121,13 +128,14 @@ _NAME_RE = yamlnodes.NAME_RE
 _TAG_RE = yamlnodes.TAG_RE
 
 _TOP_KEYS = ("openflow", "api", "poll_interval", "state_dir", "internal_subnets",
-             "forwarding", "lldp_interval", "devices", "detection")
+             "forwarding", "lldp_interval", "devices", "detection", "responses")
 _OFP_KEYS = ("listen_host", "port")
 _API_KEYS = ("listen_host", "port", "token")
 _FWD_KEYS = ("idle_timeout", "packet_in_rate", "packet_in_burst")
 _DEVICE_KEYS = ("name", "mac", "ip", "ips", "tags")
 _DETECT_KEYS = ("learn_seconds", "false_alarm_rate", "burst_floor", "outbreak_devices",
                 "outbreak_seconds", "max_shift_per_day", "exclude_tags")
+_RESP_KEYS = ("playbooks", "dry_run", "dns_servers")
 
 
 # --------------------------------------------------------------------------- validation
@@ -190,7 +198,31 @@ def _build(doc: _Doc, root: Node | None) -> Config:
                  out, "max_shift_per_day")
     if "exclude_tags" in det and det["exclude_tags"].tag != _NULL:
         out["exclude_tags"] = _tags(doc, det["exclude_tags"], "detection.exclude_tags")
+
+    resp = doc.mapping(top["responses"], "responses", _RESP_KEYS) if "responses" in top else {}
+    if "playbooks" in resp and resp["playbooks"].tag != _NULL:
+        out["playbooks"] = _paths(doc, resp["playbooks"], "responses.playbooks")
+    if "dry_run" in resp:
+        out["dry_run"] = doc.boolean(resp["dry_run"], "responses.dry_run")
+    if "dns_servers" in resp and resp["dns_servers"].tag != _NULL:
+        out["dns_servers"] = tuple(doc.host(n, f"responses.dns_servers[{i}]")
+                                   for i, n in enumerate(doc.sequence(resp["dns_servers"],
+                                                                      "responses.dns_servers")))
     return Config(**out)  # type: ignore[arg-type]
+
+
+def _paths(doc: _Doc, node: Node, path: str) -> tuple[str, ...]:
+    """Playbook files or directories; relative ones are relative to the config file."""
+    base = os.path.dirname(os.path.abspath(doc.source)) if os.path.isfile(doc.source) else os.getcwd()
+    from yaml.nodes import ScalarNode
+    items = [node] if isinstance(node, ScalarNode) else doc.sequence(node, path)
+    out = []
+    for i, item in enumerate(items):
+        p = doc.text(item, f"{path}[{i}]")
+        if not p.strip() or "\0" in p:
+            doc.fail(item, f"{path}[{i}]", "must be a non-empty path")
+        out.append(os.path.normpath(os.path.join(base, p)))
+    return tuple(out)
 
 
 def _token(doc: _Doc, node: Node, path: str) -> str:

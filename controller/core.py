@@ -23,9 +23,10 @@ from controller.features import FeatureExtractor, KnownDestinations
 from controller.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
 from controller.inventory import Inventory
 from controller.ofwire import flow_stats_heads
-from controller.packets import LldpSigner, ip_int, parse_frame
+from controller.packets import LldpSigner, fix_l4_checksum, ip_int, parse_frame
 from controller.profiles import store_for
 from controller.record import Recorder
+from controller.responder import Responder
 from controller.rules import Barrier, FlowSpec, MeterSpec, PacketOut
 from controller.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler,
                               PortDelta, PortStatsTracker, by_device, edge_array)
@@ -80,6 +81,43 @@ class Core:
         self.recorder: Recorder | None = None
         self._window_start = clock()
         self._awaiting: set[int] = set()   # switches whose flow stats this round still lacks
+        self.responder: Responder | None = None
+        self.outbox: Out = []              # response messages decided outside a switch event
+        self.notify_jobs: list[dict] = []
+
+    def enable_responses(self, playbooks=None) -> Responder:
+        """Open the response store and audit log under the state directory and load the
+        playbooks (`config.playbooks`, or the given list).  Raises PlaybookError."""
+        self.responder = Responder(self.config, self.inventory, self.topology,
+                                   switches=lambda: list(self.switches), wall=self.wall,
+                                   playbooks=playbooks)
+        return self.responder
+
+    def take_outbox(self) -> tuple[Out, list[dict]]:
+        """Response messages and notify jobs decided since the last call (the app sends them)."""
+        out, jobs = self.outbox, self.notify_jobs
+        self.outbox, self.notify_jobs = [], []
+        return out, jobs
+
+    def inject_alert(self, body) -> dict:
+        """POST /api/v1/alerts: an alert raised by hand goes the way a detected one goes."""
+        if self.responder is None:
+            raise RuntimeError("responses are not enabled")
+        alert = self.responder.alert_from_request(body, self.wall())
+        remote = body.get("remote") if isinstance(body, dict) else None
+        self.detector.alerts.append(alert)
+        d = alert.to_dict()
+        if isinstance(remote, str):
+            d["remote"] = remote
+        self.counters["alerts"] += 1
+        out, jobs = self.responder.on_alerts([d])
+        self.outbox += out
+        self.notify_jobs += jobs
+        return d
+
+    def expire_responses(self) -> None:
+        if self.responder is not None:
+            self.outbox += self.responder.expire()
 
     # ------------------------------------------------------------ switches
     def switch_connected(self, dpid: int) -> Out:
@@ -95,6 +133,8 @@ class Core:
         out += [(dpid, m) for m in meters]
         out += [(dpid, f) for f in flows]
         out.append((dpid, Barrier()))
+        if self.responder is not None:   # after the pipeline: active responses come back, with the time left
+            out += self.responder.reconcile(dpid)
         return out
 
     def switch_ports(self, dpid: int, ports: Iterable[int]) -> Out:
@@ -106,6 +146,8 @@ class Core:
 
     def switch_disconnected(self, dpid: int) -> None:
         self.switches.pop(dpid, None)
+        if self.responder is not None:
+            self.responder.confirmations.forget(dpid)
         self._round_answered(dpid)
         self.topology.remove_switch(dpid)
         self.flow_tracker.forget(dpid)
@@ -173,7 +215,7 @@ class Core:
         if decision.out_port is None:
             return out
         port: int | str = "flood" if decision.out_port == FLOOD else decision.out_port
-        out.append((dpid, PacketOut(data, port, in_port)))
+        out.append((dpid, PacketOut(fix_l4_checksum(data), port, in_port)))
         return out
 
     def _event(self, pkt: PacketInfo) -> None:
@@ -192,9 +234,9 @@ class Core:
         addr = ip_int(ip)
         if self.recorder is not None:
             self.recorder.event(wall, pkt.eth_src, proto, addr, port)
-        alert = self.detector.on_new_flow(pkt.eth_src, proto, addr, port, wall)
-        if alert is not None:
-            self._raised([alert])
+        alerts = self.detector.on_new_flow(pkt.eth_src, proto, addr, port, wall)
+        if alerts:
+            self._raised(alerts)
 
     # ------------------------------------------------------------ detection
     def who(self, mac: str) -> tuple[str, tuple[str, ...]]:
@@ -253,6 +295,10 @@ class Core:
             self.counters["alerts"] += 1
             LOG.warning("ALERT %s %s (score %.1f > %.1f): %s", a.kind, a.device, a.score, a.threshold,
                         a.explanation)
+        if self.responder is not None and alerts:
+            out, jobs = self.responder.on_alerts([a.to_dict() for a in alerts])
+            self.outbox += out
+            self.notify_jobs += jobs
 
     # ------------------------------------------------------------ stats
     def flow_stats_part(self, dpid: int, xid: int, body: bytes, more: bool) -> dict[str, DeviceTraffic] | None:
@@ -389,4 +435,16 @@ class Core:
                           "baselined": sum(1 for p in self.store.profiles.values() if not p.learning),
                           "priors": sorted(c or "global" for c in self.store.priors),
                           "learn_seconds": self.config.learn_seconds},
+            "responses": self._responses_health(),
         }
+
+    def _responses_health(self) -> dict | None:
+        r = self.responder
+        if r is None:
+            return None
+        lat = np.asarray(r.latencies, dtype=np.float64) * 1000.0
+        return {"playbooks": len(r.engine.playbooks), "active": len(r.engine.store.active(self.wall())),
+                "dry_run": self.config.dry_run, "installed": r.counters["installed"],
+                "failed": r.counters["failed"],
+                "confirm_ms": ({"n": int(lat.size), "median": round(float(np.median(lat)), 3),
+                                "p99": round(float(np.percentile(lat, 99)), 3)} if lat.size else None)}

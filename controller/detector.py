@@ -50,6 +50,7 @@ class Alert:
     tags: list[str] = field(default_factory=list)
     last_time: float = 0.0
     count: int = 1
+    window: dict = field(default_factory=dict)   # the device's whole window: feature -> value
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -196,9 +197,13 @@ class Detector:
             else:
                 lead = None
                 text = f"{name}'s traffic is an unusual combination of otherwise normal values"
+            observed = {f: round(float(v), 6) for f, v in zip(FEATURES, wf.X[i].tolist())}
+            observed["top_port"] = int(wf.top_port[i])
+            observed["top_port_hosts"] = int(wf.top_port_hosts[i])
             alert = self._emit(Alert(
                 uuid.uuid4().hex[:12], now, "anomaly", name, mac, score, float(baseline.threshold_),
-                text, source, [asdict(c) for c in contribs], tags=list(tags), last_time=now))
+                text, source, [asdict(c) for c in contribs], tags=list(tags), last_time=now,
+                window=observed))
             self._open[key] = _Open(alert)
             out.append(alert)
             out += self._correlate(now, mac, tags, lead.feature if lead else "combination")
@@ -215,11 +220,13 @@ class Detector:
                 del self._open[key]
 
     # -------------------------------------------------------------- event path
-    def on_new_flow(self, mac: str, proto: int, ip: int, port: int, now: float) -> Alert | None:
-        """A device started a conversation (TCP SYN, UDP to a service port, ARP request)."""
+    def on_new_flow(self, mac: str, proto: int, ip: int, port: int, now: float) -> list[Alert]:
+        """A device started a conversation (TCP SYN, UDP to a service port, ARP request).
+
+        Returns the alerts raised: a burst, and the outbreak it may complete."""
         name, tags = self.who(mac)
         if self._excluded(tags):
-            return None
+            return []
         seen = self._bursts.setdefault(mac, {})
         seen[(proto, ip, port)] = now
         if len(seen) > 64:   # prune lazily: only devices that are busy pay for it
@@ -234,12 +241,12 @@ class Detector:
             del self._open[key]
             opened = None
         if count < threshold:
-            return None
+            return []
         if opened is not None:
             opened.alert.last_time = now
             opened.alert.count += 1
             opened.alert.score = max(opened.alert.score, float(count))
-            return None
+            return []
         ports = Counter(k[2] for k in live if k[2] >= 0)
         hosts = {k[1] for k in live}
         port, n_port = ports.most_common(1)[0] if ports else (-1, 0)
@@ -255,8 +262,7 @@ class Detector:
         alert = self._emit(Alert(uuid.uuid4().hex[:12], now, "new_flow_burst", name, mac, float(count),
                                  float(threshold), text, "burst", features, tags=list(tags), last_time=now))
         self._open[key] = _Open(alert)
-        self._correlate(now, mac, tags, "new_flow_burst")
-        return alert
+        return [alert] + self._correlate(now, mac, tags, "new_flow_burst")
 
     def _is_internal(self, ip: int) -> bool:
         addr = ipaddress.IPv4Address(ip)

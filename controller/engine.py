@@ -451,12 +451,15 @@ class Engine:
     - `hosts(name_or_ip) -> (ip, mac | None, Location | None) | None`: a named host
       (allow lists, redirect and mirror targets); `mac` is the next hop toward it;
     - `locate(mac) -> Location | None`: a device's edge;
-    - `switches() -> iterable of dpids`: the connected switches.
+    - `switches() -> iterable of dpids`: the connected switches;
+    - `dns_servers`: addresses a quarantine's `dns: true` lets through (or a callable
+      giving them, when they are learned at run time).
     """
 
     def __init__(self, playbooks: Sequence[pb.Playbook], store: ResponseStore, audit: AuditLog, *,
                  internal_subnets: Sequence[str] = (), gateway: Callable[[], Any] = lambda: None,
-                 dns_servers: Sequence[str] = (), hosts: HostLookup = lambda name: None,
+                 dns_servers: Sequence[str] | Callable[[], Sequence[str]] = (),
+                 hosts: HostLookup = lambda name: None,
                  locate: Callable[[str], Location | None] = lambda mac: None,
                  switches: Callable[[], Iterable[int]] = lambda: (), dry_run: bool = False) -> None:
         self.playbooks = list(playbooks)
@@ -464,7 +467,7 @@ class Engine:
         self.audit = audit
         self.internal_subnets = tuple(internal_subnets)
         self.gateway = gateway
-        self.dns_servers = tuple(dns_servers)
+        self.dns_servers = dns_servers if callable(dns_servers) else tuple(dns_servers)
         self.hosts = hosts
         self.locate = locate
         self.switches = switches
@@ -475,19 +478,21 @@ class Engine:
         self.playbooks = list(playbooks)
 
     # ------------------------------------------------------------ alerts
-    def on_alert(self, alert: Mapping[str, Any], device: Mapping[str, Any] | None, now: float) -> Applied:
+    def on_alert(self, alert: Mapping[str, Any], device: Mapping[str, Any] | None, now: float,
+                 playbooks: Sequence[pb.Playbook] | None = None) -> Applied:
         """Decide, store and audit the responses `alert` about `device` calls for.
 
         `device` is {name, mac, ips, tags}, or None (an outbreak's playbooks then
         match without device selectors, and device actions fail: call once per
-        device of `alert["devices"]` to act on them)."""
+        device of `alert["devices"]` to act on them).  `playbooks` replaces the
+        loaded set for this call (a manual response is a one-action playbook)."""
         alert = dict(alert)
         dev = _device(device)
         groups: dict[tuple[str, str], _Group] = {}
         jobs: dict[str, dict] = {}
         summary: list[dict] = []
         messages: Messages = []
-        for book in pb.matching(self.playbooks, alert, dev):
+        for book in pb.matching(self.playbooks if playbooks is None else playbooks, alert, dev):
             mode = "dry-run" if book.dry_run or self.dry_run else "enforce"
             for act in book.do:
                 if act.kind == "notify":
@@ -547,7 +552,8 @@ class Engine:
                 protos = [None] if rule.proto == "any" and not rule.ports else \
                     ["tcp", "udp"] if rule.proto == "any" else [rule.proto]
                 allow += [Allow(addr, proto, rule.ports) for proto in protos]
-            return entity, QuarantineParams(tuple(allow), p.dhcp, self.dns_servers if p.dns else ())
+            dns = self.dns_servers() if callable(self.dns_servers) else self.dns_servers
+            return entity, QuarantineParams(tuple(allow), p.dhcp, tuple(dns) if p.dns else ())
         if isinstance(p, pb.BlockLateral):
             gw = self.gateway()
             if gw is None:

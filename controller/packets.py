@@ -44,6 +44,49 @@ def ip_int(ip: str | None) -> int:
     return (a << 24) | (b << 16) | (c << 8) | d
 
 
+def _ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def fix_l4_checksum(frame: bytes) -> bytes:
+    """The frame with its IPv4 TCP or UDP checksum recomputed, for packet-out.
+
+    Open vSwitch's userspace datapath with TSO (as these labs run it) hands
+    packet-ins over with the checksum a NIC would have filled in still partial.
+    Sent back as is, the first packet of every conversation (the one that went
+    through the controller) is dropped by the receiver: a 1 s TCP retransmit,
+    a lost DNS query.  A correct checksum comes out unchanged, so this is
+    harmless with switches that deliver correct ones.  Fragments, truncated
+    frames and UDP without a checksum are left alone.
+    """
+    off, eth_type = 14, frame[12:14]
+    if eth_type == b"\x81\x00":
+        off, eth_type = 18, frame[16:18]
+    if eth_type != b"\x08\x00" or len(frame) < off + 20:
+        return frame
+    ihl = (frame[off] & 0x0F) * 4
+    proto = frame[off + 9]
+    total, = struct.unpack_from("!H", frame, off + 2)
+    frag, = struct.unpack_from("!H", frame, off + 6)
+    l4, end = off + ihl, off + total
+    at = l4 + (16 if proto == IPPROTO_TCP else 6)
+    if proto not in (IPPROTO_TCP, IPPROTO_UDP) or frag & 0x3FFF or ihl < 20 or end > len(frame) \
+            or at + 2 > end:
+        return frame
+    if proto == IPPROTO_UDP and frame[at:at + 2] == b"\0\0":
+        return frame
+    pseudo = frame[off + 12:off + 20] + bytes((0, proto)) + struct.pack("!H", end - l4)
+    c = ~_ones_sum(pseudo + frame[l4:at] + b"\0\0" + frame[at + 2:end]) & 0xFFFF
+    if proto == IPPROTO_UDP and c == 0:
+        c = 0xFFFF
+    return frame[:at] + struct.pack("!H", c) + frame[at + 2:]
+
+
 def parse_frame(data: bytes) -> PacketInfo | None:
     """Ethernet (one optional 802.1Q tag), ARP, IPv4, TCP/UDP ports. None if too short."""
     if len(data) < 14:

@@ -129,8 +129,7 @@ def replay(f: IO[str], config, source: str = "<record>") -> Iterator[dict]:
     for win in read(f, source):
         names.update(win.who)
         for t, mac, proto, ip, port in win.events:
-            alert = detector.on_new_flow(mac, proto, ip, port, t)
-            if alert is not None:
+            for alert in detector.on_new_flow(mac, proto, ip, port, t):
                 yield alert.to_dict()
         for alert in detector.on_window(win.features, win.time):
             yield alert.to_dict()

@@ -9,6 +9,7 @@ server segments, a gateway and an "internet" host. One L2 LAN, 10.0.0.0/24.
                  |                                                  |
     es2 distribution (0000000000000202)              es5 server access (0000000000000205)
        1 -> es1   2 -> es3   3 -> es4                  1 -> es1  2 filesrv .51  3 nvr .52
+                                                       4 honeypot .66 (TCP 22, 23, 2323)
          |                      |
     es3 IoT access (..0203)    es4 IT access (..0204)
       1 -> es2                   1 -> es2
@@ -61,6 +62,7 @@ class EnterpriseTopo(IoTTopo):
         dev('ws3', '10.0.0.43', '00:00:00:00:00:43', ('workstation', 'user'), es4)
         dev('filesrv', '10.0.0.51', '00:00:00:00:00:51', ('fileserver', 'server'), es5)
         dev('nvr', '10.0.0.52', '00:00:00:00:00:52', ('nvr', 'server'), es5)
+        self.add_honeypot(es5, '10.0.0.66')
 
     def dns_zone(self):
         zone = super().dns_zone()

@@ -42,7 +42,8 @@ class Controller:
 
     def __init__(self, inventory=None, framework: str = "os-ken", env: dict | None = None,
                  poll_interval: float = 1.0, ofp_port: int | None = None,
-                 detection: dict | None = None, record: str | None = None) -> None:
+                 detection: dict | None = None, record: str | None = None,
+                 responses: dict | None = None, state_dir: str | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="iotguard-lab-")
         self.ofp_port = ofp_port or free_port()
         self.api_port = free_port()
@@ -51,10 +52,14 @@ class Controller:
         self.config_path = os.path.join(self.dir, "iotguard.yaml")
         cfg = {"openflow": {"listen_host": "127.0.0.1", "port": self.ofp_port},
                "api": {"port": self.api_port}, "poll_interval": poll_interval,
-               "state_dir": os.path.join(self.dir, "state"), "internal_subnets": ["10.0.0.0/8"],
+               "state_dir": state_dir or os.path.join(self.dir, "state"),
+               "internal_subnets": ["10.0.0.0/8"],
                "devices": [{k: v for k, v in d.items() if v} for d in (inventory or [])]}
         if detection:
             cfg["detection"] = detection
+        if responses:
+            cfg["responses"] = responses      # playbooks (paths), dry_run, dns_servers
+        self.state_dir = cfg["state_dir"]
         self.record = record
         with open(self.config_path, "w") as f:
             yaml.safe_dump(cfg, f)
@@ -76,7 +81,7 @@ class Controller:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        token_path = os.path.join(self.dir, "state", "api-token")
+        token_path = os.path.join(self.state_dir, "api-token")
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"controller exited with {self.proc.returncode}:\n{self.logs()}")
@@ -92,10 +97,24 @@ class Controller:
         raise RuntimeError(f"controller API did not come up in {timeout}s:\n{self.logs()}")
 
     def get(self, path: str) -> dict:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}",
-                                     headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(req, timeout=5) as r:
+        return self.call("GET", path)
+
+    def call(self, method: str, path: str, body=None) -> dict:
+        """One API request; an error status raises urllib's HTTPError (its body is JSON)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", data=data,
+                                     method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
+
+    def responses(self) -> list[dict]:
+        return self.get("/api/v1/responses")["responses"]
+
+    def audit(self, since: float | None = None) -> list[dict]:
+        return self.get("/api/v1/audit" + (f"?since={since}" if since is not None else ""))["events"]
 
     def alerts(self, since: float | None = None) -> list[dict]:
         return self.get("/api/v1/alerts" + (f"?since={since}" if since is not None else ""))["alerts"]
@@ -153,7 +172,9 @@ def ping(src, dst_ip: str, count: int = 1, wait: int = 1) -> bool:
 def running(topo, **controller_args):
     """The controller and `topo` against it; both are gone when the block ends."""
     from topologies.net import inventory, start_network, stop_network
-    ctl = Controller(inventory(topo), **controller_args)
+    responses = dict(controller_args.pop("responses", None) or {})
+    responses.setdefault("dns_servers", [topo.INET_IP])   # the internet host answers DNS
+    ctl = Controller(inventory(topo), responses=responses, **controller_args)
     net = None
     try:
         ctl.start(timeout=30)

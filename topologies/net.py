@@ -35,6 +35,8 @@ from mininet.topo import Topo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DNS_SERVER = os.path.join(HERE, 'dns_server.py')
+HONEYPOT = os.path.join(HERE, 'honeypot.py')
+HONEYPOT_PORTS = (22, 23, 2323)
 HTTP_SERVER = os.path.join(HERE, 'http_server.py')
 # PIDs of services we start are also written here, so a later run can end the
 # leftovers of a killed run by PID (after checking their command line).
@@ -108,8 +110,9 @@ class IoTTopo(Topo):
     GW_MAC = '00:00:00:00:00:01'
     INET_MAC = '00:00:00:00:ff:10'
 
-    gateway = None      # host names, set by add_gateway / add_internet
+    gateway = None      # host names, set by add_gateway / add_internet / add_honeypot
     internet = None
+    honeypot = None
 
     def add_switch(self, name, dpid, **opts):
         """An OVS switch on the userspace datapath with a fixed 16-hex-digit dpid.
@@ -143,6 +146,12 @@ class IoTTopo(Topo):
         return self.add_device(name, self.GW_IP, mac or self.GW_MAC, ('gateway', 'infra'),
                                switch, cls=GatewayHost, default_via='',
                                wan_ip='%s/%d' % (self.GW_WAN_IP, self.PREFIXLEN))
+
+    def add_honeypot(self, switch, ip, name='honeypot', mac=None):
+        """A LAN host that answers on HONEYPOT_PORTS and records every connection."""
+        self.honeypot = name
+        mac = mac or '00:00:00:00:00:' + ip.split('.')[-1].zfill(2)    # 10.0.0.66 -> ...:66
+        return self.add_device(name, ip, mac, ('honeypot', 'infra'), switch)
 
     def add_internet(self, switch, name='inet', mac=None):
         self.internet = name
@@ -315,6 +324,32 @@ def start_services(net):
     if not wait_listening(inet, [('tcp', 80), ('udp', 53)], timeout=10):
         raise RuntimeError('services on %s did not start; see logs in %s'
                            % (inet.name, st['tmpdir']))
+    if topo.honeypot:
+        hp = net.get(topo.honeypot)
+        # Accept connections to any address ("AnyIP"): iotguard's redirect rewrites only
+        # the destination MAC, so a scanner's packets arrive still addressed to their
+        # victims; a local route for everything arriving on the LAN port hands them to
+        # the listeners, and replies leave from the address the device asked for.
+        # arp_ignore=1 keeps it from answering ARP for those addresses (the local
+        # route would otherwise make it claim every IP on the LAN).
+        intf = hp.defaultIntf().name
+        for cmd in ('sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.%s.arp_ignore=1' % intf,
+                    'ip route replace local 0.0.0.0/0 dev lo table 100',
+                    'ip rule del iif %s lookup 100 2>/dev/null; ip rule add iif %s lookup 100 pref 100'
+                    % (intf, intf)):
+            hp.cmd(cmd)
+        cmd = [sys.executable, '-u', HONEYPOT, '--log', honeypot_log(net)]
+        for port in HONEYPOT_PORTS:
+            cmd += ['--port', str(port)]
+        start_process(net, hp, cmd, 'honeypot')
+        if not wait_listening(hp, [('tcp', p) for p in HONEYPOT_PORTS], timeout=10):
+            raise RuntimeError('the honeypot on %s did not start; see logs in %s'
+                               % (hp.name, st['tmpdir']))
+
+
+def honeypot_log(net):
+    """The honeypot's connection log (JSON lines), in the network's temporary directory."""
+    return os.path.join(_state(net)['tmpdir'], 'honeypot.jsonl')
 
 
 # --------------------------------------------------------------------------- network

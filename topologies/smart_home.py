@@ -14,6 +14,7 @@ internet host's HTTP and DNS services.)
       5 tv       10.0.0.4                                 5 bulb1      10.0.0.21
       6 speaker  10.0.0.5                                 6 bulb2      10.0.0.22
       7 uplink to hs2 port 1                              7 bulb3      10.0.0.23
+      8 honeypot 10.0.0.66 (TCP 22, 23, 2323)
 MACs read like the last octet: 10.0.0.11 -> 00:00:00:00:00:11; inet is 00:00:00:00:ff:10.
 """
 
@@ -44,6 +45,7 @@ class SmartHomeTopo(IoTTopo):
         self.add_device('tv', '10.0.0.4', '00:00:00:00:00:04', ('tv', 'iot'), hs1)
         self.add_device('speaker', '10.0.0.5', '00:00:00:00:00:05', ('speaker', 'iot'), hs1)
         self.addLink(hs1, hs2)
+        self.add_honeypot(hs1, '10.0.0.66')
         self.add_device('camera', '10.0.0.11', '00:00:00:00:00:11', ('camera', 'iot'), hs2)
         self.add_device('doorbell', '10.0.0.12', '00:00:00:00:00:12', ('doorbell', 'iot'), hs2)
         self.add_device('thermostat', '10.0.0.13', '00:00:00:00:00:13',

@@ -104,12 +104,12 @@ def test_excluded_tags_are_not_scored():
     assert det.on_window(window(2000.0, {gw: scan_row(rng)}), 2000.0) == []
     assert gw not in det.store.profiles
     for i in range(100):
-        assert det.on_new_flow(gw, 6, 0x0A000000 + i, 23, 2001.0) is None
+        assert det.on_new_flow(gw, 6, 0x0A000000 + i, 23, 2001.0) == []
 
 
 def test_burst_path_fires_within_the_second_and_names_the_port():
     det, _ = trained()
-    alerts = [det.on_new_flow(CAM, 6, 0x0A000000 + i, 23, 3000.0 + i * 0.02) for i in range(40)]
+    alerts = [a for i in range(40) for a in det.on_new_flow(CAM, 6, 0x0A000000 + i, 23, 3000.0 + i * 0.02)]
     raised = [a for a in alerts if a is not None]
     assert len(raised) == 1
     a = raised[0]
@@ -119,7 +119,7 @@ def test_burst_path_fires_within_the_second_and_names_the_port():
 
 def test_slow_connections_are_not_a_burst():
     det, _ = trained()
-    assert all(det.on_new_flow(CAM, 6, 0x0A000000 + i, 23, 3000.0 + i * 0.5) is None for i in range(100))
+    assert all(det.on_new_flow(CAM, 6, 0x0A000000 + i, 23, 3000.0 + i * 0.5) == [] for i in range(100))
 
 
 def test_outbreak_when_three_cameras_turn_anomalous_together():
@@ -187,3 +187,20 @@ def test_a_protocol_shift_with_many_packets_still_alarms():
     x[INDEX["tcp_share"]], x[INDEX["udp_share"]] = 0.0, 1.0   # same volume of bytes, all UDP now
     (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
     assert {f["feature"] for f in alert.features} & {"udp_share", "tcp_share"}
+
+
+def test_an_outbreak_completed_by_bursts_is_returned_to_act_on():
+    macs = ("00:00:00:00:00:11", "00:00:00:00:00:12", "00:00:00:00:00:13")
+    det, _ = trained(macs=macs)
+    out = []
+    for k, m in enumerate(macs):
+        for i in range(25):
+            out += det.on_new_flow(m, 6, 0x0A000000 + i, 23, 3000.0 + k + i * 0.01)
+    assert [a.kind for a in out] == ["new_flow_burst"] * 3 + ["outbreak"]
+
+
+def test_anomaly_carries_its_whole_window_for_playbook_conditions():
+    det, rng = trained()
+    (alert,) = det.on_window(window(2000.0, {CAM: scan_row(rng)}, port=23, hosts=198), 2000.0)
+    assert alert.window["new_flows"] == 212 and alert.window["lateral_peers"] == 198
+    assert alert.window["top_port"] == 23 and set(FEATURES) <= set(alert.window)

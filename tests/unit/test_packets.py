@@ -51,3 +51,51 @@ def test_lldp_probe_verifies_and_forgeries_fail():
     forged[i] ^= 1
     assert s.verify(bytes(forged)) is None
     assert s.verify(eth("01:80:c2:00:00:0e", "00:00:00:00:00:01", 0x88CC, b"\0\0")) is None
+
+
+def _valid(frame: bytes) -> bool:
+    """An independent check: the ones' complement sum over pseudo-header and segment is 0xFFFF."""
+    import struct as st
+    ip = frame[14:34]
+    total = st.unpack("!H", ip[2:4])[0]
+    seg = frame[34:14 + total]
+    data = ip[12:20] + bytes((0, ip[9])) + st.pack("!H", len(seg)) + seg
+    data += b"\0" * (len(data) % 2)
+    s = sum(st.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s == 0xFFFF
+
+
+def _frame(proto: int, payload: bytes, csum: bytes = b"\x12\x34") -> bytes:
+    import struct as st
+    if proto == 6:
+        l4 = st.pack("!HHIIBBH", 40000, 23, 1, 0, 0x50, 0x02, 8192) + csum + b"\0\0" + payload
+    else:
+        l4 = st.pack("!HHH", 40000, 53, 8 + len(payload)) + csum + payload
+    ip = st.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0x4000, 64, proto, 0,
+                 bytes([10, 0, 0, 11]), bytes([10, 0, 0, 66]))
+    return b"\0" * 6 + b"\x00\x00\x00\x00\x00\x11" + b"\x08\x00" + ip + l4
+
+
+def test_partial_checksums_are_completed_for_packet_out():
+    from controller.packets import fix_l4_checksum
+    for proto, payload in [(6, b""), (6, b"hello"), (17, b"q" * 33), (17, b"x" * 1400)]:
+        bad = _frame(proto, payload)
+        assert not _valid(bad)
+        good = fix_l4_checksum(bad)
+        assert _valid(good) and len(good) == len(bad)
+        assert fix_l4_checksum(good) == good, "a correct checksum is left as it is"
+
+
+def test_frames_that_must_not_be_touched():
+    from controller.packets import fix_l4_checksum
+    no_csum = _frame(17, b"abc", csum=b"\0\0")
+    assert fix_l4_checksum(no_csum) == no_csum
+    truncated = _frame(6, b"hello")[:-3]
+    assert fix_l4_checksum(truncated) == truncated
+    frag = bytearray(_frame(6, b"hello"))
+    frag[20:22] = b"\x20\x00"            # more fragments
+    assert fix_l4_checksum(bytes(frag)) == bytes(frag)
+    arp = b"\xff" * 6 + b"\x00" * 6 + b"\x08\x06" + b"\x00" * 28
+    assert fix_l4_checksum(arp) == arp

@@ -1,0 +1,424 @@
+"""Glue between the control loop and the response engine.
+
+`controller.engine.Engine` decides; this module feeds it what the controller
+knows (devices, hosts, the gateway, switch locations), fans alerts out to it,
+turns an operator's manual request into a one-action playbook, loads and
+reloads the playbook set, and tracks which sent messages each barrier
+confirms.  Pure like `Core`: it returns messages as data, and `Core` holds it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+from controller import playbook as pb
+from controller import rules
+from controller.audit import AuditLog
+from controller.config import Config
+from controller.detector import Alert
+from controller.engine import Engine, ResponseStore, Spec
+from controller.rules import FlowSpec, MeterSpec
+from controller.inventory import Inventory
+from controller.responses import ACTIONS, DEVICE_ACTIONS
+from controller.topology import Location, Topology
+
+LOG = logging.getLogger("iotguard.responder")
+
+Out = list[tuple[int, Spec]]
+MANUAL_PRIORITY = 1000
+LATENCIES = 1000          # alert -> confirmed samples kept for the API and the benchmark
+
+
+_RESPONSE_KINDS = frozenset(ACTIONS.values())
+
+
+def is_response_message(spec: object) -> bool:
+    """Cheap test on the send path: does this install a response's rule or meter (to be
+    confirmed by a barrier)?  Deletes are not confirmed: an error on them is only logged."""
+    if isinstance(spec, FlowSpec):
+        return spec.command == "add" and rules.cookie_kind(spec.cookie) in _RESPONSE_KINDS
+    if isinstance(spec, MeterSpec):
+        return spec.command != "delete" and rules.METER_RESPONSE_MIN <= spec.meter_id <= rules.METER_RESPONSE_MAX
+    return False
+
+
+class RequestError(ValueError):
+    """A manual request that cannot be carried out; the message names the field."""
+
+
+@dataclass
+class _Batch:
+    rids: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+
+
+class Confirmations:
+    """Which response each sent message belongs to, and which barrier closes them.
+
+    A switch answers messages in order, so an error for one of a batch's xids
+    arrives before the barrier reply that closes the batch: the reply confirms
+    every response of the batch that no error was reported for.
+    """
+
+    def __init__(self) -> None:
+        self._xids: dict[tuple[int, int], int] = {}           # (dpid, xid) -> response id
+        self._open: dict[int, _Batch] = {}                     # dpid -> batch awaiting its barrier
+        self._barriers: dict[tuple[int, int], _Batch] = {}     # (dpid, barrier xid) -> batch
+
+    def sent(self, dpid: int, xid: int, rid: int) -> None:
+        self._xids[(dpid, xid)] = rid
+        self._open.setdefault(dpid, _Batch()).rids.add(rid)
+
+    def pending(self, dpid: int) -> bool:
+        return dpid in self._open
+
+    def barrier(self, dpid: int, xid: int) -> None:
+        batch = self._open.pop(dpid, None)
+        if batch is not None:
+            self._barriers[(dpid, xid)] = batch
+
+    def error(self, dpid: int, xid: int) -> int | None:
+        rid = self._xids.pop((dpid, xid), None)
+        if rid is not None:
+            for batch in [self._open.get(dpid), *self._barriers.values()]:
+                if batch is not None and rid in batch.rids:
+                    batch.failed.add(rid)
+        return rid
+
+    def reply(self, dpid: int, xid: int) -> list[int]:
+        """The responses the barrier `xid` confirms (none if it was not ours)."""
+        batch = self._barriers.pop((dpid, xid), None)
+        if batch is None:
+            return []
+        for key in [k for k, rid in self._xids.items() if k[0] == dpid and rid in batch.rids]:
+            del self._xids[key]
+        return sorted(batch.rids - batch.failed)
+
+    def forget(self, dpid: int) -> None:
+        """The switch went away: its unanswered messages will never be answered."""
+        self._open.pop(dpid, None)
+        for key in [k for k in self._barriers if k[0] == dpid]:
+            del self._barriers[key]
+        for key in [k for k in self._xids if k[0] == dpid]:
+            del self._xids[key]
+
+
+class Responder:
+    """Owns the engine, its store and audit log under `config.state_dir`."""
+
+    def __init__(self, config: Config, inventory: Inventory, topology: Topology,
+                 switches: Callable[[], Iterable[int]], wall: Callable[[], float],
+                 playbooks: Sequence[pb.Playbook] | None = None) -> None:
+        self.config = config
+        self.inventory = inventory
+        self.topology = topology
+        self.wall = wall
+        self._nets = tuple(ipaddress.ip_network(n) for n in config.internal_subnets)
+        store = ResponseStore(os.path.join(config.state_dir, "responses.sqlite"))
+        self.audit = AuditLog(os.path.join(config.state_dir, "audit.jsonl"))
+        self.engine = Engine([], store, self.audit, internal_subnets=config.internal_subnets,
+                             gateway=self.gateway, dns_servers=self.dns_servers, hosts=self.host,
+                             locate=topology.location, switches=switches, dry_run=config.dry_run)
+        self.playbook_files: list[str] = []
+        if playbooks is None:
+            self.reload()
+        else:
+            self.engine.set_playbooks(playbooks)
+        self.confirmations = Confirmations()
+        self._decided: dict[int, float] = {}     # response id -> wall time its alert was raised
+        self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCIES)
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    def close(self) -> None:
+        self.engine.store.close()
+        self.audit.close()
+
+    # ------------------------------------------------------------ playbooks
+    def reload(self) -> dict:
+        """Load `config.playbooks`; PlaybookError (every problem) leaves the active set as it was."""
+        files = pb.playbook_files(p for p in self.config.playbooks if os.path.exists(p))
+        missing = [p for p in self.config.playbooks if not os.path.exists(p)]
+        if missing:
+            raise pb.PlaybookError([pb.Problem(p, None, None, "responses.playbooks", "no such file or directory")
+                                    for p in missing])
+        hosts, tags = self._known()
+        books = pb.load_playbooks(files, known_hosts=hosts, known_tags=tags)
+        self.engine.set_playbooks(books)
+        self.playbook_files = files
+        LOG.info("playbooks: %d loaded from %s", len(books), ", ".join(files) or "(no files)")
+        return {"loaded": [b.name for b in books], "files": files}
+
+    def _known(self) -> tuple[set[str] | None, set[str] | None]:
+        """With an inventory in the config, host names and tags must come from it."""
+        if not self.config.devices:
+            return None, None
+        hosts = {d.name for d in self.config.devices} | {ip for d in self.config.devices for ip in d.ips}
+        tags = {t for d in self.config.devices for t in d.tags}
+        return hosts, tags
+
+    # ------------------------------------------------------------ lookups for the engine
+    def device(self, mac: str) -> dict | None:
+        rec = self.inventory.get(mac)
+        if rec is not None:
+            return {"name": rec.name, "mac": mac, "ips": list(rec.ips), "tags": list(rec.tags)}
+        dev = self.config.device_by_mac(mac)
+        if dev is not None:
+            return {"name": dev.name, "mac": mac, "ips": list(dev.ips), "tags": list(dev.tags)}
+        return None
+
+    def find(self, ref: str) -> dict | None:
+        """A device by name, MAC or IP: what was seen first, then the configured inventory."""
+        mac = rules.mac_match(ref.replace("-", ":")) if _is_mac(ref) else None
+        for rec in self.inventory.devices.values():
+            if ref == rec.name or rec.mac == mac or ref in rec.ips:
+                return self.device(rec.mac)
+        for dev in self.config.devices:
+            if ref == dev.name or (mac is not None and dev.mac == mac) or ref in dev.ips:
+                return {"name": dev.name, "mac": dev.mac, "ips": list(dev.ips), "tags": list(dev.tags)}
+        return None
+
+    def gateway(self) -> tuple[str, str | None] | None:
+        """The device tagged `gateway`: its configured address, else its first internal
+        one seen in ARP (a router also ARPs from its WAN address under the same MAC)."""
+        for dev in self.config.devices:
+            ips = [a for a in dev.ips if self._internal(a)]
+            if "gateway" in dev.tags and ips:
+                mac = dev.mac or next((r.mac for r in self.inventory.devices.values() if ips[0] in r.ips), None)
+                return ips[0], mac
+        for rec in self.inventory.devices.values():
+            ips = [a for a in rec.ips if self._internal(a)]
+            if "gateway" in rec.tags and ips:
+                return ips[0], rec.mac
+        return None
+
+    def dns_servers(self) -> tuple[str, ...]:
+        """Configured servers, else the gateway (home routers answer DNS)."""
+        if self.config.dns_servers:
+            return self.config.dns_servers
+        gw = self.gateway()
+        return (gw[0],) if gw else ()
+
+    def _internal(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self._nets)
+
+    def host(self, ref: str) -> tuple[str, str | None, Location | None] | None:
+        """(ip, next-hop MAC, where that MAC is) of a named host or an address.
+
+        An internal host is reached at its own MAC; an external one through the gateway."""
+        dev = self.find(ref)
+        ip = next((a for a in (dev or {}).get("ips", ()) if ":" not in a), None)
+        if dev is None:
+            try:
+                ip = str(ipaddress.IPv4Address(ref))
+            except ValueError:
+                return None
+        if ip is None:
+            return None
+        if self._internal(ip):
+            mac = dev["mac"] if dev else next((r.mac for r in self.inventory.devices.values()
+                                              if ip in r.ips), None)
+        else:
+            gw = self.gateway()
+            mac = gw[1] if gw else None
+        return ip, mac, self.topology.location(mac) if mac else None
+
+    # ------------------------------------------------------------ alerts
+    def on_alerts(self, alerts: Iterable[Mapping[str, Any]]) -> tuple[Out, list[dict]]:
+        """Each alert to the engine: once for its device, or once per device of an outbreak."""
+        out: Out = []
+        jobs: list[dict] = []
+        now = self.wall()
+        for alert in alerts:
+            if alert.get("kind") == "outbreak":
+                devices = [self.find(name) for name in alert.get("devices") or ()]
+            else:
+                mac = alert.get("mac")
+                devices = [self.device(mac) if isinstance(mac, str) else None]
+            for dev in devices:
+                applied = self.engine.on_alert(alert, dev, now)
+                out += applied.messages
+                jobs += applied.notify
+                self._note(applied.messages, alert)
+        return out, jobs
+
+    def _note(self, messages: Out, alert: Mapping[str, Any]) -> None:
+        t = alert.get("time")
+        for _dpid, spec in messages:
+            rid = self.engine.response_id(spec)
+            if rid is not None and isinstance(t, (int, float)):
+                self._decided.setdefault(rid, float(t))
+
+    def manual(self, body: Mapping[str, Any], now: float) -> dict:
+        """An operator's response (POST /api/v1/responses) as a one-action playbook, so
+        it is validated, stored, escalated and audited like any other."""
+        action = body.get("action")
+        if action not in ACTIONS:
+            raise RequestError(f"field 'action' must be one of {', '.join(ACTIONS)}, got {action!r}")
+        params = dict(body.get("params") or {})
+        ttl = body.get("ttl")
+        if ttl is not None:    # seconds as a number, or a duration like 10m
+            params["ttl"] = f"{ttl}s" if isinstance(ttl, int) and not isinstance(ttl, bool) else ttl
+        ref = body.get("device")
+        dev = None
+        if action in DEVICE_ACTIONS or ref not in (None, "", "-"):
+            if not isinstance(ref, str) or not ref:
+                raise RequestError(f"field 'device' (a name, MAC or IP) is required for {action}")
+            dev = self.find(ref)
+            if dev is None or not dev.get("mac"):
+                raise RequestError(f"unknown device {ref!r}: not seen on the network and not in the inventory")
+        mode = "dry-run" if body.get("dry_run") else "enforce"
+        text = yaml.safe_dump({"playbooks": [{
+            "name": "manual", "description": "an operator's request", "mode": mode,
+            "priority": MANUAL_PRIORITY, "when": {"kinds": ["anomaly"]}, "do": [{action: params}]}]})
+        try:
+            (book,) = pb.parse_playbooks(text, source="request")
+        except pb.PlaybookError as e:
+            raise RequestError("; ".join(_request_problem(p) for p in e.problems)) from None
+        book = dataclasses.replace(book, when=dataclasses.replace(book.when, kinds=("manual",)))
+        reason = body.get("reason") if isinstance(body.get("reason"), str) else ""
+        alert = {"id": f"manual-{int(now * 1000)}", "time": now, "kind": "manual",
+                 "device": dev["name"] if dev else None, "mac": dev["mac"] if dev else None,
+                 "score": 0.0, "threshold": 0.0,
+                 "explanation": f"manual {action} requested by an operator" + (f": {reason}" if reason else ""),
+                 **({"remote": params["ip"]} if action == "block_ip" and "ip" in params else {})}
+        applied = self.engine.on_alert(alert, dev, now, playbooks=[book])
+        self._note(applied.messages, alert)
+        return {"messages": applied.messages, "notify": applied.notify, "alert": alert}
+
+    def alert_from_request(self, body: Mapping[str, Any], now: float) -> Alert:
+        """An alert raised by hand (POST /api/v1/alerts), to exercise playbooks."""
+        allowed = {"kind", "device", "devices", "score", "explanation", "window", "features", "remote"}
+        if not isinstance(body, Mapping):
+            raise RequestError("the body must be a JSON object")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise RequestError(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        kind = body.get("kind", "anomaly")
+        if kind not in pb.ALERT_KINDS:
+            raise RequestError(f"field 'kind' must be one of {', '.join(pb.ALERT_KINDS)}, got {kind!r}")
+        score = body.get("score", 100.0)
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise RequestError("field 'score' must be a number")
+        window = body.get("window") or {}
+        if not isinstance(window, Mapping) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in window.values()):
+            raise RequestError("field 'window' must map feature names to numbers")
+        features = body.get("features") or []
+        if not isinstance(features, list) or not all(isinstance(f, Mapping) for f in features):
+            raise RequestError("field 'features' must be a list of objects")
+        devices = body.get("devices") or []
+        if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+            raise RequestError("field 'devices' must be a list of device names")
+        dev = None
+        if kind != "outbreak":
+            ref = body.get("device")
+            if not isinstance(ref, str) or not ref:
+                raise RequestError("field 'device' (a name, MAC or IP) is required")
+            dev = self.find(ref)
+            if dev is None:
+                raise RequestError(f"unknown device {ref!r}: not seen on the network and not in the inventory")
+        else:
+            for name in devices:
+                if self.find(name) is None:
+                    raise RequestError(f"unknown device {name!r} in field 'devices'")
+        text = body.get("explanation")
+        if text is not None and not isinstance(text, str):
+            raise RequestError("field 'explanation' must be text")
+        name = dev["name"] if dev else f"{len(devices)} devices"
+        alert = Alert(f"inj{int(now * 1000) % 10**9:09d}", now, kind, name, dev["mac"] if dev else None,
+                      float(score), 0.0, text or f"{kind} raised by hand through the API for {name}",
+                      "manual", [dict(f) for f in features], list(devices),
+                      list(dev["tags"]) if dev else [], now, 1, dict(window))
+        return alert
+
+    # ------------------------------------------------------------ lifecycle
+    def release(self, rid: int, reason: str) -> Out:
+        return self.engine.release(rid, self.wall(), reason)
+
+    def expire(self) -> Out:
+        return self.engine.expire(self.wall())
+
+    def reconcile(self, dpid: int) -> Out:
+        self.confirmations.forget(dpid)
+        return self.engine.reconcile(dpid, self.wall())
+
+    # ------------------------------------------------------------ confirmation
+    def track(self, sent: Iterable[tuple[int, int, Spec]]) -> set[int]:
+        """Messages about to be sent with their xids; returns the switches that need a barrier."""
+        need = set()
+        for dpid, xid, spec in sent:
+            if not is_response_message(spec):
+                continue
+            rid = self.engine.response_id(spec)
+            if rid is not None:
+                self.confirmations.sent(dpid, xid, rid)
+                need.add(dpid)
+        return need
+
+    def barrier_sent(self, dpid: int, xid: int) -> None:
+        self.confirmations.barrier(dpid, xid)
+
+    def barrier_reply(self, dpid: int, xid: int) -> None:
+        now = self.wall()
+        for rid in self.confirmations.reply(dpid, xid):
+            try:
+                self.engine.installed(rid, dpid, now)
+            except KeyError:
+                continue
+            t = self._decided.pop(rid, None)
+            if t is not None:
+                self.latencies.append(now - t)
+            self.counters["installed"] += 1
+
+    def error(self, dpid: int, xid: int, text: str) -> Out | None:
+        """An OpenFlow error; None if it was not about a response's message."""
+        rid = self.confirmations.error(dpid, xid)
+        if rid is None:
+            return None
+        self.counters["failed"] += 1
+        self._decided.pop(rid, None)
+        try:
+            return self.engine.failed(rid, dpid, text, self.wall())
+        except KeyError:
+            return []
+
+    # ------------------------------------------------------------ views
+    def responses_view(self) -> list[dict]:
+        return self.engine.active_view(self.wall())
+
+    def audit_view(self, since: float | None) -> list[dict]:
+        return self.audit.read(since)
+
+    def playbooks_view(self) -> list[dict]:
+        return [{"name": b.name, "mode": b.mode, "priority": b.priority, "source": b.source,
+                 "kinds": list(b.when.kinds), "actions": [a.kind for a in b.do]}
+                for b in self.engine.playbooks]
+
+
+def _is_mac(ref: str) -> bool:
+    try:
+        rules.mac_match(ref.replace("-", ":"))
+        return True
+    except ValueError:
+        return False
+
+
+def _request_problem(p: pb.Problem) -> str:
+    """A playbook problem in the words of the request body (params.<field>)."""
+    where = p.field.split(".do[0].", 1)[-1] if p.field else ""
+    where = where.split(".", 1)[-1] if "." in where else where
+    if where == "ttl":
+        return f"ttl: {p.message}"
+    return f"params.{where}: {p.message}" if where else p.message
