@@ -11,7 +11,8 @@ help:
 	@echo "make test        provision, then run every test: unit, Mininet integration, Ryu smoke (root)"
 	@echo "make unit        unit tests only (no root, no switch)"
 	@echo "make demo        controller + smart_home + a minute of benign traffic, then the device table (root)"
-	@echo "make bench       flow-stats benchmark: os-ken's parse vs iotguard's stats path"
+	@echo "make bench       flow-stats benchmark: os-ken's parse vs iotguard's stats path;"
+	@echo "                 as root also alert -> rules confirmed on OVS (bench/response_bench.py)"
 
 provision:
 	bash vagrant/provision.sh
@@ -33,6 +34,8 @@ demo: provision
 
 bench:
 	$(PY) bench/stats_bench.py
+	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/response_bench.py; \
+	else echo "bench/response_bench.py skipped: needs root and Open vSwitch"; fi
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

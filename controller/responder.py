@@ -377,10 +377,12 @@ class Responder:
                 self.engine.installed(rid, dpid, now)
             except KeyError:
                 continue
-            t = self._decided.pop(rid, None)
-            if t is not None:
-                self.latencies.append(now - t)
             self.counters["installed"] += 1
+            r = self.engine.store.get(rid)
+            if r is not None and set(r.confirmed) >= set(r.dpids):   # the last switch confirmed
+                t = self._decided.pop(rid, None)
+                if t is not None:
+                    self.latencies.append(now - t)
 
     def error(self, dpid: int, xid: int, text: str) -> Out | None:
         """An OpenFlow error; None if it was not about a response's message."""

@@ -13,8 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -39,6 +41,7 @@ playbooks:
     when: {kinds: [new_flow_burst], devices: [camera]}
     do:
       - quarantine: {dhcp: true, dns: true, ttl: 10m}
+      - notify: {log: true, webhook: "http://127.0.0.1:{hook}/hook", timeout_s: 2, retries: 1}
   - name: test-dry-run
     description: decides and audits, installs nothing
     mode: dry-run
@@ -71,10 +74,35 @@ def dns_ok(host, attempts: int = 2) -> bool:
     return any(INET in host.cmd(dns_query_cmd(INET, "cloud.example")) for _ in range(attempts))
 
 
+class Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hook.received.append((self.headers["Content-Type"], json.loads(body)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def webhook():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, webhook):
     books = tmp_path_factory.mktemp("playbooks")
-    (books / "test.yaml").write_text(PLAYBOOKS)
+    (books / "test.yaml").write_text(PLAYBOOKS.replace("{hook}", str(webhook)))
     state = str(tmp_path_factory.mktemp("state"))
     topo = SmartHomeTopo()
     with running(topo, detection={"learn_seconds": 3600},
@@ -86,6 +114,7 @@ def lab(tmp_path_factory):
         assert wait_listening(net.get("camera"), [("tcp", 8080)], timeout=10)
         ctl.wait_for(lambda: all(d["ips"] and d["dpid"] for d in ctl.devices().values()), 15,
                      "every device located with its address")
+        ctl.books = books
         yield ctl, net
 
 
@@ -235,6 +264,11 @@ def test_alert_through_a_playbook_quarantines_and_dry_run_changes_nothing(lab):
     confirmed(ctl, r["id"])
     try:
         assert not ping(cam, GW, count=2)
+        ctype, hook = ctl.wait_for(lambda: Hook.received[-1] if Hook.received else None, 5,
+                                   "the webhook called")
+        assert ctype == "application/json" and hook["alert"]["device"] == "camera"
+        assert hook["actions"][0]["action"] == "quarantine" and hook["actions"][0]["response_id"] == r["id"]
+        assert "NOTIFY [test-burst-quarantine]" in ctl.logs()
     finally:
         release(ctl, r["id"])
 
@@ -286,3 +320,53 @@ def test_quarantine_survives_kill_9_and_a_switch_reconnect(lab):
     finally:
         release(ctl, r["id"])
     ctl.wait_for(lambda: ping(cam, GW), 5, "camera reachable after release")
+
+
+def test_a_full_table_fails_the_response_loudly_and_leaves_nothing_half_installed(lab):
+    ctl, net = lab
+    cam = net.get("camera")
+    t0 = time.time()
+    subprocess.run(["ovs-vsctl", "--", "--id=@t", "create", "Flow_Table", "flow_limit=6",
+                    "overflow_policy=refuse", "--", "set", "Bridge", "hs2", "flow_tables:0=@t"],
+                   check=True, timeout=10, capture_output=True)
+    try:
+        (r,) = manual(ctl, "camera", "quarantine")["responses"]     # 10 rules: more than fit
+        failed = ctl.wait_for(lambda: [e for e in ctl.audit(t0) if e["event"] == "failed"
+                                       and e["response_id"] == r["id"]], 5, "the failure reported")
+        assert "OFPFMFC_TABLE_FULL" in failed[0]["error"]
+        assert r["id"] not in [x["id"] for x in ctl.responses()], "a failed response is not listed active"
+        ctl.wait_for(lambda: not with_kind("hs2", rules.Kind.QUARANTINE), 5, "the installed part removed")
+        assert ping(cam, GW), "a half-installed quarantine must not be left cutting the camera off"
+        assert "OFPFMFC_TABLE_FULL" in ctl.logs()
+    finally:
+        subprocess.run(["ovs-vsctl", "clear", "Bridge", "hs2", "flow_tables"], check=True, timeout=10)
+
+
+def test_reload_refuses_an_invalid_set_and_keeps_the_last_good_one(lab):
+    ctl, _ = lab
+    names = lambda: sorted(p["name"] for p in ctl.get("/api/v1/playbooks")["playbooks"])  # noqa: E731
+    before = names()
+    bad = ctl.books / "zz-bad.yaml"
+    bad.write_text("playbooks:\n  - name: broken\n    description: d\n    when: {kinds: [scan]}\n"
+                   "    do: [{quarantine: {ttl: 10m}}]\n")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            ctl.call("POST", "/api/v1/playbooks/reload")
+        answer = json.load(e.value)
+        assert e.value.code == 422 and answer["error"] == "invalid_playbooks"
+        assert any("zz-bad.yaml:4:" in p and "unknown alert kind 'scan'" in p for p in answer["problems"])
+        os.kill(ctl.proc.pid, signal.SIGHUP)
+        ctl.wait_for(lambda: ctl.logs().count("playbook reload refused") >= 2, 5, "SIGHUP reload refused in the log")
+        assert names() == before, "the previous set stays active"
+    finally:
+        bad.unlink()
+    good = ctl.books / "zz-good.yaml"
+    good.write_text("playbooks:\n  - name: extra\n    description: d\n    when: {kinds: [outbreak]}\n"
+                    "    do: [{notify: {log: true}}]\n")
+    try:
+        os.kill(ctl.proc.pid, signal.SIGHUP)
+        ctl.wait_for(lambda: "extra" in names(), 5, "SIGHUP reload picks up the new playbook")
+    finally:
+        good.unlink()
+        ctl.call("POST", "/api/v1/playbooks/reload")
+    assert names() == before
