@@ -68,6 +68,7 @@ class IoTGuard(compat.BaseApp):
         if _RECORD:
             self.core.recorder = Recorder(_RECORD, self.config.poll_interval)
             LOG.info("recording detector input to %s", _RECORD)
+        self.core.incidents.directory = os.path.join(self.config.state_dir, "incidents")
         self.core.enable_responses()        # PlaybookError: the launcher validated them first
         self.notify_q = hub.Queue(notify.QUEUE_SIZE)
         self.notify_dropped = 0
@@ -202,6 +203,7 @@ class IoTGuard(compat.BaseApp):
         """Stop the loops, save the baselines, close the API socket (the launcher exits after)."""
         self.running = False
         try:
+            self._locked(self.core.incidents.flush, self.core.wall())
             self._locked(self.core.save_state)
         except OSError as e:
             LOG.error("could not save baselines: %s", e)

@@ -19,7 +19,8 @@ import numpy as np
 from controller import rules
 from controller.config import Config
 from controller.detector import Alert, Detector
-from controller.features import FeatureExtractor, KnownDestinations
+from controller.features import FEATURES, FeatureExtractor, KnownDestinations
+from controller.incidents import Incidents, band_of
 from controller.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
 from controller.inventory import Inventory
 from controller.ofwire import flow_stats_heads
@@ -74,6 +75,7 @@ class Core:
         self._retired_at = 0.0
         self.counters = {"packet_in": 0, "lldp_in": 0, "flow_entries": 0, "polls": 0,
                          "malformed": 0, "windows": 0, "alerts": 0}
+        self.alert_kinds: dict[str, int] = {}
         self.known = KnownDestinations()
         self.extractor = FeatureExtractor(self.registry, config.internal_subnets, self.known)
         self.store = store_for(config, known=self.known)
@@ -81,6 +83,8 @@ class Core:
         self.recorder: Recorder | None = None
         self._window_start = clock()
         self._awaiting: set[int] = set()   # switches whose flow stats this round still lacks
+        self.incidents = Incidents(None, FEATURES)   # the app sets its directory
+        self.score_hook = None             # called with each window's features + scoring seconds
         self.responder: Responder | None = None
         self.outbox: Out = []              # response messages decided outside a switch event
         self.notify_jobs: list[dict] = []
@@ -99,6 +103,18 @@ class Core:
         self.outbox, self.notify_jobs = [], []
         return out, jobs
 
+    def _open_incident(self, a: Alert, wall: float) -> None:
+        p = self.store.profiles.get(a.mac)
+        name, tags = self.who(a.mac)
+        baseline, source = (p.baseline, "own") if p is not None and p.baseline is not None else (None, "")
+        if baseline is None:
+            cls = tags[0] if tags else None
+            baseline, source = (self.store.priors.get(cls), f"class:{cls}") if cls in self.store.priors \
+                else (self.store.priors.get(None), "global")
+        rec = self.inventory.get(a.mac)
+        device = {"name": name, "mac": a.mac, "ips": list(rec.ips) if rec else [], "tags": list(tags)}
+        self.incidents.on_alert(a.to_dict(), device, band_of(baseline), source if baseline else "", wall)
+
     def inject_alert(self, body) -> dict:
         """POST /api/v1/alerts: an alert raised by hand goes the way a detected one goes."""
         if self.responder is None:
@@ -106,6 +122,9 @@ class Core:
         alert = self.responder.alert_from_request(body, self.wall())
         remote = body.get("remote") if isinstance(body, dict) else None
         self.detector.alerts.append(alert)
+        self.alert_kinds[alert.kind] = self.alert_kinds.get(alert.kind, 0) + 1
+        if alert.mac is not None:
+            self._open_incident(alert, self.wall())
         d = alert.to_dict()
         if isinstance(remote, str):
             d["remote"] = remote
@@ -267,9 +286,11 @@ class Core:
         self._window_start = now
         if window <= 0:
             return []
+        t0 = time.perf_counter()
         wf = self.extractor.close(now, window)
         wall = self.wall()
         self.counters["windows"] += 1
+        self.incidents.add_window(wall, window, wf.macs, wf.X)
         for mac in wf.macs:
             p = self.store.profiles.get(mac)
             if p is None or p.learning:
@@ -277,6 +298,8 @@ class Core:
         if self.recorder is not None:
             self.recorder.window(wall, wf, self.who)
         alerts = self.detector.on_window(wf, wall)
+        if self.score_hook is not None:
+            self.score_hook(time.perf_counter() - t0)
         self._raised(alerts)
         return alerts
 
@@ -291,10 +314,14 @@ class Core:
         self.store.save(self.state_path)
 
     def _raised(self, alerts: list[Alert]) -> None:
+        wall = self.wall()
         for a in alerts:
             self.counters["alerts"] += 1
+            self.alert_kinds[a.kind] = self.alert_kinds.get(a.kind, 0) + 1
             LOG.warning("ALERT %s %s (score %.1f > %.1f): %s", a.kind, a.device, a.score, a.threshold,
                         a.explanation)
+            if a.mac is not None:
+                self._open_incident(a, wall)
         if self.responder is not None and alerts:
             out, jobs = self.responder.on_alerts([a.to_dict() for a in alerts])
             self.outbox += out
