@@ -84,6 +84,9 @@ class Config:
     playbooks: tuple[str, ...] = (DEFAULT_PLAYBOOKS,)
     dry_run: bool = False
     dns_servers: tuple[str, ...] = ()
+    # metrics (issue 5): see docs/metrics.md; port 0 disables the exporter
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
 
     # Indexes are built on first use: lookups happen on the packet-in path.
     # cached_property writes to __dict__ directly, so it works on a frozen dataclass
@@ -128,7 +131,7 @@ _NAME_RE = yamlnodes.NAME_RE
 _TAG_RE = yamlnodes.TAG_RE
 
 _TOP_KEYS = ("openflow", "api", "poll_interval", "state_dir", "internal_subnets",
-             "forwarding", "lldp_interval", "devices", "detection", "responses")
+             "forwarding", "lldp_interval", "devices", "detection", "responses", "metrics")
 _OFP_KEYS = ("listen_host", "port")
 _API_KEYS = ("listen_host", "port", "token")
 _FWD_KEYS = ("idle_timeout", "packet_in_rate", "packet_in_burst")
@@ -136,6 +139,7 @@ _DEVICE_KEYS = ("name", "mac", "ip", "ips", "tags")
 _DETECT_KEYS = ("learn_seconds", "false_alarm_rate", "burst_floor", "outbreak_devices",
                 "outbreak_seconds", "max_shift_per_day", "exclude_tags")
 _RESP_KEYS = ("playbooks", "dry_run", "dns_servers")
+_METRICS_KEYS = ("listen_host", "port")
 
 
 # --------------------------------------------------------------------------- validation
@@ -208,6 +212,10 @@ def _build(doc: _Doc, root: Node | None) -> Config:
         out["dns_servers"] = tuple(doc.host(n, f"responses.dns_servers[{i}]")
                                    for i, n in enumerate(doc.sequence(resp["dns_servers"],
                                                                       "responses.dns_servers")))
+
+    met = doc.mapping(top["metrics"], "metrics", _METRICS_KEYS) if "metrics" in top else {}
+    doc.optional(met, "listen_host", "metrics", doc.host, out, "metrics_host")
+    doc.optional(met, "port", "metrics", lambda n, p: doc.integer(n, p, 0, 65535), out, "metrics_port")
     return Config(**out)  # type: ignore[arg-type]
 
 

@@ -8,9 +8,11 @@ them directly.  Not thread-safe: the app holds one lock around every call.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Union
 
@@ -76,6 +78,7 @@ class Core:
         self.counters = {"packet_in": 0, "lldp_in": 0, "flow_entries": 0, "polls": 0,
                          "malformed": 0, "windows": 0, "alerts": 0}
         self.alert_kinds: dict[str, int] = {}
+        self._internal = tuple(ipaddress.ip_network(n) for n in config.internal_subnets)
         self.known = KnownDestinations()
         self.extractor = FeatureExtractor(self.registry, config.internal_subnets, self.known)
         self.store = store_for(config, known=self.known)
@@ -300,8 +303,29 @@ class Core:
         alerts = self.detector.on_window(wf, wall)
         if self.score_hook is not None:
             self.score_hook(time.perf_counter() - t0)
+        self._attribute(alerts)
         self._raised(alerts)
         return alerts
+
+    def _attribute(self, alerts: list[Alert]) -> None:
+        """Name the remote address an alert is about: for an anomaly, the first external
+        destination of the window the device never talked to while learning; for an
+        outbreak, the one most of its devices' recent anomalies share."""
+        for a in alerts:
+            if a.kind == "anomaly" and a.mac is not None:
+                for ip in self.known.unknown(a.mac, self.extractor.last_destinations(a.mac)):
+                    addr = ipaddress.IPv4Address(ip)
+                    if not any(addr in n for n in self._internal):
+                        a.remote = str(addr)
+                        break
+        for a in alerts:
+            if a.kind == "outbreak":
+                names = set(a.devices)
+                votes = Counter(x.remote for x in self.detector.alerts[-500:]
+                                if x.kind == "anomaly" and x.device in names and x.remote
+                                and a.time - x.time <= self.config.outbreak_seconds)
+                if votes:
+                    a.remote = votes.most_common(1)[0][0]
 
     @property
     def state_path(self) -> str:

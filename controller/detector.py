@@ -51,6 +51,7 @@ class Alert:
     last_time: float = 0.0
     count: int = 1
     window: dict = field(default_factory=dict)   # the device's whole window: feature -> value
+    remote: str | None = None      # its top new external destination (block_ip target: alert)
 
     def to_dict(self) -> dict:
         d = asdict(self)

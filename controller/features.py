@@ -150,6 +150,13 @@ class KnownDestinations:
         elif len(cur) != before:
             self._version += 1
 
+    def unknown(self, mac: str, ips: Iterable[int]) -> list[int]:
+        """Those of `ips` the device never talked to while learning (none once saturated)."""
+        if mac in self._many:
+            return []
+        known = self._sets.get(mac, set())
+        return [int(ip) for ip in ips if int(ip) not in known]
+
     def _state(self, registry: FlowRegistry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sorted keys mac_idx << 32 | ip, learned per mac index, saturated per mac index)."""
         tag = (self._version, id(registry), len(registry.macs))

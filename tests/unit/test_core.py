@@ -164,3 +164,19 @@ def test_window_closes_when_every_switch_has_answered():
     clock.t += 1
     c.poll_sent([1, 2])                         # switch 2 never answered: close anyway
     assert c.counters["windows"] == 2
+
+
+def test_alerts_name_the_new_external_address_they_are_about(monkeypatch):
+    import numpy as np
+    from controller.detector import Alert
+    from controller.packets import ip_int
+    c, _ = core()
+    c.known.learn(CAM, [ip_int("203.0.113.10")])
+    dests = np.array([ip_int(a) for a in ("10.0.0.4", "203.0.113.10", "198.51.100.66")], dtype=np.uint32)
+    monkeypatch.setattr(c.extractor, "last_destinations", lambda mac: dests)
+    a = Alert("a1", 1000.0, "anomaly", "camera-1", CAM, 9.0, 4.0, "x")
+    c.detector.alerts.append(a)
+    ob = Alert("o1", 1001.0, "outbreak", "3 camera devices", None, 3.0, 3.0, "y", devices=["camera-1"])
+    c._attribute([a, ob])
+    assert a.remote == "198.51.100.66", "internal and learned destinations are not the remote"
+    assert ob.remote == "198.51.100.66"
