@@ -212,7 +212,6 @@ def _build(doc: _Doc, root: Node | None) -> Config:
         out["dns_servers"] = tuple(doc.host(n, f"responses.dns_servers[{i}]")
                                    for i, n in enumerate(doc.sequence(resp["dns_servers"],
                                                                       "responses.dns_servers")))
-
     met = doc.mapping(top["metrics"], "metrics", _METRICS_KEYS) if "metrics" in top else {}
     doc.optional(met, "listen_host", "metrics", doc.host, out, "metrics_host")
     doc.optional(met, "port", "metrics", lambda n, p: doc.integer(n, p, 0, 65535), out, "metrics_port")

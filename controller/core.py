@@ -321,7 +321,8 @@ class Core:
         for a in alerts:
             if a.kind == "outbreak":
                 names = set(a.devices)
-                votes = Counter(x.remote for x in self.detector.alerts[-500:]
+                recent = list(self.detector.alerts)[-500:]
+                votes = Counter(x.remote for x in recent
                                 if x.kind == "anomaly" and x.device in names and x.remote
                                 and a.time - x.time <= self.config.outbreak_seconds)
                 if votes:

@@ -127,7 +127,8 @@ def test_docs_mention_every_key() -> None:
     for key in ("openflow.listen_host", "openflow.port", "api.listen_host", "api.port", "api.token",
                 "poll_interval", "state_dir", "internal_subnets", "forwarding.idle_timeout",
                 "forwarding.packet_in_rate", "forwarding.packet_in_burst", "lldp_interval",
-                "devices[].name", "devices[].mac", "devices[].ip", "devices[].ips", "devices[].tags"):
+                "devices[].name", "devices[].mac", "devices[].ip", "devices[].ips", "devices[].tags",
+                "metrics.listen_host", "metrics.port"):
         assert f"`{key}`" in doc, key
 
 
@@ -203,6 +204,16 @@ BAD = [
     ("binary-tag", "api:\n  token: !!binary aGVsbG8=\n", 2, "api.token", "tag '!!binary' is not allowed"),
     ("two-documents", "api: {}\n---\napi: {}\n", 2, None, "only one YAML document is allowed"),
     ("control-char", "state_dir: a\x07b\n", 1, None, "invalid character '\\x07'"),
+    ("metrics-port-string", "metrics:\n  port: '9108'\n", 2, "metrics.port",
+     "expected an integer, got a string ('9108')"),
+    ("metrics-port-bool", "metrics:\n  port: off\n", 2, "metrics.port", "expected an integer, got a boolean ('off')"),
+    ("metrics-port-range", "metrics:\n  port: 65536\n", 2, "metrics.port", "must be between 0 and 65535, got 65536"),
+    ("metrics-port-negative", "metrics:\n  port: -1\n", 2, "metrics.port", "must be between 0 and 65535, got -1"),
+    ("metrics-bad-host", "metrics:\n  listen_host: localhost\n", 2, "metrics.listen_host",
+     "not an IPv4/IPv6 address: 'localhost'"),
+    ("metrics-unknown-key", "metrics:\n  port: 9108\n  listen_hots: 0.0.0.0\n", 3, "metrics.listen_hots",
+     "unknown key 'listen_hots' (did you mean 'listen_host'?); allowed keys: listen_host, port"),
+    ("metrics-not-mapping", "metrics: 9108\n", 1, "metrics", "expected a mapping, got an integer ('9108')"),
 ]
 
 
@@ -218,6 +229,15 @@ def test_bad_config(tmp_path: Path, text: str, line: int, field: str | None, fra
     assert fragment in err.message
     prefix = f"{path}:{line}: " + (f"{field}: " if field else "")
     assert str(err) == prefix + err.message
+
+
+def test_metrics_section() -> None:
+    assert (Config().metrics_host, Config().metrics_port) == ("127.0.0.1", 9108)  # loopback by default
+    cfg = parse_config("metrics:\n  listen_host: '::'\n  port: 9200\n")
+    assert (cfg.metrics_host, cfg.metrics_port) == ("::", 9200)
+    assert parse_config("metrics:\n  port: 0\n").metrics_port == 0  # 0 = exporter disabled
+    assert parse_config("metrics:\n  listen_host: 0.0.0.0\n").metrics_port == 9108
+    assert parse_config("metrics:\n") == parse_config("{}")
 
 
 def test_python_tag_is_rejected_without_executing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
