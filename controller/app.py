@@ -17,6 +17,7 @@ import threading
 import time
 
 from controller import compat, notify
+from controller.metrics import Metrics
 from controller.api import Api, ApiError, load_or_create_token, make_handler, query_float, serve_connection
 from controller.config import Config, load_config
 from controller.core import Core
@@ -72,6 +73,10 @@ class IoTGuard(compat.BaseApp):
         self.core.enable_responses()        # PlaybookError: the launcher validated them first
         self.notify_q = hub.Queue(notify.QUEUE_SIZE)
         self.notify_dropped = 0
+        self._snapshot: dict = {}
+        self.metrics = Metrics(lambda: self._snapshot)
+        self.core.score_hook = self.metrics.observe_scoring
+        self.core.responder.confirm_hook = self.metrics.observe_confirm
         self.api = Api(token, {
             ("GET", "/api/v1/health"): lambda q: self._locked(self.core.health_view),
             ("GET", "/api/v1/devices"): lambda q: {"devices": self._locked(self.core.devices_view)},
@@ -101,6 +106,10 @@ class IoTGuard(compat.BaseApp):
         self._server = hub.StreamServer((self.config.api_host, self.config.api_port),
                                         lambda sock, addr: serve_connection(handler, sock, addr))
         self.threads.append(hub.spawn(self._server.serve_forever))
+        if self.config.metrics_port:
+            self.metrics.start(self.config.metrics_host, self.config.metrics_port)
+            LOG.info("Prometheus metrics on http://%s:%d/metrics", self.config.metrics_host,
+                     self.config.metrics_port)
         LOG.info("iotguard on %s: OpenFlow %s:%d, API http://%s:%d/api/v1/, poll every %.1fs",
                  compat.FRAMEWORK, self.config.ofp_host, self.config.ofp_port,
                  self.config.api_host, self.config.api_port, self.config.poll_interval)
@@ -268,6 +277,9 @@ class IoTGuard(compat.BaseApp):
             self._locked(self.core.poll_sent, polled)
             self._locked(self.core.expire_responses)
             self._flush()
+            snap = self._locked(self.core.metrics_snapshot)
+            snap["notify_dropped"] = self.notify_dropped
+            self._snapshot = snap      # one reference swap: the exporter's thread reads it
             for dpid in polled:
                 dp = self.datapaths.get(dpid)
                 if dp is None:

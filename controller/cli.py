@@ -36,6 +36,7 @@ commands:
   playbook   validate response playbooks ('playbook validate FILE...'), or make the
              running controller reload them ('playbook reload')
   config     validate a configuration file and print the effective settings
+  report     write an HTML incident report from the state directory ('report --last')
 
 commands for a running controller (through its REST API):
   quarantine  isolate a device now ('quarantine DEVICE --ttl 10m')
@@ -103,6 +104,25 @@ def _parser() -> argparse.ArgumentParser:
                          description="Validate FILE and print the effective settings as JSON. "
                                      "Exit status 2 and a file:line: field: message error if invalid.")
     cfg.add_argument("file", metavar="FILE")
+
+    rp = sub.add_parser(
+        "report", help="write an HTML incident report",
+        description="Write one self-contained HTML page about an alert: the explanation, the "
+                    "device, its features over the windows before and after the alert against "
+                    "its baseline band, the responses decided with their OpenFlow rules, and "
+                    "their timeline. Reads <state_dir>/incidents/ and <state_dir>/audit.jsonl "
+                    "directly: no running controller or API token needed. Prints the path written.")
+    rp.add_argument("alert_id", metavar="ALERT_ID", nargs="?",
+                    help="the alert's id (as in the alert, the audit log or the incident file name)")
+    rp.add_argument("--last", action="store_true",
+                    help="report on the most recent alert (by alert time) instead of ALERT_ID")
+    rp.add_argument("-o", "--output", metavar="FILE",
+                    help="where to write the page (default iotguard-incident-ALERT_ID.html here)")
+    rp.add_argument("--state-dir", metavar="DIR",
+                    help="the controller's state directory (overrides the config's state_dir; "
+                         "default /var/lib/iotguard)")
+    rp.add_argument("--config", metavar="FILE",
+                    help="the controller's YAML configuration, for its state_dir")
     return p
 
 
@@ -248,6 +268,8 @@ def cmd_run(args) -> int:
     prepare_state(config)
     _check_listen(config.ofp_host, config.ofp_port, "OpenFlow switches")
     _check_listen(config.api_host, config.api_port, "the REST API")
+    if config.metrics_port:
+        _check_listen(config.metrics_host, config.metrics_port, "Prometheus metrics (metrics.port; 0 disables)")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from controller import app, compat  # the framework loads only when we run
@@ -297,6 +319,20 @@ def cmd_config(args) -> int:
     import json
     config = load_config(args.file)
     print(json.dumps(dataclasses.asdict(config), indent=1, default=str))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from controller.report import ReportError, write_report
+    if (args.alert_id is None) == (not args.last):
+        raise UsageError("give an ALERT_ID or --last (not both)")
+    config = load_config(args.config) if args.config else Config()
+    state_dir = os.path.abspath(args.state_dir) if args.state_dir else config.state_dir
+    try:
+        print(write_report(state_dir, args.alert_id, args.output))
+    except ReportError as e:
+        print(f"iotguard: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -546,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "replay": cmd_replay, "playbook": cmd_playbook, "config": cmd_config,
                 "quarantine": cmd_quarantine, "respond": cmd_respond, "release": cmd_release,
-                "responses": cmd_responses, "audit": cmd_audit}[args.command](args)
+                "responses": cmd_responses, "audit": cmd_audit, "report": cmd_report}[args.command](args)
     except ConfigError as e:
         print(f"iotguard: configuration error: {e}", file=sys.stderr)
         return 2

@@ -490,6 +490,25 @@ class Core:
             "responses": self._responses_health(),
         }
 
+    def metrics_snapshot(self) -> dict:
+        """Plain numbers for the Prometheus exporter (controller.metrics), taken under the
+        app's lock and read later from the exporter's thread."""
+        snap: dict = {k: self.counters[k] for k in ("polls", "flow_entries", "packet_in", "windows",
+                                                     "lldp_in", "malformed")}
+        profiles = list(self.store.profiles.values())
+        snap.update(alerts=dict(self.alert_kinds), switches=len(self.switches),
+                    devices=len(self.inventory.devices),
+                    baselined=sum(1 for p in profiles if not p.learning),
+                    learning=sum(1 for p in profiles if p.learning))
+        r = self.responder
+        if r is not None:
+            active: dict[str, int] = {}
+            for x in r.engine.store.active(self.wall()):
+                if x.mode == "enforce":
+                    active[x.action] = active.get(x.action, 0) + 1
+            snap.update(responses=dict(r.outcomes), active_responses=active)
+        return snap
+
     def _responses_health(self) -> dict | None:
         r = self.responder
         if r is None:

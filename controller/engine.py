@@ -472,6 +472,7 @@ class Engine:
         self.locate = locate
         self.switches = switches
         self.dry_run = dry_run
+        self.last_summary: list[dict] = []   # what the last on_alert decided, action by action
 
     def set_playbooks(self, playbooks: Sequence[pb.Playbook]) -> None:
         """A reloaded set; active responses are kept as they are."""
@@ -518,6 +519,7 @@ class Engine:
             self.audit.write("dry-run" if job["mode"] == "dry-run" else "decision", time=now, alert=alert,
                              playbook=job["playbook"], action="notify", mode=job["mode"],
                              outcome="queued", detail={"destination": job["destination"]})
+        self.last_summary = summary
         return Applied(messages, notify)
 
     def _notify(self, jobs: dict[str, dict], book: pb.Playbook, act: pb.Action, mode: str,

@@ -35,6 +35,7 @@ ALWAYS = ("tx_packets", "tx_bytes")
 MAX_PANELS = 8
 LINE_EVENTS = ("decision", "dry-run", "installed", "failed", "released", "expired")
 SHOW_IDS = 5
+LOG_RATIO = 20.0
 
 
 class ReportError(Exception):
@@ -91,17 +92,17 @@ def load_incident(state_dir: str, alert_id: str | None = None) -> dict:
 def read_audit(state_dir: str, alert_id: str | None = None) -> list[dict]:
     """The audit records, oldest first (only those of `alert_id` if given); torn lines skipped.
 
-    Read directly, not through AuditLog, which opens the file for appending.
+    Read directly, not through AuditLog, which opens the file for appending; streamed,
+    since the log is never truncated.
     """
     path = os.path.join(state_dir, AUDIT)
     try:
         with open(path, "rb") as f:
-            records = list(_records(f))
+            return list(_records(f) if alert_id is None else _link(alert_id, _records(f)))
     except FileNotFoundError:
         return []
     except OSError as e:
         raise ReportError(f"cannot read {path}: {e.strerror or e}") from None
-    return records if alert_id is None else related_events(alert_id, records)
 
 
 def _records(lines: Iterable[bytes]) -> Iterator[dict]:
@@ -117,18 +118,22 @@ def _records(lines: Iterable[bytes]) -> Iterator[dict]:
 def related_events(alert_id: str, events: Iterable[dict]) -> list[dict]:
     """The events of one alert, oldest first: those carrying it, and the later events
     (installed, released, ...) of the responses its decisions named."""
+    return list(_link(alert_id, sorted(events, key=lambda e: _num(e.get("time"), 0.0))))
+
+
+def _link(alert_id: str, events: Iterable[dict]) -> Iterator[dict]:
+    """`related_events` over events already in time order (the log's own order)."""
     rids: set = set()
-    out = []
-    for e in sorted(events, key=lambda e: _num(e.get("time"), 0.0)):
+    for e in events:
         alert = e.get("alert")
         rid = e.get("response_id")
+        rid = rid if isinstance(rid, (int, str)) else None
         if isinstance(alert, dict) and str(alert.get("id")) == alert_id:
-            out.append(e)
             if rid is not None:
                 rids.add(rid)
+            yield e
         elif alert is None and rid is not None and rid in rids:
-            out.append(e)
-    return out
+            yield e
 
 
 # ------------------------------------------------------------------ the figure
@@ -206,7 +211,12 @@ def figure_png(incident: dict, events: list[dict]) -> tuple[bytes | None, str]:
             ax.axvline(0.0, color="#c00000", lw=1.5)
             for mx, _ in shown:
                 ax.axvline(mx, color="#7f3fbf", lw=1, ls="--")
-            ax.set_ylabel(f"{name}\n({UNITS.get(name, '')})", fontsize=8, parse_math=False)
+            log = _log_scale(y[:, i], b_hi)
+            if log:
+                ax.set_yscale("symlog", linthresh=max(b_hi or 0.0, 1.0))
+                ax.set_ylim(bottom=0.0)
+            unit = UNITS.get(name, "") + (", log" if log else "")
+            ax.set_ylabel(f"{name}\n({unit})", fontsize=8, parse_math=False)
             ax.tick_params(labelsize=8)
             ax.grid(alpha=0.3)
             ax.set_xlim(lo - pad, hi + pad)
@@ -225,6 +235,16 @@ def figure_png(incident: dict, events: list[dict]) -> tuple[bytes | None, str]:
         caption += f" {len(marks) - len(shown)} later response events fall outside the plotted " \
                    "windows; see the timeline."
     return buf.getvalue(), caption
+
+
+def _log_scale(values, band_high: float | None) -> bool:
+    """Log when the attack dwarfs the normal range, or the band would be a hairline."""
+    import numpy as np
+    finite = values[np.isfinite(values)]
+    if not len(finite) or finite.min() < 0:
+        return False
+    normal = max(band_high or float(np.median(finite)), 1.0)
+    return float(finite.max()) > LOG_RATIO * normal
 
 
 def _band(band: dict | None, i: int) -> tuple[float | None, float | None]:
@@ -387,6 +407,9 @@ def render(incident: dict, audit_events: list[dict]) -> str:
              ("Tags", tags), ("Baseline", incident.get("baseline") or alert.get("baseline")),
              ("Window", f"{_fmt(incident.get('window_s'))} s"), ("Alert id", alert.get("id")),
              ("Repeats", alert.get("count"))]
+    if alert.get("remote"):
+        facts.insert(7, ("Remote address", alert["remote"]))
+    score, threshold = _e(_fmt(alert.get("score"))), _e(_fmt(alert.get("threshold")))
     dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -394,7 +417,7 @@ def render(incident: dict, audit_events: list[dict]) -> str:
 <title>{title}</title><style>{CSS}</style></head>
 <body>
 <h1>{title}</h1>
-<p class=meta>{_e(iso(alert.get("time")))} · score {_e(_fmt(alert.get("score")))} against threshold {_e(_fmt(alert.get("threshold")))}</p>
+<p class=meta>{_e(iso(alert.get("time")))} · score {score} against threshold {threshold}</p>
 <p class=explanation>{_e(alert.get("explanation"))}</p>
 <dl>{dl}</dl>
 {_contributions(alert)}

@@ -135,7 +135,9 @@ class Responder:
         self.confirmations = Confirmations()
         self._decided: dict[int, float] = {}     # response id -> wall time its alert was raised
         self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCIES)
+        self.confirm_hook: Callable[[float], None] | None = None   # metrics
         self.counters: collections.Counter[str] = collections.Counter()
+        self.outcomes: collections.Counter[tuple] = collections.Counter()   # (action, outcome) -> n
 
     def close(self) -> None:
         self.engine.store.close()
@@ -251,7 +253,12 @@ class Responder:
                 out += applied.messages
                 jobs += applied.notify
                 self._note(applied.messages, alert)
+                self._count(self.engine.last_summary)
         return out, jobs
+
+    def _count(self, summary: list[dict]) -> None:
+        for s in summary:
+            self.outcomes[(s.get("action"), s.get("outcome"))] += 1
 
     def _note(self, messages: Out, alert: Mapping[str, Any]) -> None:
         t = alert.get("time")
@@ -295,6 +302,7 @@ class Responder:
                  **({"remote": params["ip"]} if action == "block_ip" and "ip" in params else {})}
         applied = self.engine.on_alert(alert, dev, now, playbooks=[book])
         self._note(applied.messages, alert)
+        self._count(self.engine.last_summary)
         return {"messages": applied.messages, "notify": applied.notify, "alert": alert}
 
     def alert_from_request(self, body: Mapping[str, Any], now: float) -> Alert:
@@ -380,9 +388,12 @@ class Responder:
             self.counters["installed"] += 1
             r = self.engine.store.get(rid)
             if r is not None and set(r.confirmed) >= set(r.dpids):   # the last switch confirmed
+                self.outcomes[(r.action, "installed")] += 1
                 t = self._decided.pop(rid, None)
                 if t is not None:
                     self.latencies.append(now - t)
+                    if self.confirm_hook is not None:
+                        self.confirm_hook(now - t)
 
     def error(self, dpid: int, xid: int, text: str) -> Out | None:
         """An OpenFlow error; None if it was not about a response's message."""
@@ -391,6 +402,9 @@ class Responder:
             return None
         self.counters["failed"] += 1
         self._decided.pop(rid, None)
+        r = self.engine.store.get(rid)
+        if r is not None:
+            self.outcomes[(r.action, "failed")] += 1
         try:
             return self.engine.failed(rid, dpid, text, self.wall())
         except KeyError:

@@ -47,11 +47,13 @@ class Controller:
         self.dir = tempfile.mkdtemp(prefix="iotguard-lab-")
         self.ofp_port = ofp_port or free_port()
         self.api_port = free_port()
+        self.metrics_port = free_port()
         self.framework = framework
         self.extra_env = env or {}
         self.config_path = os.path.join(self.dir, "iotguard.yaml")
         cfg = {"openflow": {"listen_host": "127.0.0.1", "port": self.ofp_port},
                "api": {"port": self.api_port}, "poll_interval": poll_interval,
+               "metrics": {"port": self.metrics_port},
                "state_dir": state_dir or os.path.join(self.dir, "state"),
                "internal_subnets": ["10.0.0.0/8"],
                "devices": [{k: v for k, v in d.items() if v} for d in (inventory or [])]}
@@ -109,6 +111,11 @@ class Controller:
                                      method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
+
+    def metrics(self) -> str:
+        """The Prometheus exposition text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
 
     def responses(self) -> list[dict]:
         return self.get("/api/v1/responses")["responses"]

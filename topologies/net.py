@@ -107,6 +107,8 @@ class IoTTopo(Topo):
     WAN_CIDR = '203.0.113.0/24'
     GW_WAN_IP = '203.0.113.1'
     INET_IP = '203.0.113.10'
+    DROPZONE_IP = '203.0.113.20'    # a second address on the internet host, never visited
+    C2_IP = '198.51.100.66'         # a "command and control" server, also on the internet host
     GW_MAC = '00:00:00:00:00:01'
     INET_MAC = '00:00:00:00:ff:10'
 
@@ -314,8 +316,14 @@ def start_services(net):
                  '</body></html>\n' % (topo.NAME, inet.name, topo.INET_IP))
     with open(os.path.join(www, 'firmware', 'latest.bin'), 'wb') as fh:
         fh.write(bytes(range(256)) * 256)          # 64 KiB "firmware image"
+    # The internet host also answers as a never-visited drop zone and as a C2 server
+    # (the attack scenarios' destinations); the gateway routes the C2 prefix to it.
+    inet.cmd('ip addr replace %s/%d dev %s' % (topo.DROPZONE_IP, topo.PREFIXLEN, inet.defaultIntf()))
+    inet.cmd('ip addr replace %s/32 dev lo' % topo.C2_IP)
+    net.get(topo.gateway).cmd('ip route replace %s/24 via %s' % (
+        topo.C2_IP.rsplit('.', 1)[0] + '.0', topo.INET_IP))
     start_process(net, inet, [sys.executable, HTTP_SERVER, '--port', '80',
-                              '--bind', topo.INET_IP, '--directory', www], 'http')
+                              '--bind', '0.0.0.0', '--directory', www], 'http')
     records = []
     for name, addr in sorted(topo.dns_zone().items()):
         records += ['--record', '%s=%s' % (name, addr)]

@@ -9,7 +9,7 @@ REPO=${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 VENV=${VENV:-$REPO/.venv}
 PKGS=(openvswitch-switch openvswitch-testcontroller mininet iputils-ping ethtool
       iperf3 hping3 nmap tcpdump netcat-openbsd curl iproute2 procps
-      python3 python3-venv python3-pip python3-dev)
+      python3 python3-venv python3-pip python3-dev chromium)
 
 log() { printf '[provision] %s\n' "$*"; }
 
@@ -30,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
     log "Debian packages present"
 fi
-for tool in ovs-vsctl mn mnexec ping iperf3 hping3 nmap nc curl tcpdump; do
+for tool in ovs-vsctl mn mnexec ping iperf3 hping3 nmap nc curl tcpdump chromium; do
     command -v "$tool" >/dev/null || { echo "provision: $tool missing after install" >&2; exit 1; }
 done
 

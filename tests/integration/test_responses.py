@@ -370,3 +370,16 @@ def test_reload_refuses_an_invalid_set_and_keeps_the_last_good_one(lab):
         good.unlink()
         ctl.call("POST", "/api/v1/playbooks/reload")
     assert names() == before
+
+
+def test_prometheus_metrics_count_what_happened(lab):
+    ctl, _ = lab
+    text = ctl.wait_for(lambda: (lambda t: t if "iotguard_switches_connected 2.0" in t else None)(ctl.metrics()),
+                        5, "a metrics snapshot")
+    lines = dict(ln.rsplit(" ", 1) for ln in text.splitlines() if ln and not ln.startswith("#"))
+    assert float(lines['iotguard_responses_total{action="quarantine",outcome="installed"}']) >= 3
+    assert float(lines['iotguard_responses_total{action="quarantine",outcome="failed"}']) >= 1
+    assert float(lines["iotguard_polls_total"]) > 0 and float(lines["iotguard_packet_in_total"]) > 0
+    assert float(lines['iotguard_alerts_total{kind="new_flow_burst"}']) >= 1
+    assert float(lines["iotguard_response_confirm_seconds_count"]) >= 3
+    assert float(lines["iotguard_scoring_seconds_count"]) > 0

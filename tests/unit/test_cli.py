@@ -364,3 +364,15 @@ def test_run_refuses_invalid_playbooks_with_every_problem(tmp_path, capsys):
     assert "not starting" in err and "bad.yaml:4:" in err and "unknown alert kind 'scan'" in err
     assert "bad.yaml:5:" in err and "a duration needs a unit" in err
     assert not (tmp_path / "state").exists(), "nothing is created before the playbooks are valid"
+
+
+def test_report_help_explains_every_option():
+    out = run_cli("report", "--help").stdout
+    for opt in ("ALERT_ID", "--last", "-o FILE, --output FILE", "--state-dir", "--config"):
+        assert opt in out
+    assert "report" in run_cli("--help").stdout
+
+
+def test_report_on_a_missing_state_dir_exits_1(tmp_path):
+    r = run_cli("report", "--last", "--state-dir", str(tmp_path / "none"))
+    assert r.returncode == 1 and r.stderr.startswith("iotguard: no state directory")

