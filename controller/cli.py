@@ -37,6 +37,8 @@ commands:
              running controller reload them ('playbook reload')
   config     validate a configuration file and print the effective settings
   report     write an HTML incident report from the state directory ('report --last')
+  demo       watch iotguard catch and isolate a compromised device in Mininet (root;
+             from a checkout: 'iotguard demo --help')
 
 commands for a running controller (through its REST API):
   quarantine  isolate a device now ('quarantine DEVICE --ttl 10m')
@@ -573,9 +575,25 @@ def _since_ago(argv: list[str]) -> list[str]:
     return out
 
 
+def cmd_demo(argv: list[str]) -> int:
+    """The demo lives in the checkout's topologies/ (Mininet scripts, not installed code)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "topologies", "demo.py")):
+        print("iotguard demo: needs the source checkout (topologies/demo.py); run it from there "
+              "with 'sudo make demo'", file=sys.stderr)
+        return 2
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from topologies.demo import main as demo_main
+    return demo_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     from controller.client import ClientError
-    args = _parser().parse_args(_since_ago(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "demo":          # its own parser, so 'iotguard demo --help' is the demo's
+        return cmd_demo(argv[1:])
+    args = _parser().parse_args(_since_ago(argv))
     if args.command is None:
         _parser().print_help()
         return 2

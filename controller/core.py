@@ -309,13 +309,14 @@ class Core:
 
     def _attribute(self, alerts: list[Alert]) -> None:
         """Name the remote address an alert is about: for an anomaly, the first external
-        destination of the window the device never talked to while learning; for an
-        outbreak, the one most of its devices' recent anomalies share."""
+        destination of the window that no device talked to while learning (an address
+        others use every day is not a C2 server, and blocking it would cut them off);
+        for an outbreak, the one most of its devices' recent anomalies share."""
         for a in alerts:
             if a.kind == "anomaly" and a.mac is not None:
                 for ip in self.known.unknown(a.mac, self.extractor.last_destinations(a.mac)):
                     addr = ipaddress.IPv4Address(ip)
-                    if not any(addr in n for n in self._internal):
+                    if not any(addr in n for n in self._internal) and not self.known.learned_by(ip):
                         a.remote = str(addr)
                         break
         for a in alerts:

@@ -256,8 +256,12 @@ class Detector:
         p = self.store.profiles.get(mac)
         learned = p.burst_max if p is not None else 0
         n_hosts = len(hosts)
-        text = (f"{name} opened {count} new connections to {n_hosts} host{'s' if n_hosts != 1 else ''} "
-                f"on {where} within 1 s; its baseline is at most {learned} per second")
+        if ports:
+            text = (f"{name} opened {count} new connections to {n_hosts} host{'s' if n_hosts != 1 else ''} "
+                    f"on {where} within 1 s; its baseline is at most {learned} per second")
+        else:   # ARP who-has for addresses nobody answered: a sweep before the scan proper
+            text = (f"{name} looked for {n_hosts} host{'s' if n_hosts != 1 else ''} with ARP requests "
+                    f"within 1 s; its baseline is at most {learned} per second")
         features = [{"feature": "new_flows_per_s", "observed": count, "low": 0, "high": learned,
                      "hosts": len(hosts), "internal_hosts": internal, "top_port": port}]
         alert = self._emit(Alert(uuid.uuid4().hex[:12], now, "new_flow_burst", name, mac, float(count),

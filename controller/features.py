@@ -157,6 +157,10 @@ class KnownDestinations:
         known = self._sets.get(mac, set())
         return [int(ip) for ip in ips if int(ip) not in known]
 
+    def learned_by(self, ip: int) -> int:
+        """How many devices talked to `ip` while learning (saturated devices not counted)."""
+        return sum(1 for ips in self._sets.values() if ip in ips)
+
     def _state(self, registry: FlowRegistry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sorted keys mac_idx << 32 | ip, learned per mac index, saturated per mac index)."""
         tag = (self._version, id(registry), len(registry.macs))

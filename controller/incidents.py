@@ -28,7 +28,7 @@ LOG = logging.getLogger("iotguard.incidents")
 
 PRE = 120            # windows kept before an alert
 POST = 120           # windows collected after it
-FLUSH_EVERY = 10
+FLUSH_EVERY = 2
 MAX_OPEN = 50
 
 

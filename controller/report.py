@@ -48,6 +48,9 @@ def _read_json(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
+    except PermissionError:
+        raise ReportError(f"cannot read {path}: permission denied (run as the controller's "
+                          "user; the files are 0600)") from None
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("alert"), dict) else None

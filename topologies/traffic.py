@@ -37,8 +37,14 @@ PROFILES: dict[str, str] = {
 }
 
 
+# Every device also checks in: a ping to the gateway and a request to the cloud now and
+# then (real devices phone home).  It is also exactly what the tests' and the demo's
+# reachability checks do, so those checks are part of what the baselines learn.
+CHECKIN = f"while :; do sleep 5; ping -c 1 -W 1 -q {{gw}}; {GET}; done"
+
+
 def start_benign(net, seconds: float, roles: dict[str, str] | None = None) -> list:
-    """Start every host's profile for `seconds`; returns the processes started."""
+    """Start every host's profile (and its check-in) for `seconds`; returns the processes."""
     from topologies.net import DNS_SERVER, inventory, start_process
     import sys
 
@@ -51,4 +57,7 @@ def start_benign(net, seconds: float, roles: dict[str, str] | None = None) -> li
             continue
         cmd = ["timeout", str(int(seconds)), "sh", "-c", loop.replace("{dns}", dns) + " >/dev/null 2>&1"]
         procs.append(start_process(net, host["name"], cmd, name="benign"))
+        checkin = CHECKIN.replace("{gw}", net.topo.GW_IP)
+        procs.append(start_process(net, host["name"], ["timeout", str(int(seconds)), "sh", "-c",
+                                                       checkin + " >/dev/null 2>&1"], name="checkin"))
     return procs

@@ -61,7 +61,7 @@ fi
 "$VENV/bin/python" -c 'import mininet.net' || { echo "provision: Debian mininet not importable from $VENV" >&2; exit 1; }
 stamp="$VENV/.iotguard-installed"
 if [ ! -e "$stamp" ] || [ "$REPO/setup.cfg" -nt "$stamp" ] || [ "$REPO/pyproject.toml" -nt "$stamp" ] \
-   || ! "$VENV/bin/python" -c 'import os_ken, sklearn, controller' 2>/dev/null; then
+   || ! "$VENV/bin/python" -c 'import os_ken, sklearn, matplotlib, prometheus_client, controller' 2>/dev/null; then
     log "installing iotguard[test] into $VENV"
     "$VENV/bin/pip" install -q --upgrade 'pip>=23'
     "$VENV/bin/pip" install -q -e "$REPO[test]"

@@ -180,3 +180,7 @@ def test_alerts_name_the_new_external_address_they_are_about(monkeypatch):
     c._attribute([a, ob])
     assert a.remote == "198.51.100.66", "internal and learned destinations are not the remote"
     assert ob.remote == "198.51.100.66"
+    c.known.learn(HUB, [ip_int("198.51.100.66")])      # another device uses it every day
+    a.remote = None
+    c._attribute([a])
+    assert a.remote is None
