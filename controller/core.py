@@ -296,7 +296,8 @@ class Core:
         self.incidents.add_window(wall, window, wf.macs, wf.X)
         for mac in wf.macs:
             p = self.store.profiles.get(mac)
-            if p is None or p.learning:
+            if (p is None or p.learning) and not self.detector.excluded(self.who(mac)[1]):
+                # a gateway relays everybody's traffic: what it "talks to" is not a habit
                 self.known.learn(mac, self.extractor.last_destinations(mac))
         if self.recorder is not None:
             self.recorder.window(wall, wf, self.who)

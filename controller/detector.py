@@ -150,7 +150,7 @@ class Detector:
         self._internal = [ipaddress.ip_network(n) for n in config.internal_subnets]
         self.windows_scored = 0
 
-    def _excluded(self, tags: tuple[str, ...]) -> bool:
+    def excluded(self, tags: tuple[str, ...]) -> bool:
         return any(t in self.config.exclude_tags for t in tags)
 
     def _emit(self, alert: Alert) -> Alert:
@@ -164,7 +164,7 @@ class Detector:
         active = set()
         for i, mac in enumerate(wf.macs):
             name, tags = self.who(mac)
-            if self._excluded(tags):
+            if self.excluded(tags):
                 continue
             active.add(mac)
             x = wf.X[i]
@@ -226,7 +226,7 @@ class Detector:
 
         Returns the alerts raised: a burst, and the outbreak it may complete."""
         name, tags = self.who(mac)
-        if self._excluded(tags):
+        if self.excluded(tags):
             return []
         seen = self._bursts.setdefault(mac, {})
         seen[(proto, ip, port)] = now

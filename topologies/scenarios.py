@@ -11,8 +11,8 @@ and the action that should mitigate it.
                 attempts on the hosts it found               -> quarantine
     syn_flood   hping3 TCP SYN flood towards the internet host -> rate_limit
     udp_flood   hping3 UDP flood towards the internet host     -> rate_limit
-    slow_scan   TCP connects to port 23 on one new LAN host every 0.12 s, below
-                the burst threshold                          -> block_lateral
+    slow_scan   TCP connects to its LAN neighbours one every 0.15 s on a few ports,
+                below the burst threshold                    -> block_lateral
     exfil       a 40 MB upload to a drop zone it never talked to -> block_ip of it
     c2          three devices of one class start beaconing to a C2 address
                                                                -> block_ip of it
@@ -95,9 +95,17 @@ def udp_flood(net, attackers=None, seconds: int = 20) -> Attack:
 
 
 def slow_scan(net, attackers=None, seconds: int = 40) -> Attack:
-    base = _topo(net).LAN_CIDR.split("/")[0].rsplit(".", 1)[0]
-    script = (f"for i in $(seq 100 254) $(seq 2 99); do nc -z -w 1 {base}.$i 23 & sleep 0.12; done; wait")
-    return _start(net, "slow_scan", attackers or _default("slow_scan", net), script, seconds)
+    """A worm that learned its neighbours by listening (ARP) probes them one at a time,
+    about 6 a second on telnet, SSH and web ports: below the burst threshold, but more
+    internal peers per window than the device ever talks to."""
+    from topologies.net import inventory
+    attackers = attackers or _default("slow_scan", net)
+    t = _topo(net)
+    peers = [d["ip"] for d in inventory(net)
+             if d["name"] not in attackers and d["ip"].startswith(t.LAN_CIDR.rsplit(".", 2)[0])]
+    script = (f"for p in 23 2323 22 80 8080; do for h in {' '.join(peers)}; do "
+              "nc -z -w 1 $h $p & sleep 0.15; done; done; wait")
+    return _start(net, "slow_scan", attackers, script, seconds)
 
 
 def exfil(net, attackers=None, seconds: int = 30) -> Attack:
@@ -121,7 +129,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("udp_flood", udp_flood, "ratelimit-flood", "rate_limit",
              {"smart_home": ["doorbell"], "enterprise": ["printer"]}, "UDP flood to the internet host"),
     Scenario("slow_scan", slow_scan, "block-lateral-iot", "block_lateral",
-             {"smart_home": ["tv"], "enterprise": ["badge"]}, "slow telnet sweep of the LAN"),
+             {"smart_home": ["tv"], "enterprise": ["badge"]}, "slow sweep of its LAN neighbours"),
     Scenario("exfil", exfil, "block-exfiltration", "block_ip",
              {"smart_home": ["camera"], "enterprise": ["cam2"]}, "large upload to a new external host"),
     Scenario("c2", c2, "block-c2-outbreak", "block_ip",

@@ -184,3 +184,20 @@ def test_alerts_name_the_new_external_address_they_are_about(monkeypatch):
     a.remote = None
     c._attribute([a])
     assert a.remote is None
+
+
+def test_a_gateway_does_not_learn_destinations_so_it_cannot_vouch_for_a_drop_zone():
+    c, clock = core()
+    gw = "00:00:00:00:00:01"
+    c.inventory.observe(gw, 0.0)
+    c.inventory.get(gw).tags = ("gateway", "infra")
+    c.switch_connected(1)
+    c.packet_in(1, 2, arp(gw, "10.0.0.1", "10.0.0.11"))
+    c.packet_in(1, 1, arp(CAM, "10.0.0.11", "10.0.0.1"))
+    c.packet_in(1, 1, tcp(CAM, gw, "10.0.0.11", "203.0.113.20", 80))
+    fwd = c.packet_in(1, 2, tcp(gw, CAM, "203.0.113.20", "10.0.0.11", 40000))    # relayed reply
+    cookies = [m.cookie for _, m in fwd if isinstance(m, FlowSpec) and rules.cookie_kind(m.cookie) == Kind.FORWARD]
+    clock.t += 1
+    c.poll_sent([1])
+    c.flow_stats(1, body([(k, 10, 10000, 1) for k in cookies]))
+    assert gw not in c.known, "an excluded device learns no destinations"
