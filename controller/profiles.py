@@ -20,6 +20,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
 
 from controller.baseline import BaselineFormatError, DeviceBaseline
@@ -67,6 +69,7 @@ class BaselineStore:
         self.profiles: dict[str, Profile] = {}
         self.priors: dict[str | None, DeviceBaseline] = {}   # None: the global prior
         self._priors_at = -1e18
+        self._first_prior_at = math.inf   # when any prior first existed (this process)
         self._priors_dirty = False
         self._rng = random.Random(0)
 
@@ -97,6 +100,11 @@ class BaselineStore:
             return p.baseline, "own"
         if len(p.windows) < MAX_LEARN_WINDOWS:
             p.windows.append(np.asarray(x, dtype=np.float32))
+        if p.started < self._first_prior_at:
+            # It began learning alongside the devices the priors were made from (the
+            # network's first warm-up): priors judge newcomers, not co-learners, whose
+            # own baselines are due within learn_seconds anyway.
+            return None, "learning"
         prior = self.priors.get(p.cls) if p.cls is not None else None
         if prior is not None:
             return prior, f"class:{p.cls}"
@@ -149,6 +157,8 @@ class BaselineStore:
         self.priors = priors
         self._priors_at = now
         self._priors_dirty = False
+        if priors and self._first_prior_at == math.inf:
+            self._first_prior_at = now
 
     def fold(self, mac: str, x: np.ndarray, now: float, score: float | None = None) -> bool:
         p = self.profiles.get(mac)

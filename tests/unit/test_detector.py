@@ -204,3 +204,17 @@ def test_anomaly_carries_its_whole_window_for_playbook_conditions():
     (alert,) = det.on_window(window(2000.0, {CAM: scan_row(rng)}, port=23, hosts=198), 2000.0)
     assert alert.window["new_flows"] == 212 and alert.window["lateral_peers"] == 198
     assert alert.window["top_port"] == 23 and set(FEATURES) <= set(alert.window)
+
+
+def test_priors_judge_newcomers_not_the_devices_that_learned_alongside_them():
+    config = Config(learn_seconds=30)
+    det = Detector(config, store_for(config), who)
+    rng = np.random.default_rng(7)
+    late = "00:00:00:00:00:12"                 # seen in the first window, then silent
+    det.on_window(window(1000.0, {CAM: normal(rng), late: normal(rng)}), 1000.0)
+    for t in range(1, 35):
+        det.on_window(window(1000.0 + t, {CAM: normal(rng)}), 1000.0 + t)
+    assert det.store.priors, "the camera's baseline made a prior"
+    assert det.on_window(window(2000.0, {late: scan_row(rng)}), 2000.0) == [], "a co-learner is not judged"
+    (alert,) = det.on_window(window(2001.0, {"00:00:00:00:00:13": scan_row(rng)}), 2001.0)
+    assert alert.baseline.startswith("class:") or alert.baseline == "global"
