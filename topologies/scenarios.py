@@ -117,7 +117,7 @@ def exfil(net, attackers=None, seconds: int = 30) -> Attack:
 
 def c2(net, attackers=None, seconds: int = 40) -> Attack:
     t = _topo(net)
-    script = f"while :; do curl -s -m 2 -o /dev/null http://{t.C2_IP}/beacon; sleep 0.5; done"
+    script = f"while :; do curl -s -m 2 -o /dev/null http://{t.C2_IP}/beacon; sleep 0.1; done"
     return _start(net, "c2", attackers or _default("c2", net), script, seconds)
 
 
