@@ -145,7 +145,8 @@ class Detector:
         self.alerts: deque[Alert] = deque(maxlen=MAX_ALERTS)
         self._open: dict[tuple[str, str], _Open] = {}
         self._bursts: dict[str, dict[tuple, float]] = {}
-        self._recent: deque[tuple[float, str, str, str]] = deque(maxlen=10000)  # time, mac, cls, lead
+        # time, mac, cls, leading features (an anomaly's top 3; a burst's "new_flow_burst")
+        self._recent: deque[tuple[float, str, str, tuple[str, ...]]] = deque(maxlen=10000)
         self._outbreaks: dict[tuple[str, str], float] = {}
         self._internal = [ipaddress.ip_network(n) for n in config.internal_subnets]
         self.windows_scored = 0
@@ -207,7 +208,7 @@ class Detector:
                 window=observed))
             self._open[key] = _Open(alert)
             out.append(alert)
-            out += self._correlate(now, mac, tags, lead.feature if lead else "combination")
+            out += self._correlate(now, mac, tags, tuple(c.feature for c in contribs) or ("combination",))
         for key in [k for k in self._open if k[1] == "anomaly" and k[0] not in active]:
             self._quiet(key)
         self.store.fit_pending(now)
@@ -267,18 +268,26 @@ class Detector:
         alert = self._emit(Alert(uuid.uuid4().hex[:12], now, "new_flow_burst", name, mac, float(count),
                                  float(threshold), text, "burst", features, tags=list(tags), last_time=now))
         self._open[key] = _Open(alert)
-        return [alert] + self._correlate(now, mac, tags, "new_flow_burst")
+        return [alert] + self._correlate(now, mac, tags, ("new_flow_burst",))
 
     def _is_internal(self, ip: int) -> bool:
         addr = ipaddress.IPv4Address(ip)
         return any(addr in n for n in self._internal)
 
     # -------------------------------------------------------------- correlation
-    def _correlate(self, now: float, mac: str, tags: tuple[str, ...], lead: str) -> list[Alert]:
+    def _correlate(self, now: float, mac: str, tags: tuple[str, ...], leads: tuple[str, ...]) -> list[Alert]:
+        """An outbreak: N devices of one class anomalous within T seconds with a leading
+        feature in common (one of each one's top three: the same infection can lead with
+        rx bytes on one bulb and new destinations on the next)."""
         cls = tags[0] if tags else "unclassified"
-        self._recent.append((now, mac, cls, lead))
+        self._recent.append((now, mac, cls, leads))
         horizon = self.config.outbreak_seconds
-        macs = {m for t, m, c, f in self._recent if now - t <= horizon and c == cls and f == lead}
+        recent = [(m, f) for t, m, c, f in self._recent if now - t <= horizon and c == cls]
+        lead, macs = "", set()
+        for feature in leads:
+            with_it = {m for m, f in recent if feature in f}
+            if len(with_it) > len(macs):
+                lead, macs = feature, with_it
         if len(macs) < self.config.outbreak_devices:
             return []
         if now - self._outbreaks.get((cls, lead), -1e18) <= horizon:

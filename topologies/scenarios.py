@@ -85,7 +85,7 @@ def scan(net, attackers=None, seconds: int = 30) -> Attack:
 def syn_flood(net, attackers=None, seconds: int = 20) -> Attack:
     t = _topo(net)
     return _start(net, "syn_flood", attackers or _default("syn_flood", net),
-                  f"hping3 -S --flood -p 80 {t.INET_IP}", seconds)
+                  f"hping3 -S --flood -p 443 {t.INET_IP}", seconds)
 
 
 def udp_flood(net, attackers=None, seconds: int = 20) -> Attack:

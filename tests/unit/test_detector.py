@@ -218,3 +218,17 @@ def test_priors_judge_newcomers_not_the_devices_that_learned_alongside_them():
     assert det.on_window(window(2000.0, {late: scan_row(rng)}), 2000.0) == [], "a co-learner is not judged"
     (alert,) = det.on_window(window(2001.0, {"00:00:00:00:00:13": scan_row(rng)}), 2001.0)
     assert alert.baseline.startswith("class:") or alert.baseline == "global"
+
+
+def test_outbreak_when_leading_features_differ_but_one_is_shared():
+    macs = ("00:00:00:00:00:11", "00:00:00:00:00:12", "00:00:00:00:00:13")
+    det, rng = trained(macs=macs)
+    out = []
+    for i, m in enumerate(macs):
+        x = normal(rng)
+        x[INDEX["new_dst_share"]] = 0.9                       # every one: new destinations
+        x[INDEX["rx_bytes"]] = 5e4 if i != 2 else 300         # two lead with rx bytes
+        x[INDEX["tx_packets"]] = 10 if i != 2 else 2000       # the third with packets
+        out += det.on_window(window(2000.0 + i, {m: x}), 2000.0 + i)
+    (ob,) = [a for a in out if a.kind == "outbreak"]
+    assert "new dst share" in ob.explanation and len(ob.devices) == 3
