@@ -119,6 +119,18 @@ class FlowRegistry:
         return n
 
 
+def is_reply(pkt: PacketInfo) -> bool:
+    """A device answering a peer: TCP SYN-ACK or RST, or UDP from a service port (< 1024)
+    to a client port.  Its flow leaves the port out: the peer's ports are the peer's
+    choice, so answers to a scan or a flood (a new port each) would otherwise each need
+    a packet-in and a flow, and drain the packet-in budget every device shares."""
+    if pkt.ip_proto == rules.IPPROTO_TCP and pkt.tcp_flags is not None:
+        return bool(pkt.tcp_flags & 0x04) or pkt.tcp_flags & 0x12 == 0x12
+    if pkt.ip_proto == rules.IPPROTO_UDP and pkt.tp_src is not None and pkt.tp_dst is not None:
+        return pkt.tp_src < 1024 <= pkt.tp_dst
+    return False
+
+
 @dataclass
 class Decision:
     out_port: int | None                # a port, FLOOD, or None to drop
@@ -151,7 +163,7 @@ class Forwarder:
         if out == in_port:
             return Decision(None, flows)
         key = rules.flow_key(pkt.eth_src, pkt.eth_dst, pkt.eth_type, pkt.ipv4_dst,
-                             pkt.ip_proto, pkt.tp_dst)
+                             pkt.ip_proto, None if is_reply(pkt) else pkt.tp_dst)
         fid = self.registry.id_for(key, now)
         flows.append(rules.forward(key, fid, out, self.idle_timeout))
         return Decision(out, flows, key)

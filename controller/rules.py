@@ -117,6 +117,7 @@ PRIO_RESPONSE_MIN = 20000
 PRIO_RESPONSE_MAX = 59999
 PRIO_DEFAULT = 0
 PRIO_FWD_IP = 200
+PRIO_FWD_REPLY = 150    # a device's answers (SYN-ACK, RST, UDP from a service port): no port
 PRIO_FWD_L2 = 100
 PRIO_MISS = 0
 
@@ -326,7 +327,7 @@ class FlowKey:
 
 def flow_key(eth_src: str, eth_dst: str, eth_type: int, ipv4_dst: str | None = None,
              ip_proto: int | None = None, tp_dst: int | None = None) -> FlowKey:
-    """Normalise packet fields into the key the forwarder installs."""
+    """Normalise packet fields into the key the forwarder installs (tp_dst None: any port)."""
     if eth_type != ETH_TYPE_IP or ipv4_dst is None:
         return FlowKey(eth_src, eth_dst, eth_type)
     if ip_proto not in (IPPROTO_TCP, IPPROTO_UDP):
@@ -358,9 +359,18 @@ def pipeline(packet_in_rate: int, packet_in_burst: int) -> tuple[list[MeterSpec]
 
 
 def forward(key: FlowKey, flow_id: int, out_port: int, idle_timeout: int) -> FlowSpec:
-    """A learned conversation: forward it and count it (flow-removed gives the tail)."""
+    """A learned conversation: forward it and count it (flow-removed gives the tail).
+
+    A TCP/UDP key without a port is a device's answers to one peer (`is_reply` in
+    the forwarder): one flow whatever ports the peer used, below the per-port flows."""
+    if not key.is_ip:
+        prio = PRIO_FWD_L2
+    elif key.ip_proto in (IPPROTO_TCP, IPPROTO_UDP) and key.tp_dst is None:
+        prio = PRIO_FWD_REPLY
+    else:
+        prio = PRIO_FWD_IP
     return check(FlowSpec(
-        TABLE_FORWARD, PRIO_FWD_IP if key.is_ip else PRIO_FWD_L2,
+        TABLE_FORWARD, prio,
         cookie(Kind.FORWARD, flow_id), match=key.match(),
         instructions=(("apply", (("output", out_port),)),),
         idle_timeout=idle_timeout, send_flow_removed=True))
@@ -617,6 +627,8 @@ def layout_rows() -> Iterable[tuple[str, ...]]:
     yield ("0 security", str(PRIO_DEFAULT), "any", "goto table 1", "PIPELINE 0x01")
     yield ("1 forward", str(PRIO_FWD_IP), "eth_src, eth_dst, ipv4_dst, ip_proto, tcp/udp_dst",
            "output port", "FORWARD 0x03")
+    yield ("1 forward", str(PRIO_FWD_REPLY), "eth_src, eth_dst, ipv4_dst, ip_proto (answers: SYN-ACK, RST, "
+           "UDP from a port below 1024)", "output port", "FORWARD 0x03")
     yield ("1 forward", str(PRIO_FWD_L2), "eth_src, eth_dst, eth_type", "output port", "FORWARD 0x03")
     yield ("1 forward", str(PRIO_MISS), "any (table-miss)", "meter 1, controller", "PIPELINE 0x01")
 

@@ -71,3 +71,28 @@ def test_registry_arrays_describe_each_flow():
     assert (reg.ip_dst[tcp], reg.proto[tcp], reg.tp_dst[tcp]) == (0x0A000002, 6, 23)
     assert (reg.ip_dst[icmp], reg.proto[icmp], reg.tp_dst[icmp]) == (0xCB00710A, 1, -1)
     assert (reg.ip_dst[l2], reg.proto[l2], reg.tp_dst[l2]) == (0, -1, -1)
+
+
+def test_answers_get_one_portless_flow_below_the_conversations():
+    """A flood's RSTs (a new client port each) must not each cost a packet-in and a flow."""
+    reg = FlowRegistry()
+    fwd = Forwarder(reg)
+    fwd.packet_in(1, 2, PacketInfo(B, A, rules.ETH_TYPE_IP))      # learn both ports
+    fwd.packet_in(1, 1, PacketInfo(A, B, rules.ETH_TYPE_IP))
+    keys = set()
+    for port, flags in [(40001, 0x14), (40002, 0x14), (40003, 0x12)]:   # RST+ACK, RST+ACK, SYN+ACK
+        d = fwd.packet_in(1, 2, PacketInfo(B, A, rules.ETH_TYPE_IP, "10.0.0.2", "10.0.0.1",
+                                           rules.IPPROTO_TCP, 443, port, tcp_flags=flags))
+        (flow,) = d.flows
+        assert flow.priority == rules.PRIO_FWD_REPLY and "tcp_dst" not in dict(flow.match)
+        keys.add(d.key)
+    assert len(keys) == 1
+    syn = fwd.packet_in(1, 1, PacketInfo(A, B, rules.ETH_TYPE_IP, "10.0.0.1", "10.0.0.2",
+                                         rules.IPPROTO_TCP, 40004, 443, tcp_flags=0x02))
+    assert syn.flows[0].priority == rules.PRIO_FWD_IP and dict(syn.flows[0].match)["tcp_dst"] == 443
+    dns = fwd.packet_in(1, 2, PacketInfo(B, A, rules.ETH_TYPE_IP, "10.0.0.2", "10.0.0.1",
+                                         rules.IPPROTO_UDP, 53, 51000))
+    assert "udp_dst" not in dict(dns.flows[0].match)
+    query = fwd.packet_in(1, 1, PacketInfo(A, B, rules.ETH_TYPE_IP, "10.0.0.1", "10.0.0.2",
+                                           rules.IPPROTO_UDP, 51000, 53))
+    assert dict(query.flows[0].match)["udp_dst"] == 53
