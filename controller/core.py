@@ -306,6 +306,17 @@ class Core:
             self.score_hook(time.perf_counter() - t0)
         self._attribute(alerts)
         self._raised(alerts)
+        if self.detector.escalated:
+            worse, self.detector.escalated = self.detector.escalated, []
+            self._attribute(worse)
+            for a in worse:
+                LOG.warning("ALERT %s %s escalated (score %.1f): window now %s", a.kind, a.device, a.score,
+                            {k: round(v, 1) for k, v in a.window.items() if k in ("tx_packets", "tx_bytes",
+                                                                                  "new_flows")})
+            if self.responder is not None:
+                out, jobs = self.responder.on_alerts([a.to_dict() for a in worse])
+                self.outbox += out
+                self.notify_jobs += jobs
         return alerts
 
     def _attribute(self, alerts: list[Alert]) -> None:

@@ -31,6 +31,7 @@ from controller.profiles import BaselineStore
 CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
 BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
+ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
 MAX_ALERTS = 10000
 
 
@@ -148,6 +149,7 @@ class Detector:
         # time, mac, cls, leading features (an anomaly's top 3; a burst's "new_flow_burst")
         self._recent: deque[tuple[float, str, str, tuple[str, ...]]] = deque(maxlen=10000)
         self._outbreaks: dict[tuple[str, str], float] = {}
+        self.escalated: list[Alert] = []     # open alerts that grew worse; the core drains it
         self._internal = [ipaddress.ip_network(n) for n in config.internal_subnets]
         self.windows_scored = 0
 
@@ -186,7 +188,15 @@ class Detector:
                 opened.quiet = 0
                 opened.alert.count += 1
                 opened.alert.last_time = now
-                opened.alert.score = max(opened.alert.score, score)
+                if score > ESCALATION * opened.alert.score:
+                    # Worse than when it was raised (a flood's first window is often a
+                    # partial one): the playbooks see the new window, so conditions such
+                    # as tx_packets > 1000 can match now.  Re-applying is idempotent.
+                    opened.alert.score = score
+                    opened.alert.window = {f: round(float(v), 6) for f, v in zip(FEATURES, wf.X[i].tolist())}
+                    opened.alert.window["top_port"] = int(wf.top_port[i])
+                    opened.alert.window["top_port_hosts"] = int(wf.top_port_hosts[i])
+                    self.escalated.append(opened.alert)
                 continue
             contribs = baseline.explain(x, FEATURES, top=3)
             if contribs:

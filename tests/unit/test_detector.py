@@ -232,3 +232,18 @@ def test_outbreak_when_leading_features_differ_but_one_is_shared():
         out += det.on_window(window(2000.0 + i, {m: x}), 2000.0 + i)
     (ob,) = [a for a in out if a.kind == "outbreak"]
     assert "new dst share" in ob.explanation and len(ob.devices) == 3
+
+
+def test_an_open_alert_that_grows_worse_is_handed_over_again_with_its_new_window():
+    det, rng = trained()
+    mild = normal(rng)
+    mild[INDEX["tx_packets"]] = 400                 # the flood's first, partial window
+    (alert,) = det.on_window(window(2000.0, {CAM: mild}), 2000.0)
+    assert alert.window["tx_packets"] == 400 and det.escalated == []
+    full = normal(rng)
+    full[INDEX["tx_packets"]] = 20000
+    assert det.on_window(window(2001.0, {CAM: full}), 2001.0) == [], "still one alert"
+    assert det.escalated == [alert] and alert.window["tx_packets"] == 20000
+    det.escalated.clear()
+    det.on_window(window(2002.0, {CAM: full}), 2002.0)
+    assert det.escalated == [], "the same level again is not an escalation"
