@@ -431,7 +431,8 @@ class FeatureExtractor:
         new_share = np.zeros(n)
         if self.known is not None and len(src):
             _, learned, _ = self.known._state(self.registry)
-            ipf = (ip != 0) & (by > 0)
+            answers = ((proto == rules.IPPROTO_TCP) | (proto == rules.IPPROTO_UDP)) & (port < 0)
+            ipf = (ip != 0) & (by > 0) & ~answers     # answering a peer is not talking to a new host
             unknown = ~self.known.contains(src[ipf], ip[ipf], self.registry)
             s = src[ipf][unknown]
             new_b = np.bincount(s, weights=by[ipf][unknown], minlength=n)
@@ -459,7 +460,10 @@ class FeatureExtractor:
         c_src, c_ip, c_proto, c_port = c_src[first], c_ip[first], c_proto[first], c_port[first]
         conv_fid = c_fid[first]
 
-        v4 = c_ip != 0
+        # A device's answers (portless TCP/UDP flows, forwarding.is_reply) are not destinations
+        # it chose: a scanned device must not look like it contacted its scanner.
+        c_answer = ((c_proto == rules.IPPROTO_TCP) | (c_proto == rules.IPPROTO_UDP)) & (c_port < 0)
+        v4 = (c_ip != 0) & ~c_answer
         dest_pairs = np.unique((c_src[v4].astype(np.uint64) << np.uint64(32)) | c_ip[v4].astype(np.uint64))
         distinct_ips = np.bincount((dest_pairs >> np.uint64(32)).astype(np.int64), minlength=n)
         internal = np.zeros(len(c_ip), dtype=bool)

@@ -484,3 +484,22 @@ def test_last_destinations_feed_learning():
     assert known.to_dict() == {CAM: ["10.0.0.20", CLOUD]}
     fx.close(now=2.0, window=1.0)
     assert fx.last_destinations(CAM).tolist() == []
+
+
+def test_a_scanned_device_answering_its_scanner_is_not_contacting_anyone():
+    """Its RSTs (one portless answer flow, forwarding.is_reply) are bytes it sent, not
+    destinations it chose: no new destination, no lateral peer, no port."""
+    reg = FlowRegistry()
+    answers = flow(reg, HUB, CAM, ip="10.0.0.1", proto=6, port=None)     # HUB answering CAM's scan
+    usual = flow(reg, HUB, GW, ip=CLOUD, proto=6, port=443)
+    e = edges(reg, {CAM: 1, GW: 1, HUB: 1})
+    known = KnownDestinations()
+    known.learn(HUB, [int(ipaddress.IPv4Address(CLOUD))])
+    fx = FeatureExtractor(reg, SUBNETS, known)
+    fx.add(deltas(1, [(fwd(answers), 40, 2_160), (fwd(usual), 2, 300)]), e)
+    wf = fx.close(now=1.0, window=1.0)
+    assert val(wf, HUB, "tx_packets") == 42
+    assert val(wf, HUB, "new_dst_share") == 0.0
+    assert val(wf, HUB, "lateral_peers") == 0 and val(wf, HUB, "distinct_dst_ips") == 1
+    assert val(wf, HUB, "distinct_dst_ports") == 1
+    assert list(fx.last_destinations(HUB)) == [int(ipaddress.IPv4Address(CLOUD))]
