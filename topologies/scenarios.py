@@ -102,15 +102,18 @@ def udp_flood(net, attackers=None, seconds: int = 20) -> Attack:
 
 
 def slow_scan(net, attackers=None, seconds: int = 40) -> Attack:
-    """A worm that learned its neighbours by listening (ARP) probes them one at a time,
-    about 6 a second on telnet, SSH and web ports: below the burst threshold, but more
-    internal peers per window than the device ever talks to."""
+    """A worm that learned its neighbours by listening (their ARP, so its neighbour table
+    is already filled) probes them one at a time, about 6 a second on telnet, SSH and web
+    ports: below the burst threshold, but more internal peers per window than the device
+    ever talks to."""
     from topologies.net import inventory
     attackers = attackers or _default("slow_scan", net)
     t = _topo(net)
-    peers = [d["ip"] for d in inventory(net)
-             if d["name"] not in attackers and d["ip"].startswith(t.LAN_CIDR.rsplit(".", 2)[0])]
-    script = (f"for p in 23 2323 22 80 8080; do for h in {' '.join(peers)}; do "
+    lan = t.LAN_CIDR.rsplit(".", 2)[0]
+    peers = [d for d in inventory(net) if d["name"] not in attackers and d["ip"].startswith(lan)]
+    learned = "; ".join(f"ip neigh replace {d['ip']} lladdr {d['mac']} dev $(ip -o link show | "
+                        f"awk -F': ' '/eth0/{{print $2; exit}}' | cut -d@ -f1) nud permanent" for d in peers)
+    script = (f"{learned}; for p in 23 2323 22 80 8080; do for h in {' '.join(d['ip'] for d in peers)}; do "
               "nc -z -w 1 $h $p & sleep 0.15; done; done; wait")
     return _start(net, "slow_scan", attackers, script, seconds)
 

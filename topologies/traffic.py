@@ -34,6 +34,11 @@ PROFILES: dict[str, str] = {
     "tv": f"while :; do curl -s -m 3 -o /dev/null http://{INET}/firmware/latest.bin; sleep 1; done",
     "speaker": f"while :; do {GET}; sleep 3; done",
     "printer": f"while :; do {GET}; sleep 5; done",
+    # a badge reader asks the file server (its access list) now and then
+    "badge_reader": "while :; do curl -s -m 3 -o /dev/null http://10.0.0.51/; sleep 3; done",
+    # servers: backups and updates from the cloud
+    "fileserver": f"while :; do curl -s -m 3 -o /dev/null http://{INET}/firmware/latest.bin; sleep 5; done",
+    "nvr": f"while :; do {UPLOAD.format(size=100000)}; sleep 2; done",
 }
 
 
