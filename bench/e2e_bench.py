@@ -8,9 +8,11 @@ with benign traffic from every device, a warm-up (learn_seconds = max(30,
 
 - the scenario timestamps its first packet (`Attack.started`, taken just before
   the tool is launched in the attacker's host);
-- tcpdump (root namespace) captures, on every switch port except the
-  attacker's own, the frames whose source MAC is the attacker's: what the
-  switches forwarded for it;
+- tcpdump (root namespace) captures, on every port of the attacker's edge
+  switch except its own, the frames leaving the switch whose source MAC is the
+  attacker's and that are not ARP (a quarantine lets ARP through on purpose):
+  what the edge switch forwarded for it.  Each frame leaves by one port, so it
+  is counted once (capturing further along the path counted it twice);
 - mitigated = when that stops: the last forwarded frame for a quarantine or a
   block; for a rate limit, the end of the last 100 ms bin above twice the
   cap (the capped stream goes on, below it);
@@ -43,17 +45,12 @@ from topologies.lab import have_ovs, running  # noqa: E402
 BIN = 0.1
 
 
-def _switch_ports(net, attacker: str) -> list[str]:
-    """Switch-side interfaces of every link, except the attacker's own port."""
-    names = []
-    for sw in net.switches:
-        for intf in sw.intfList():
-            if intf.name == "lo" or intf.link is None:
-                continue
-            peer = intf.link.intf1 if intf.link.intf2 is intf else intf.link.intf2
-            if peer.node.name != attacker:
-                names.append(intf.name)
-    return names
+def _edge_ports(net, attacker: str) -> list[str]:
+    """The switch-side interfaces of the attacker's edge switch, except its own port."""
+    host = net.get(attacker)
+    link = host.defaultIntf().link
+    mine = link.intf1 if link.intf1.node is not host else link.intf2
+    return [i.name for i in mine.node.intfList() if i.name != "lo" and i is not mine and i.link is not None]
 
 
 def _capture(ifaces: list[str], mac: str, outdir: str) -> list[subprocess.Popen]:
@@ -61,7 +58,7 @@ def _capture(ifaces: list[str], mac: str, outdir: str) -> list[subprocess.Popen]
     for name in ifaces:
         f = open(os.path.join(outdir, name + ".txt"), "w")
         procs.append(subprocess.Popen(["timeout", "120", "tcpdump", "-i", name, "-n", "-tt", "-l", "-q",
-                                       "-Q", "out", "ether", "src", mac],
+                                       "-Q", "out", "ether", "src", mac, "and", "not", "arp"],
                                       stdout=f, stderr=subprocess.DEVNULL, start_new_session=True))
     return procs
 
@@ -121,7 +118,7 @@ def run_poll(poll: float, scenarios: list[str], runs: int) -> dict:
             (attacker,) = sc.attackers[topo.NAME][:1]
             for i in range(runs):
                 outdir = tempfile.mkdtemp(prefix="iotguard-ttm-")
-                caps = _capture(_switch_ports(net, attacker), macs[attacker], outdir)
+                caps = _capture(_edge_ports(net, attacker), macs[attacker], outdir)
                 time.sleep(1.0)
                 t0 = time.time()
                 attack = sc.run(net, [attacker])
@@ -145,7 +142,7 @@ def run_poll(poll: float, scenarios: list[str], runs: int) -> dict:
                       f"{'n/a' if ttm is None else f'{ttm:.3f} s'}", flush=True)
                 for r in ctl.responses():
                     ctl.call("DELETE", f"/api/v1/responses/{r['id']}")
-                time.sleep(max(8.0, 4 * poll))     # the alert closes; the next run starts clean
+                time.sleep(max(8.0, 3.3 * poll))   # the alert closes (3 quiet windows); the next run starts clean
     return results
 
 
