@@ -16,7 +16,8 @@ with benign traffic from every device, a warm-up (learn_seconds = max(30,
 - mitigated = when that stops: the last forwarded frame for a quarantine or a
   block; for a rate limit, the end of the last 100 ms bin above twice the
   cap (the capped stream goes on, below it);
-- time to mitigate = mitigated - first packet.  The controller's own log and
+- time to mitigate = mitigated - first packet, 0 when no frame of the
+  attacker crossed after its first packet.  The controller's own log and
   clock are not used.
 
 Between runs the responses are released and the attacker's alert is let
@@ -136,7 +137,10 @@ def run_poll(poll: float, scenarios: list[str], runs: int) -> dict:
                     cap_pps = r["params"]["kbps"] * 1000 / 8 / 60      # 60-byte flood frames
                 end = _mitigated(_times(outdir), sc.action, cap_pps)
                 subprocess.run(["rm", "-rf", outdir], timeout=10)
-                ttm = None if end is None else end - attack.started
+                # A frame before the first packet is the device's own benign traffic: nothing
+                # of the attack crossed (a scan's SYNs wait for ARP, and the quarantine is
+                # in place before they leave), so the time to mitigate is 0.
+                ttm = 0.0 if end is None or end < attack.started else end - attack.started
                 results[name].append(ttm)
                 print(f"  poll {poll:g} s, {name} run {i + 1}: time to mitigate "
                       f"{'n/a' if ttm is None else f'{ttm:.3f} s'}", flush=True)
