@@ -146,7 +146,7 @@ def run_poll(poll: float, scenarios: list[str], runs: int) -> dict:
                       f"{'n/a' if ttm is None else f'{ttm:.3f} s'}", flush=True)
                 for r in ctl.responses():
                     ctl.call("DELETE", f"/api/v1/responses/{r['id']}")
-                time.sleep(max(8.0, 3.3 * poll))   # the alert closes (3 quiet windows); the next run starts clean
+                time.sleep(max(8.0, 5 * poll))     # the alert closes (3 quiet windows + window edges); next run clean
     return results
 
 
