@@ -148,14 +148,9 @@ class IoTGuard(compat.BaseApp):
         except RequestError as e:
             raise ApiError(400, "bad_request", str(e)) from None
         self._flush()
-        ids = {rid for rid in (a.get("response_id") for j in done["notify"] for a in j.get("actions", []))}
-        view = self._locked(self.core.responder.responses_view)
-        mine = [r for r in view if r["alert_id"] == done["alert"]["id"] or r["id"] in ids]
-        actions = self._locked(self.core.responder.audit_view, done["alert"]["time"] - 1e-6)
-        acts = [{"action": e["action"], "playbook": e["playbook"], "mode": e["mode"],
-                 "response_id": e["response_id"], "outcome": e["outcome"],
-                 **({"error": e["error"]} if e.get("error") else {})}
-                for e in reversed(actions) if (e.get("alert") or {}).get("id") == done["alert"]["id"]]
+        acts = done["actions"]     # what the engine decided, action by action (no re-read of the audit log)
+        ids = {a["response_id"] for a in acts if a["response_id"] is not None}
+        mine = [r for r in self._locked(self.core.responder.responses_view) if r["id"] in ids]
         failed = [a for a in acts if a["outcome"] == "failed"]
         if failed and not mine:
             raise ApiError(422, "response_failed", failed[0].get("error") or "the response failed")

@@ -107,16 +107,11 @@ class Core:
         return out, jobs
 
     def _open_incident(self, a: Alert, wall: float) -> None:
-        p = self.store.profiles.get(a.mac)
         name, tags = self.who(a.mac)
-        baseline, source = (p.baseline, "own") if p is not None and p.baseline is not None else (None, "")
-        if baseline is None:
-            cls = tags[0] if tags else None
-            baseline, source = (self.store.priors.get(cls), f"class:{cls}") if cls in self.store.priors \
-                else (self.store.priors.get(None), "global")
+        baseline, source = self.store.current(a.mac, tags[0] if tags else None)
         rec = self.inventory.get(a.mac)
         device = {"name": name, "mac": a.mac, "ips": list(rec.ips) if rec else [], "tags": list(tags)}
-        self.incidents.on_alert(a.to_dict(), device, band_of(baseline), source if baseline else "", wall)
+        self.incidents.on_alert(a.to_dict(), device, band_of(baseline), source, wall)
 
     def inject_alert(self, body) -> dict:
         """POST /api/v1/alerts: an alert raised by hand goes the way a detected one goes."""

@@ -111,6 +111,17 @@ class BaselineStore:
         prior = self.priors.get(None)
         return (prior, "global") if prior is not None else (None, "learning")
 
+    def current(self, mac: str, cls: str | None) -> tuple[DeviceBaseline | None, str]:
+        """The baseline a device is measured against now, without recording anything
+        (the incident report's band): its own, else its class prior, else the global one."""
+        p = self.profiles.get(mac)
+        if p is not None and p.baseline is not None:
+            return p.baseline, "own"
+        if cls is not None and cls in self.priors:
+            return self.priors[cls], f"class:{cls}"
+        prior = self.priors.get(None)
+        return (prior, "global") if prior is not None else (None, "")
+
     def ready(self, now: float) -> list[Profile]:
         return [p for p in self.profiles.values()
                 if p.learning and now - p.started >= self.learn_seconds and len(p.windows) >= MIN_WINDOWS]

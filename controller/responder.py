@@ -303,7 +303,12 @@ class Responder:
         applied = self.engine.on_alert(alert, dev, now, playbooks=[book])
         self._note(applied.messages, alert)
         self._count(self.engine.last_summary)
-        return {"messages": applied.messages, "notify": applied.notify, "alert": alert}
+        keys = ("action", "playbook", "mode", "response_id", "outcome", "error")
+        actions = [{k: a[k] for k in keys if a.get(k) is not None or k == "response_id"}
+                   for a in self.engine.last_summary]
+        actions += [{"action": "notify", "playbook": j["playbook"], "mode": j["mode"], "response_id": None,
+                     "outcome": "queued"} for j in applied.notify]
+        return {"messages": applied.messages, "notify": applied.notify, "alert": alert, "actions": actions}
 
     def alert_from_request(self, body: Mapping[str, Any], now: float) -> Alert:
         """An alert raised by hand (POST /api/v1/alerts), to exercise playbooks."""
