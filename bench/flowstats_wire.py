@@ -164,7 +164,7 @@ def device_mac(i: int) -> str:
 class SyntheticTable:
     """A forwarding table of `n` reactive flows between `devices` devices.
 
-    `registry` is a `controller.forwarding.FlowRegistry` that knows every flow;
+    `registry` is a `controller.network.forwarding.FlowRegistry` that knows every flow;
     `entries` are poll-1 values; `advance()` gives a later poll's values."""
 
     registry: Any
@@ -186,8 +186,8 @@ class SyntheticTable:
 def synthetic_table(n: int = 10_000, devices: int = 200, seed: int = 1) -> SyntheticTable:
     """Flows as iotguard's forwarder installs them: a FlowKey per conversation,
     cookie(Kind.FORWARD, registry id), priority 200 (IP) / 100 (L2), idle 10 s."""
-    from controller import rules
-    from controller.forwarding import FlowRegistry
+    from controller.openflow import rules
+    from controller.network.forwarding import FlowRegistry
 
     rng = random.Random(seed)
     registry = FlowRegistry()

@@ -64,12 +64,13 @@ import numpy as np  # noqa: E402
 
 from bench import flowstats_wire as wire  # noqa: E402
 from bench.stats_bench import _dp, _use, framework_parse  # noqa: E402
-from controller import compat, rules  # noqa: E402
+from controller.openflow import compat  # noqa: E402
+from controller.openflow import rules
 from controller import core as core_module  # noqa: E402
 from controller.config import Config, Device  # noqa: E402
 from controller.core import Core  # noqa: E402
-from controller.features import FEATURES  # noqa: E402
-from controller.profiles import SAMPLE_SIZE  # noqa: E402
+from controller.telemetry.features import FEATURES  # noqa: E402
+from controller.detection.profiles import SAMPLE_SIZE  # noqa: E402
 
 from os_ken.ofproto import ofproto_parser  # noqa: E402
 

@@ -42,8 +42,11 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 
 from bench import flowstats_wire as wire  # noqa: E402
-from controller import compat, ofwire, rules, stats  # noqa: E402
-from controller.forwarding import FlowRegistry  # noqa: E402
+from controller.openflow import compat  # noqa: E402
+from controller.openflow import wire as ofwire
+from controller.openflow import rules
+from controller.telemetry import stats
+from controller.network.forwarding import FlowRegistry  # noqa: E402
 
 ofp, parser = compat.ofp, compat.parser
 from os_ken.ofproto import ofproto_parser  # noqa: E402

@@ -16,16 +16,18 @@ import signal
 import threading
 import time
 
-from controller import compat, notify
-from controller.metrics import Metrics
-from controller.api import Api, ApiError, load_or_create_token, make_handler, query_float, serve_connection
+from controller.openflow import compat
+
+from controller.response import notify
+from controller.api.metrics import Metrics
+from controller.api.rest import Api, ApiError, load_or_create_token, make_handler, query_float, serve_connection
 from controller.config import Config, load_config
 from controller.core import Core
-from controller.playbook import PlaybookError
-from controller.record import Recorder
-from controller.responder import RequestError, is_response_message
-from controller.rules import Barrier
-from controller.compat import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, hub, ofp,
+from controller.response.playbook import PlaybookError
+from controller.detection.recording import Recorder
+from controller.response.service import RequestError, is_response_message
+from controller.openflow.rules import Barrier
+from controller.openflow.compat import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, hub, ofp,
                                ofp_event, set_ev_cls)
 
 LOG = logging.getLogger("iotguard.app")

@@ -18,22 +18,22 @@ from typing import Iterable, Union
 
 import numpy as np
 
-from controller import rules
+from controller.openflow import rules
 from controller.config import Config
-from controller.detector import Alert, Detector
-from controller.features import FEATURES, FeatureExtractor, KnownDestinations
-from controller.incidents import Incidents, band_of
-from controller.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
-from controller.inventory import Inventory
-from controller.ofwire import flow_stats_heads
-from controller.packets import LldpSigner, fix_l4_checksum, ip_int, parse_frame
-from controller.profiles import store_for
-from controller.record import Recorder
-from controller.responder import Responder
-from controller.rules import Barrier, FlowSpec, MeterSpec, PacketOut
-from controller.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler,
+from controller.detection.detector import Alert, Detector
+from controller.telemetry.features import FEATURES, FeatureExtractor, KnownDestinations
+from controller.detection.incidents import Incidents, band_of
+from controller.network.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
+from controller.network.inventory import Inventory
+from controller.openflow.wire import flow_stats_heads
+from controller.openflow.packets import LldpSigner, fix_l4_checksum, ip_int, parse_frame
+from controller.detection.profiles import store_for
+from controller.detection.recording import Recorder
+from controller.response.service import Responder
+from controller.openflow.rules import Barrier, FlowSpec, MeterSpec, PacketOut
+from controller.telemetry.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler,
                               PortDelta, PortStatsTracker, by_device, edge_array)
-from controller.topology import Topology
+from controller.network.topology import Topology
 
 LOG = logging.getLogger("iotguard.core")
 
@@ -499,7 +499,7 @@ class Core:
         }
 
     def metrics_snapshot(self) -> dict:
-        """Plain numbers for the Prometheus exporter (controller.metrics), taken under the
+        """Plain numbers for the Prometheus exporter (controller.api.metrics), taken under the
         app's lock and read later from the exporter's thread."""
         snap: dict = {k: self.counters[k] for k in ("polls", "flow_entries", "packet_in", "windows",
                                                      "lldp_in", "malformed")}

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 attack.stop()
             time.sleep(4)           # a few windows after mitigation for the report's chart
-            from controller.report import write_report
+            from controller.api.report import write_report
             path = write_report(ctl.state_dir, alert["id"], os.path.abspath(args.report))
             tl.say(f"incident report: {path}")
             tl.say(f"audit log: {os.path.join(ctl.state_dir, 'audit.jsonl')}")

@@ -76,7 +76,7 @@ class Controller:
             cmd = [RYU_MANAGER, "--ofp-listen-host", "127.0.0.1",
                    "--ofp-tcp-listen-port", str(self.ofp_port), "controller.app"]
         else:
-            cmd = [sys.executable, "-m", "controller.cli", "run", "--config", self.config_path]
+            cmd = [sys.executable, "-m", "controller.api.cli", "run", "--config", self.config_path]
             if self.record:
                 cmd += ["--record", self.record]
         self.log = open(self.log_path, "ab")

@@ -21,7 +21,7 @@ def test_demo_isolates_the_camera_and_writes_a_report_chromium_renders(tmp_path)
     from topologies.browser import check_html
     report = tmp_path / "report.html"
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "controller.cli", "demo", "--report", str(report),
+    done = subprocess.run([sys.executable, "-m", "controller.api.cli", "demo", "--report", str(report),
                            "--state-dir", str(tmp_path / "state")],
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
                           text=True, timeout=360)
@@ -39,7 +39,7 @@ def test_demo_isolates_the_camera_and_writes_a_report_chromium_renders(tmp_path)
     result = check_html(str(report), ["camera", "quarantine-scanner-burst", "ARP requests", "Timeline"])
     assert result["nonblank"] and result["missing"] == [], result
     # the state is kept for a later report
-    later = subprocess.run([sys.executable, "-m", "controller.cli", "report", "--last", "--state-dir",
+    later = subprocess.run([sys.executable, "-m", "controller.api.cli", "report", "--last", "--state-dir",
                             str(tmp_path / "state"), "-o", str(tmp_path / "again.html")],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert later.returncode == 0 and (tmp_path / "again.html").stat().st_size > 10000

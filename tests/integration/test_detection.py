@@ -101,7 +101,7 @@ def test_recording_replays_offline_to_the_same_alert_kinds(lab):
     cfg = os.path.join(ctl.dir, "replay.yaml")
     with open(cfg, "w") as f:
         f.write(f"detection: {{learn_seconds: {LEARN}}}\n")
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "replay", record, "--config", cfg],
+    out = subprocess.run([sys.executable, "-m", "controller.api.cli", "replay", record, "--config", cfg],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     kinds = {(line.split('"kind": "')[1].split('"')[0]) for line in out.stdout.splitlines()}

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not have_ovs(), reason="needs root and a running Open vSwitch "
                                                         "(sudo make test provisions both)")]
 
-from controller import rules  # noqa: E402
+from controller.openflow import rules  # noqa: E402
 from topologies.net import dns_query_cmd, honeypot_log, start_process, wait_listening  # noqa: E402
 from topologies.smart_home import SmartHomeTopo  # noqa: E402
 

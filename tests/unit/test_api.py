@@ -8,7 +8,7 @@ from urllib.error import HTTPError
 
 import pytest
 
-from controller.api import MAX_BODY, Api, load_or_create_token, make_handler, serve_connection
+from controller.api.rest import MAX_BODY, Api, load_or_create_token, make_handler, serve_connection
 
 TOKEN = "t" * 32
 
@@ -83,7 +83,7 @@ def test_short_token_file_is_an_error(tmp_path):
 
 
 def test_query_errors_are_400_json():
-    from controller.api import ApiError, query_float
+    from controller.api.rest import ApiError, query_float
 
     def alerts(q):
         return {"since": query_float(q["query"], "since")}
@@ -193,7 +193,7 @@ def test_body_size_media_type_and_auth_order():
 
 
 def test_route_status_tuple_and_error_extras():
-    from controller.api import ApiError
+    from controller.api.rest import ApiError
 
     def invalid(req):
         raise ApiError(422, "invalid_playbooks", "2 problems", problems=["a:1:1: x: bad"])
@@ -221,7 +221,7 @@ OPTIONAL = {"ttl": (str, float), "params": dict, "dry_run": bool, "count": int}
 
 
 def fields_error(body, required=REQUIRED, optional=OPTIONAL):
-    from controller.api import ApiError, body_fields
+    from controller.api.rest import ApiError, body_fields
     with pytest.raises(ApiError) as e:
         body_fields(body, required, optional)
     assert e.value.status == 400 and e.value.error == "bad_request"
@@ -229,7 +229,7 @@ def fields_error(body, required=REQUIRED, optional=OPTIONAL):
 
 
 def test_body_fields_accepts_and_fills_optional():
-    from controller.api import body_fields
+    from controller.api.rest import body_fields
     got = body_fields({"device": "cam", "action": "quarantine", "ttl": 600, "dry_run": True},
                       REQUIRED, OPTIONAL)
     assert got == {"device": "cam", "action": "quarantine", "ttl": 600, "params": None, "dry_run": True,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from controller.baseline import SCHEMA, BaselineFormatError, Contribution, DeviceBaseline
+from controller.detection.baseline import SCHEMA, BaselineFormatError, Contribution, DeviceBaseline
 
 NAMES = ["tx_bytes", "tx_packets", "rx_bytes", "rx_packets", "flows", "distinct_ports",
          "distinct_dsts", "dns_queries", "syn_count", "tcp_share", "udp_share",

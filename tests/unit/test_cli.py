@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from controller import cli
+from controller.api import cli
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "controller.api.cli", *args], capture_output=True,
                           text=True, timeout=30)
 
 
@@ -347,12 +347,12 @@ def test_human_duration_and_since():
 
 
 def test_cli_actions_match_the_engine():
-    from controller.responses import ACTIONS
+    from controller.response.records import ACTIONS
     assert set(cli.RESPONSE_ACTIONS) == set(ACTIONS)
 
 
 def test_run_refuses_invalid_playbooks_with_every_problem(tmp_path, capsys):
-    from controller.cli import main
+    from controller.api.cli import main
     books = tmp_path / "books"
     books.mkdir()
     (books / "bad.yaml").write_text("playbooks:\n  - name: x\n    description: d\n    when: {kinds: [scan]}\n"

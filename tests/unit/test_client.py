@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from controller.client import Client, ClientError, api_url, resolve_token
+from controller.api.client import Client, ClientError, api_url, resolve_token
 from controller.config import Config
 
 TOKEN = "s" * 32

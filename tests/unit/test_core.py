@@ -1,10 +1,10 @@
 import struct
 
-from controller import rules
+from controller.openflow import rules
 from controller.config import parse_config
 from controller.core import Core
-from controller.packets import mac_bytes
-from controller.rules import Barrier, FlowSpec, Kind, MeterSpec, PacketOut
+from controller.openflow.packets import mac_bytes
+from controller.openflow.rules import Barrier, FlowSpec, Kind, MeterSpec, PacketOut
 
 CAM, HUB = "00:00:00:00:00:11", "00:00:00:00:00:12"
 
@@ -168,8 +168,8 @@ def test_window_closes_when_every_switch_has_answered():
 
 def test_alerts_name_the_new_external_address_they_are_about(monkeypatch):
     import numpy as np
-    from controller.detector import Alert
-    from controller.packets import ip_int
+    from controller.detection.detector import Alert
+    from controller.openflow.packets import ip_int
     c, _ = core()
     c.known.learn(CAM, [ip_int("203.0.113.10")])
     dests = np.array([ip_int(a) for a in ("10.0.0.4", "203.0.113.10", "198.51.100.66")], dtype=np.uint32)

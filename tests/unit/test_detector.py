@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from controller.config import Config
-from controller.detector import Detector
-from controller.features import FEATURES, INDEX, WindowFeatures
-from controller.profiles import store_for
+from controller.detection.detector import Detector
+from controller.telemetry.features import FEATURES, INDEX, WindowFeatures
+from controller.detection.profiles import store_for
 
 CAM = "00:00:00:00:00:11"
 NAMES = {CAM: ("camera-1", ("camera", "iot")), "00:00:00:00:00:01": ("gw", ("gateway", "infra"))}

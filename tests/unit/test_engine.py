@@ -1,4 +1,4 @@
-"""The response engine (controller/engine.py) and the audit log (controller/audit.py).
+"""The response engine (controller/response/engine.py) and the audit log (controller/response/audit.py).
 
 Everything is driven by explicit `now` values: no clock, no switch, no threads.
 Expected rules are always compile_response's own output for the record the
@@ -15,15 +15,15 @@ import stat
 
 import pytest
 
-from controller import rules
-from controller.audit import AuditLog
-from controller.engine import Engine, ResponseStore
-from controller.playbook import load_playbooks, parse_playbooks
-from controller.responses import (Allow, BlockIpParams, BlockLateralParams, Entity, MirrorParams,
+from controller.openflow import rules
+from controller.response.audit import AuditLog
+from controller.response.engine import Engine, ResponseStore
+from controller.response.playbook import load_playbooks, parse_playbooks
+from controller.response.records import (Allow, BlockIpParams, BlockLateralParams, Entity, MirrorParams,
                                   QuarantineParams, RateLimitParams, RedirectParams, Response,
                                   compile_response, release_response)
-from controller.rules import FlowSpec, Kind
-from controller.topology import Location
+from controller.openflow.rules import FlowSpec, Kind
+from controller.network.topology import Location
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CAM, CAM_IP = "02:00:00:00:00:0a", "10.0.0.10"

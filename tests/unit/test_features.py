@@ -4,12 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from controller import features, rules
-from controller.features import (FEATURES, INDEX, TWO_SIDED, UNITS, FeatureExtractor,
+from controller.telemetry import features
+
+from controller.openflow import rules
+from controller.telemetry.features import (FEATURES, INDEX, TWO_SIDED, UNITS, FeatureExtractor,
                                  KnownDestinations, WindowFeatures)
-from controller.forwarding import FlowRegistry
-from controller.rules import Kind
-from controller.stats import FlowDeltas, edge_array
+from controller.network.forwarding import FlowRegistry
+from controller.openflow.rules import Kind
+from controller.telemetry.stats import FlowDeltas, edge_array
 
 CAM, NVR, GW, HUB = "00:00:00:00:00:01", "00:00:00:00:00:02", "00:00:00:00:00:03", "00:00:00:00:00:04"
 CLOUD = "203.0.113.10"

@@ -1,5 +1,5 @@
-from controller import rules
-from controller.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
+from controller.openflow import rules
+from controller.network.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
 
 A, B = "00:00:00:00:00:01", "00:00:00:00:00:02"
 

@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 
-from controller.features import FEATURES
-from controller.incidents import Incidents, band_of
+from controller.telemetry.features import FEATURES
+from controller.detection.incidents import Incidents, band_of
 
 CAM, TV = "00:00:00:00:00:11", "00:00:00:00:00:04"
 

@@ -1,4 +1,4 @@
-"""Tests for controller.metrics: exposition, histograms, failing snapshots, real HTTP, the dashboard."""
+"""Tests for controller.api.metrics: exposition, histograms, failing snapshots, real HTTP, the dashboard."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from controller.metrics import ACTIONS, Metrics
+from controller.api.metrics import ACTIONS, Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 import json
 import urllib.error
 
-from controller.notify import deliver, payload, summary
+from controller.response.notify import deliver, payload, summary
 
 JOB = {"destination": "https://soc.example/hook", "playbook": "pb", "mode": "enforce",
        "alert": {"kind": "new_flow_burst", "device": "camera", "explanation": "camera opened 40"},

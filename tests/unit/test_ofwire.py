@@ -1,4 +1,4 @@
-"""controller.ofwire against os-ken's own parser on the same bytes, plus the compat hook.
+"""controller.openflow.wire against os-ken's own parser on the same bytes, plus the compat hook.
 
 The bytes come from `bench.flowstats_wire`, written from the OpenFlow 1.3 spec
 independently of os-ken; os-ken parsing them back (match and instructions
@@ -15,7 +15,9 @@ import pytest
 
 from bench import flowstats_wire as wire
 from bench.flowstats_wire import FlowEntry
-from controller import compat, ofwire, rules
+from controller.openflow import compat
+from controller.openflow import wire as ofwire
+from controller.openflow import rules
 from os_ken.controller import ofp_event
 from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp

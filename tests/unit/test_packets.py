@@ -1,6 +1,6 @@
 import struct
 
-from controller.packets import LldpSigner, mac_bytes, parse_frame
+from controller.openflow.packets import LldpSigner, mac_bytes, parse_frame
 
 
 def eth(dst, src, eth_type, payload=b""):
@@ -79,7 +79,7 @@ def _frame(proto: int, payload: bytes, csum: bytes = b"\x12\x34") -> bytes:
 
 
 def test_partial_checksums_are_completed_for_packet_out():
-    from controller.packets import fix_l4_checksum
+    from controller.openflow.packets import fix_l4_checksum
     for proto, payload in [(6, b""), (6, b"hello"), (17, b"q" * 33), (17, b"x" * 1400)]:
         bad = _frame(proto, payload)
         assert not _valid(bad)
@@ -89,7 +89,7 @@ def test_partial_checksums_are_completed_for_packet_out():
 
 
 def test_frames_that_must_not_be_touched():
-    from controller.packets import fix_l4_checksum
+    from controller.openflow.packets import fix_l4_checksum
     no_csum = _frame(17, b"abc", csum=b"\0\0")
     assert fix_l4_checksum(no_csum) == no_csum
     truncated = _frame(6, b"hello")[:-3]

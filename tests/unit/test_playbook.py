@@ -1,4 +1,4 @@
-"""Tests for controller.playbook: the shipped playbooks, trigger matching, and exact error positions."""
+"""Tests for controller.response.playbook: the shipped playbooks, trigger matching, and exact error positions."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller import playbook as pb
-from controller.features import FEATURES
-from controller.playbook import (
+from controller.response import playbook as pb
+from controller.telemetry.features import FEATURES
+from controller.response.playbook import (
     Action, AllowRule, BlockIp, BlockLateral, Condition, Escalate, Mirror, Notify, Playbook,
     PlaybookError, Problem, Quarantine, RateLimit, Redirect, Trigger, alert_value, load_playbooks,
     matching, parse_playbooks,
@@ -163,7 +163,7 @@ def test_directory_loads_yaml_files_in_name_order(tmp_path: Path) -> None:
 
 
 def test_alert_kinds_are_the_detectors() -> None:
-    src = (REPO / "controller" / "detector.py").read_text(encoding="utf-8")
+    src = (REPO / "controller" / "detection" / "detector.py").read_text(encoding="utf-8")
     declared = re.search(r"kind: str\s+# (.*)", src).group(1).split(" | ")
     assert tuple(declared) == pb.ALERT_KINDS
     assert pb.CONDITION_FEATURES == FEATURES + ("new_flows_per_s",)
@@ -604,7 +604,7 @@ def test_schema_matches_the_format() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.playbook", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "controller.response.playbook", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from controller.config import Config
-from controller.features import FEATURES, INDEX, KnownDestinations
-from controller.profiles import SAMPLE_SIZE, store_for
+from controller.telemetry.features import FEATURES, INDEX, KnownDestinations
+from controller.detection.profiles import SAMPLE_SIZE, store_for
 
 CAM, CAM2, BULB = "00:00:00:00:00:11", "00:00:00:00:00:12", "00:00:00:00:00:21"
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from controller.config import Config
-from controller.features import FEATURES, INDEX, WindowFeatures
-from controller.record import Recorder, RecordError, read, replay
+from controller.telemetry.features import FEATURES, INDEX, WindowFeatures
+from controller.detection.recording import Recorder, RecordError, read, replay
 
 CAM = "00:00:00:00:00:11"
 
@@ -53,7 +53,7 @@ def test_replay_cli_prints_json_lines(tmp_path):
     record(path)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("detection: {learn_seconds: 30}\n")
-    r = subprocess.run([sys.executable, "-m", "controller.cli", "replay", str(path), "--config", str(cfg)],
+    r = subprocess.run([sys.executable, "-m", "controller.api.cli", "replay", str(path), "--config", str(cfg)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert [json.loads(ln)["kind"] for ln in r.stdout.splitlines()] == ["new_flow_burst", "anomaly"]

@@ -4,8 +4,10 @@ import shutil
 import numpy as np
 import pytest
 
-from controller import cli, report
-from controller.features import FEATURES, INDEX
+from controller.api import cli
+
+from controller.api import report
+from controller.telemetry.features import FEATURES, INDEX
 
 T0 = 1795746552.13
 EXPLANATION = ("camera opened 212 new connections to 198 hosts on port 23 in 1 s; "

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from controller import playbook as pb
-from controller import rules
+from controller.response import playbook as pb
+from controller.openflow import rules
 from controller.config import parse_config
 from controller.core import Core
-from controller.responder import Confirmations, RequestError
-from controller.rules import FlowSpec, Kind, MeterSpec
+from controller.response.service import Confirmations, RequestError
+from controller.openflow.rules import FlowSpec, Kind, MeterSpec
 
 from tests.unit.test_core import Clock, arp
 

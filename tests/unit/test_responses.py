@@ -14,12 +14,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from controller import compat, rules
-from controller.responses import (Allow, BlockIpParams, BlockLateralParams, Entity, MirrorParams,
+from controller.openflow import compat
+
+from controller.openflow import rules
+from controller.response.records import (Allow, BlockIpParams, BlockLateralParams, Entity, MirrorParams,
                                   QuarantineParams, RateLimitParams, RedirectParams, Response,
                                   ResponseError, compile_response, release_response)
-from controller.rules import FlowSpec, Kind, MeterSpec, RuleError
-from controller.topology import Location
+from controller.openflow.rules import FlowSpec, Kind, MeterSpec, RuleError
+from controller.network.topology import Location
 from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser

@@ -1,7 +1,7 @@
 import pytest
 
-from controller import rules
-from controller.rules import FlowSpec, Kind, RuleError
+from controller.openflow import rules
+from controller.openflow.rules import FlowSpec, Kind, RuleError
 
 
 def test_cookie_scheme_round_trips_kind_and_id():

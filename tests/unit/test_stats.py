@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from controller import rules
-from controller.forwarding import FlowRegistry
-from controller.ofwire import FLOW_STATS_HEAD
-from controller.rules import Kind
-from controller.stats import FlowStatsTracker, MultipartAssembler, PortStatsTracker, by_device, edge_array
+from controller.openflow import rules
+from controller.network.forwarding import FlowRegistry
+from controller.openflow.wire import FLOW_STATS_HEAD
+from controller.openflow.rules import Kind
+from controller.telemetry.stats import FlowStatsTracker, MultipartAssembler, PortStatsTracker, by_device, edge_array
 
 CAM, NVR, INET = "00:00:00:00:00:01", "00:00:00:00:00:02", "00:00:00:00:00:03"
 

@@ -1,4 +1,4 @@
-from controller.topology import Location, Topology
+from controller.network.topology import Location, Topology
 
 H1 = "00:00:00:00:00:01"
 

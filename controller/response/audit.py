@@ -34,7 +34,7 @@ import os
 import stat
 from typing import Any, Iterable
 
-from controller.rules import FlowSpec, MeterSpec
+from controller.openflow.rules import FlowSpec, MeterSpec
 
 EVENTS = ("decision", "installed", "failed", "dry-run", "released", "expired", "reconciled")
 FIELDS = ("time", "event", "alert", "playbook", "action", "mode", "response_id", "rules",

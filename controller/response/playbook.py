@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from controller import yamlnodes
-from controller.features import FEATURES
+from controller.telemetry.features import FEATURES
 from controller.yamlnodes import NAME_RE, TAG_RE, join, normalise_mac, short
 
 __all__ = [
@@ -824,8 +824,8 @@ def cmd_playbook_validate(files: Sequence[str], known_hosts: set[str] | None = N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m controller.playbook validate [--config FILE] FILE...`."""
-    parser = argparse.ArgumentParser(prog="python -m controller.playbook",
+    """`python -m controller.response.playbook validate [--config FILE] FILE...`."""
+    parser = argparse.ArgumentParser(prog="python -m controller.response.playbook",
                                      description="Validate iotguard response playbooks (docs/playbooks.md).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     val = sub.add_parser("validate", help="check playbook files and print every problem",

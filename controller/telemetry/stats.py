@@ -19,8 +19,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from controller import rules
-from controller.forwarding import FlowRegistry
+from controller.openflow import rules
+from controller.network.forwarding import FlowRegistry
 
 
 class MultipartAssembler:

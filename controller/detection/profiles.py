@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from controller.baseline import BaselineFormatError, DeviceBaseline
+from controller.detection.baseline import BaselineFormatError, DeviceBaseline
 
 LOG = logging.getLogger("iotguard.profiles")
 
@@ -145,7 +145,7 @@ class BaselineStore:
     @staticmethod
     def _defined(X: np.ndarray) -> np.ndarray:
         """Shrink sparse windows' mix towards the median of the windows that sent."""
-        from controller.features import INDEX, shrink_tx_mix
+        from controller.telemetry.features import INDEX, shrink_tx_mix
         sent = X[X[:, INDEX["tx_packets"]] > 0]
         fill = np.median(sent, axis=0) if len(sent) else np.zeros(X.shape[1])
         return shrink_tx_mix(X, fill)
@@ -316,6 +316,6 @@ def _matrix(v: object, where: str, n_features: int, allow_none: bool) -> np.ndar
 
 def store_for(config, known=None) -> BaselineStore:
     """The store for iotguard's feature set with the config's detection settings."""
-    from controller.features import FEATURES, FRACTIONS, TWO_SIDED
+    from controller.telemetry.features import FEATURES, FRACTIONS, TWO_SIDED
     return BaselineStore(len(FEATURES), config.learn_seconds, config.far, TWO_SIDED,
                          config.max_shift_per_day, known=known, fractions=FRACTIONS)

@@ -5,9 +5,9 @@ without a running controller and needs no API token:
 
 * `<state_dir>/incidents/<alert id>.json`: the device's windows before and
   after its alert, and the baseline band it was judged against
-  (controller/incidents.py);
+  (controller/detection/incidents.py);
 * `<state_dir>/audit.jsonl`: the responses decided for the alert and what
-  happened to them later (controller/audit.py).
+  happened to them later (controller/response/audit.py).
 
 Everything taken from the files is HTML-escaped: a device name can be a DHCP
 hostname an attacker chose.  The page loads nothing: CSS is inline, the figure
@@ -25,8 +25,8 @@ import os
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
-from controller.features import UNITS
-from controller.incidents import _safe
+from controller.telemetry.features import UNITS
+from controller.detection.incidents import _safe
 
 INCIDENTS = "incidents"
 AUDIT = "audit.jsonl"

@@ -3,7 +3,7 @@
 Every rule iotguard installs is a `FlowSpec` built here: the table layout, the
 cookie scheme and the priority plan live in this module and nowhere else, so a
 security rule can never be shadowed by a forwarding rule by accident.  Specs are
-plain data; `controller.compat.flow_mod()` turns them into framework messages,
+plain data; `controller.openflow.compat.flow_mod()` turns them into framework messages,
 and only the app sends them.  That keeps this module testable without a switch.
 
 Pipeline (OpenFlow 1.3):
@@ -399,7 +399,7 @@ def delete_forwarding_from(mac: str) -> FlowSpec:
 # ---------------------------------------------------------------- responses
 #
 # Each builder returns the checked rules of one response for one switch; the
-# caller (controller.responses) decides which switches.  All rules are in table
+# caller (controller.response.records) decides which switches.  All rules are in table
 # 0, in the response's slot (+ its offset), with cookie(kind, response id),
 # hard_timeout as the switch-side backstop of the ttl (0: none) and
 # OFPFF_SEND_FLOW_REM, so expiry and deletion are observable.

@@ -25,8 +25,8 @@ from typing import Callable
 from controller.config import Config
 import numpy as np
 
-from controller.features import FEATURES, WindowFeatures, shrink_tx_mix
-from controller.profiles import BaselineStore
+from controller.telemetry.features import FEATURES, WindowFeatures, shrink_tx_mix
+from controller.detection.profiles import BaselineStore
 
 CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
 BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes

@@ -9,7 +9,7 @@ every call.  State lives in two files under the state directory:
   response ever decided, with its state (active, released, expired, failed).
   The active ones are reloaded at start and re-installed by `reconcile`; the
   others are the offence history that escalation counts.
-- `controller.audit.AuditLog` (`audit.jsonl`): one line per decision and per
+- `controller.response.audit.AuditLog` (`audit.jsonl`): one line per decision and per
   later event.
 
 How an alert becomes responses (the contract of docs/playbooks.md, "How
@@ -61,14 +61,14 @@ import sqlite3
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from controller import playbook as pb
-from controller import rules
-from controller.audit import AuditLog
-from controller.responses import (ACTIONS, PARAMS, Allow, BlockIpParams, BlockLateralParams, Entity,
+from controller.response import playbook as pb
+from controller.openflow import rules
+from controller.response.audit import AuditLog
+from controller.response.records import (ACTIONS, PARAMS, Allow, BlockIpParams, BlockLateralParams, Entity,
                                   MirrorParams, QuarantineParams, RateLimitParams, RedirectParams,
                                   Response, ResponseError, compile_response, release_response)
-from controller.rules import FlowSpec, MeterSpec
-from controller.topology import Location
+from controller.openflow.rules import FlowSpec, MeterSpec
+from controller.network.topology import Location
 
 LOG = logging.getLogger("iotguard.engine")
 

@@ -8,8 +8,8 @@ framework messages, and installs a raw body parser for flow-stats replies.
 
 from __future__ import annotations
 
-from controller import rules
-from controller.rules import Barrier, FlowSpec, MeterSpec, PacketOut
+from controller.openflow import rules
+from controller.openflow.rules import Barrier, FlowSpec, MeterSpec, PacketOut
 
 try:
     from os_ken import cfg
@@ -110,7 +110,7 @@ def port_desc_request(dp):
 
 
 class RawFlowStats:
-    """A flow-stats reply body kept as bytes; `controller.ofwire` reads it."""
+    """A flow-stats reply body kept as bytes; `controller.openflow.wire` reads it."""
 
     __slots__ = ("data", "length")
 

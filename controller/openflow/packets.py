@@ -14,14 +14,32 @@ import hashlib
 import hmac
 import os
 import struct
+from dataclasses import dataclass
 
-from controller.forwarding import PacketInfo
-from controller.rules import ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_LLDP, IPPROTO_TCP, IPPROTO_UDP
+from controller.openflow.rules import ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_LLDP, IPPROTO_TCP, IPPROTO_UDP
 
 LLDP_DST = "01:80:c2:00:00:0e"
 _OUI = b"\x00\x10\xc6"          # our org-specific TLV marker
 _SUBTYPE = 1
 _MAC = struct.Struct("!6s6sH")
+
+
+@dataclass(frozen=True)
+class PacketInfo:
+    """The fields of a packet-in the core cares about (the app parses the frame)."""
+
+    eth_src: str
+    eth_dst: str
+    eth_type: int
+    ipv4_src: str | None = None
+    ipv4_dst: str | None = None
+    ip_proto: int | None = None
+    tp_src: int | None = None
+    tp_dst: int | None = None
+    arp_spa: str | None = None
+    arp_tpa: str | None = None
+    arp_op: int | None = None
+    tcp_flags: int | None = None
 
 
 def mac_str(b: bytes) -> str:

@@ -25,9 +25,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from controller import rules
-from controller.forwarding import FlowRegistry
-from controller.stats import FlowDeltas
+from controller.openflow import rules
+from controller.network.forwarding import FlowRegistry
+from controller.telemetry.stats import FlowDeltas
 
 FEATURES: tuple[str, ...] = (
     "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "new_flows",

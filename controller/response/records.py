@@ -4,7 +4,7 @@ A `Response` is a small frozen record: what to do (`action`), about what
 (`entity`), how (`params`, one small dataclass per action), for how long
 (`ttl`) and why (`playbook`, `reason`).  The engine decides and stores these;
 `compile_response` turns one into (dpid, FlowSpec | MeterSpec) pairs through
-the builders in `controller.rules`, the only place rules are built.  Pure: no
+the builders in `controller.openflow.rules`, the only place rules are built.  Pure: no
 framework, no I/O.
 
 Where the rules go:
@@ -20,7 +20,7 @@ Where the rules go:
   on another switch would need a tunnel or a path through trunks that the
   forwarder also uses, which is not built.  A device elsewhere is refused.
 
-Limitations (see also controller/rules.py's docstring for how actions combine):
+Limitations (see also controller/openflow/rules.py's docstring for how actions combine):
 
 - redirect with `original_ip` rewrites statelessly, so the reverse rewrite can
   restore exactly one original address: one target stands in for one original
@@ -44,9 +44,9 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Sequence, Union
 
-from controller import rules
-from controller.rules import FlowSpec, Kind, MeterSpec
-from controller.topology import Location
+from controller.openflow import rules
+from controller.openflow.rules import FlowSpec, Kind, MeterSpec
+from controller.network.topology import Location
 
 ACTIONS: dict[str, Kind] = {
     "quarantine": Kind.QUARANTINE,

@@ -15,7 +15,7 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from controller.features import FEATURES, WindowFeatures
+from controller.telemetry.features import FEATURES, WindowFeatures
 
 SCHEMA = "iotguard.record/1"
 
@@ -114,8 +114,8 @@ def _window(obj: dict, where: str) -> Window:
 
 def replay(f: IO[str], config, source: str = "<record>") -> Iterator[dict]:
     """Run a fresh detector over a recording; yields alerts as dicts, in order."""
-    from controller.detector import Detector
-    from controller.profiles import store_for
+    from controller.detection.detector import Detector
+    from controller.detection.profiles import store_for
 
     names: dict[str, tuple[str, tuple[str, ...]]] = {}
 

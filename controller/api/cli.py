@@ -3,7 +3,7 @@
 `run`, `replay`, `playbook validate` and `config` work locally; the response
 commands (`quarantine`, `respond`, `release`, `responses`, `audit`,
 `playbook reload`) talk to a running controller's REST API through
-controller/client.py.
+controller/api/client.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from controller import __version__
-from controller.api import load_or_create_token
+from controller.api.rest import load_or_create_token
 from controller.config import ConfigError, Config, load_config
 
 DESCRIPTION = """\
@@ -247,7 +247,7 @@ def prepare_state(config: Config) -> None:
 def check_playbooks(config: Config) -> str | None:
     """Every problem of the configured playbooks, or None: the controller must not start
     with a set it would refuse on reload."""
-    from controller import playbook as pb
+    from controller.response import playbook as pb
     missing = [p for p in config.playbooks if not os.path.exists(p)]
     if missing:
         return "\n".join(f"{p}: responses.playbooks: no such file or directory" for p in missing)
@@ -274,7 +274,8 @@ def cmd_run(args) -> int:
         _check_listen(config.metrics_host, config.metrics_port, "Prometheus metrics (metrics.port; 0 disables)")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from controller import app, compat  # the framework loads only when we run
+    from controller import app  # the framework loads only when we run
+    from controller.openflow import compat
 
     def shutdown(signum, _frame):
         logging.getLogger("iotguard").info("%s: shutting down", signal.Signals(signum).name)
@@ -294,7 +295,7 @@ def cmd_run(args) -> int:
 
 def cmd_replay(args) -> int:
     import json
-    from controller.record import RecordError, replay
+    from controller.detection.recording import RecordError, replay
     config = load_config(args.config) if args.config else Config()
     try:
         with open(args.file, encoding="utf-8") as f:
@@ -307,7 +308,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_playbook(args) -> int:
-    from controller.playbook import main as playbook_main
+    from controller.response.playbook import main as playbook_main
     if args.playbook_command == "reload":
         return cmd_playbook_reload(args)
     if args.playbook_command != "validate":
@@ -325,7 +326,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from controller.report import ReportError, write_report
+    from controller.api.report import ReportError, write_report
     if (args.alert_id is None) == (not args.last):
         raise UsageError("give an ALERT_ID or --last (not both)")
     config = load_config(args.config) if args.config else Config()
@@ -347,7 +348,7 @@ class UsageError(ValueError):
 
 def _api(args, method: str, path: str, body: Any = None) -> dict:
     """One call to the controller's API; its JSON object answer."""
-    from controller.client import Client, ClientError, api_url, resolve_token
+    from controller.api.client import Client, ClientError, api_url, resolve_token
     config = load_config(args.config) if args.config else Config()
     token = resolve_token(args.token, config, args.state_dir)
     try:
@@ -538,7 +539,7 @@ def _problem(p: Any) -> str:
 
 
 def cmd_playbook_reload(args) -> int:
-    from controller.client import ClientError
+    from controller.api.client import ClientError
     try:
         answer = _api(args, "POST", "/api/v1/playbooks/reload")
     except ClientError as e:
@@ -577,7 +578,7 @@ def _since_ago(argv: list[str]) -> list[str]:
 
 def cmd_demo(argv: list[str]) -> int:
     """The demo lives in the checkout's topologies/ (Mininet scripts, not installed code)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if not os.path.isfile(os.path.join(root, "topologies", "demo.py")):
         print("iotguard demo: needs the source checkout (topologies/demo.py); run it from there "
               "with 'sudo make demo'", file=sys.stderr)
@@ -589,7 +590,7 @@ def cmd_demo(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from controller.client import ClientError
+    from controller.api.client import ClientError
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "demo":          # its own parser, so 'iotguard demo --help' is the demo's
         return cmd_demo(argv[1:])

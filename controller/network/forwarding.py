@@ -13,28 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from controller import rules
-from controller.rules import FlowKey, FlowSpec
+from controller.openflow import rules
+from controller.openflow.packets import PacketInfo
+from controller.openflow.rules import FlowKey, FlowSpec
 
 FLOOD = -1
-
-
-@dataclass(frozen=True)
-class PacketInfo:
-    """The fields of a packet-in the core cares about (the app parses the frame)."""
-
-    eth_src: str
-    eth_dst: str
-    eth_type: int
-    ipv4_src: str | None = None
-    ipv4_dst: str | None = None
-    ip_proto: int | None = None
-    tp_src: int | None = None
-    tp_dst: int | None = None
-    arp_spa: str | None = None
-    arp_tpa: str | None = None
-    arp_op: int | None = None
-    tcp_flags: int | None = None
 
 
 def is_group_mac(mac: str) -> bool:

@@ -1,6 +1,6 @@
 """Glue between the control loop and the response engine.
 
-`controller.engine.Engine` decides; this module feeds it what the controller
+`controller.response.engine.Engine` decides; this module feeds it what the controller
 knows (devices, hosts, the gateway, switch locations), fans alerts out to it,
 turns an operator's manual request into a one-action playbook, loads and
 reloads the playbook set, and tracks which sent messages each barrier
@@ -19,16 +19,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from controller import playbook as pb
-from controller import rules
-from controller.audit import AuditLog
+from controller.response import playbook as pb
+from controller.openflow import rules
+from controller.response.audit import AuditLog
 from controller.config import Config
-from controller.detector import Alert
-from controller.engine import Engine, ResponseStore, Spec
-from controller.rules import FlowSpec, MeterSpec
-from controller.inventory import Inventory
-from controller.responses import ACTIONS, DEVICE_ACTIONS
-from controller.topology import Location, Topology
+from controller.detection.detector import Alert
+from controller.response.engine import Engine, ResponseStore, Spec
+from controller.openflow.rules import FlowSpec, MeterSpec
+from controller.network.inventory import Inventory
+from controller.response.records import ACTIONS, DEVICE_ACTIONS
+from controller.network.topology import Location, Topology
 
 LOG = logging.getLogger("iotguard.responder")
 

@@ -1,0 +1,1 @@
+"""The operator's side: REST API, its client and the CLI, Prometheus metrics, reports."""

@@ -1,0 +1,1 @@
+"""The network as the controller sees it: forwarding, the flow registry, topology, the device inventory."""

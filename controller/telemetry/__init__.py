@@ -1,0 +1,1 @@
+"""Flow statistics into per-device windows: multipart assembly, deltas, features."""
