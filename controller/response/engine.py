@@ -52,6 +52,7 @@ switch-side backstop); an escalation beyond it is audited as capped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
@@ -79,11 +80,29 @@ Messages = list[tuple[int, Spec]]
 HostLookup = Callable[[str], "tuple[str, str | None, Location | None] | None"]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """What the engine decided for one action of one alert (the API's `actions` list)."""
+
+    action: str
+    playbook: str
+    mode: str
+    outcome: str                    # sent | pending | refreshed | unchanged | dry-run | failed | queued
+    response_id: int | None = None
+    ttl: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k == "response_id"}
+
+
 class Applied(NamedTuple):
-    """What `Engine.on_alert` decided: messages to send and notify jobs to deliver."""
+    """What `Engine.on_alert` decided: messages to send, notify jobs to deliver, and
+    each action's decision."""
 
     messages: Messages
     notify: list[dict]
+    decisions: list[Decision]
 
 
 # ---------------------------------------------------------------- stored records
@@ -472,7 +491,6 @@ class Engine:
         self.locate = locate
         self.switches = switches
         self.dry_run = dry_run
-        self.last_summary: list[dict] = []   # what the last on_alert decided, action by action
 
     def set_playbooks(self, playbooks: Sequence[pb.Playbook]) -> None:
         """A reloaded set; active responses are kept as they are."""
@@ -491,7 +509,7 @@ class Engine:
         dev = _device(device)
         groups: dict[tuple[str, str], _Group] = {}
         jobs: dict[str, dict] = {}
-        summary: list[dict] = []
+        summary: list[Decision] = []
         messages: Messages = []
         for book in pb.matching(self.playbooks if playbooks is None else playbooks, alert, dev):
             mode = "dry-run" if book.dry_run or self.dry_run else "enforce"
@@ -503,24 +521,23 @@ class Engine:
                     entity, params = self._resolve(act, alert, dev)
                 except ResponseError as e:
                     self._audit_failed(now, alert, book.name, act.kind, mode, str(e))
-                    summary.append({"action": act.kind, "playbook": book.name, "mode": mode,
-                                    "response_id": None, "outcome": "failed", "error": str(e)})
+                    summary.append(Decision(action=act.kind, playbook=book.name, mode=mode,
+                                            outcome="failed", error=str(e)))
                     continue
                 key = response_key(act.kind, entity, params)
                 group = groups.setdefault((mode, key), _Group(mode, key, entity, params))
                 group.members.append((book, act))
         for group in groups.values():
-            out, info = self._apply(group, alert, dev, now)
+            out, decision = self._apply(group, alert, dev, now)
             messages += out
-            summary.append(info)
+            summary.append(decision)
         notify = list(jobs.values())
         for job in notify:
-            job["actions"] = summary
+            job["actions"] = [d.to_dict() for d in summary]
             self.audit.write("dry-run" if job["mode"] == "dry-run" else "decision", time=now, alert=alert,
                              playbook=job["playbook"], action="notify", mode=job["mode"],
                              outcome="queued", detail={"destination": job["destination"]})
-        self.last_summary = summary
-        return Applied(messages, notify)
+        return Applied(messages, notify, summary)
 
     def _notify(self, jobs: dict[str, dict], book: pb.Playbook, act: pb.Action, mode: str,
                 alert: dict) -> None:
@@ -591,7 +608,7 @@ class Engine:
             return ref, None, None
         raise ResponseError(f"unknown host {ref!r} (not in the device inventory, not an IPv4 address)")
 
-    def _apply(self, g: _Group, alert: dict, dev: dict, now: float) -> tuple[Messages, dict]:
+    def _apply(self, g: _Group, alert: dict, dev: dict, now: float) -> tuple[Messages, Decision]:
         first_book, first_act = g.members[0]
         subject = g.entity.prefix if first_act.kind == "block_ip" else g.entity.mac
         existing = self.store.by_key(g.key, g.mode, now)
@@ -612,15 +629,14 @@ class Engine:
             detail["capped"] = f"ttl {ttl} s capped at {rules.MAX_HARD_TIMEOUT} s (OpenFlow hard_timeout)"
             ttl = rules.MAX_HARD_TIMEOUT
         event = "dry-run" if g.mode == "dry-run" else "decision"
-        info = {"action": first_act.kind, "playbook": first_book.name, "mode": g.mode, "ttl": ttl}
+        decided = functools.partial(Decision, action=first_act.kind, playbook=first_book.name, mode=g.mode,
+                                    ttl=ttl)
         if existing is not None:
-            info["response_id"] = existing.id
             if now + ttl <= existing.expires:
                 self.audit.write(event, time=now, alert=alert, playbook=first_book.name,
                                  action=first_act.kind, mode=g.mode, response_id=existing.id,
                                  outcome="unchanged", detail={**detail, "expires": existing.expires})
-                info["outcome"] = "unchanged"
-                return [], info
+                return [], decided(response_id=existing.id, outcome="unchanged")
             r = replace(existing, expires=now + ttl)
             out = self._compile(r, now, refresh=True) if g.mode == "enforce" else []
             r = replace(r, dpids=tuple(sorted(set(r.dpids) | {d for d, _ in out})))
@@ -628,8 +644,7 @@ class Engine:
             self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
                              mode=g.mode, response_id=r.id, rules=out, outcome="refreshed",
                              detail={**detail, "expires": r.expires, "previous_expires": existing.expires})
-            info["outcome"] = "refreshed"
-            return out, info
+            return out, decided(response_id=r.id, outcome="refreshed")
         try:
             meter = self._meter() if first_act.kind == "rate_limit" else None
             r = Stored(self.store.next_id(), first_act.kind, g.entity, g.params, first_book.name, g.mode,
@@ -640,23 +655,20 @@ class Engine:
             out = self._compile(r, now)
         except ResponseError as e:
             self._audit_failed(now, alert, first_book.name, first_act.kind, g.mode, str(e), detail)
-            return [], {**info, "response_id": None, "outcome": "failed", "error": str(e)}
-        info["response_id"] = r.id
+            return [], decided(outcome="failed", error=str(e))
         if g.mode == "dry-run":
             self.store.put(r)
             self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
                              mode=g.mode, response_id=r.id, rules=out, outcome="dry-run",
                              detail={**detail, "expires": r.expires})
-            info["outcome"] = "dry-run"
-            return [], info
+            return [], decided(response_id=r.id, outcome="dry-run")
         r = replace(r, dpids=tuple(sorted({d for d, _ in out})))
         self.store.put(r)
         outcome = "sent" if out else "pending"   # pending: no switch yet; reconcile installs it
         self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
                          mode=g.mode, response_id=r.id, rules=out, outcome=outcome,
                          detail={**detail, "expires": r.expires})
-        info["outcome"] = outcome
-        return out, info
+        return out, decided(response_id=r.id, outcome=outcome)
 
     def _audit_failed(self, now: float, alert: dict | None, playbook: str, action: str, mode: str,
                       error: str, detail: dict | None = None) -> None:

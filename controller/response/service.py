@@ -24,7 +24,7 @@ from controller.openflow import rules
 from controller.response.audit import AuditLog
 from controller.config import Config
 from controller.detection.detector import Alert
-from controller.response.engine import Engine, ResponseStore, Spec
+from controller.response.engine import Decision, Engine, ResponseStore, Spec
 from controller.openflow.rules import FlowSpec, MeterSpec
 from controller.network.inventory import Inventory
 from controller.response.records import ACTIONS, DEVICE_ACTIONS
@@ -253,12 +253,12 @@ class Responder:
                 out += applied.messages
                 jobs += applied.notify
                 self._note(applied.messages, alert)
-                self._count(self.engine.last_summary)
+                self._count(applied.decisions)
         return out, jobs
 
-    def _count(self, summary: list[dict]) -> None:
-        for s in summary:
-            self.outcomes[(s.get("action"), s.get("outcome"))] += 1
+    def _count(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            self.outcomes[(d.action, d.outcome)] += 1
 
     def _note(self, messages: Out, alert: Mapping[str, Any]) -> None:
         t = alert.get("time")
@@ -302,12 +302,11 @@ class Responder:
                  **({"remote": params["ip"]} if action == "block_ip" and "ip" in params else {})}
         applied = self.engine.on_alert(alert, dev, now, playbooks=[book])
         self._note(applied.messages, alert)
-        self._count(self.engine.last_summary)
+        self._count(applied.decisions)
         keys = ("action", "playbook", "mode", "response_id", "outcome", "error")
-        actions = [{k: a[k] for k in keys if a.get(k) is not None or k == "response_id"}
-                   for a in self.engine.last_summary]
-        actions += [{"action": "notify", "playbook": j["playbook"], "mode": j["mode"], "response_id": None,
-                     "outcome": "queued"} for j in applied.notify]
+        actions = [{k: v for k, v in d.to_dict().items() if k in keys} for d in applied.decisions]
+        actions += [Decision(action="notify", playbook=j["playbook"], mode=j["mode"], outcome="queued").to_dict()
+                    for j in applied.notify]
         return {"messages": applied.messages, "notify": applied.notify, "alert": alert, "actions": actions}
 
     def alert_from_request(self, body: Mapping[str, Any], now: float) -> Alert:

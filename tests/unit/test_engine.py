@@ -87,7 +87,7 @@ def events(engine, event=None, action=None):
 
 def test_scanner_burst_is_quarantined_at_the_edge_switch(tmp_path):
     engine, _ = make(tmp_path)
-    msgs, notify = engine.on_alert(burst(), CAMERA, now=100.0)
+    msgs, notify, _ = engine.on_alert(burst(), CAMERA, now=100.0)
     [active] = engine.active_view(100.0)
     rid = active["id"]
     assert msgs == compile_response(quarantine_of(rid), Location(1, 3), [1, 2])
@@ -115,10 +115,10 @@ def test_scanner_burst_is_quarantined_at_the_edge_switch(tmp_path):
 def test_unknown_location_goes_to_every_connected_switch(tmp_path):
     engine, net = make(tmp_path)
     net.edges.clear()
-    msgs, _ = engine.on_alert(burst(), CAMERA, now=100.0)
+    msgs, _, _ = engine.on_alert(burst(), CAMERA, now=100.0)
     assert {d for d, _ in msgs} == {1, 2}
     net.switches = []
-    msgs, _ = engine.on_alert(burst(), THERMOSTAT | {"name": "t"}, now=100.0)
+    msgs, _, _ = engine.on_alert(burst(), THERMOSTAT | {"name": "t"}, now=100.0)
     assert msgs == [] and events(engine, "decision")[-1]["outcome"] == "pending"
 
 
@@ -133,7 +133,7 @@ playbooks:
       - notify: {log: true}
 """)
     engine, _ = make(tmp_path, books)
-    msgs, notify = engine.on_alert(burst(), CAMERA, now=100.0)
+    msgs, notify, _ = engine.on_alert(burst(), CAMERA, now=100.0)
     assert msgs == []
     [dry] = events(engine, "dry-run")[:1]
     assert dry["outcome"] == "dry-run" and dry["action"] == "quarantine" and dry["rules"]
@@ -147,7 +147,7 @@ playbooks:
 
 def test_global_dry_run_installs_nothing_but_audits(tmp_path):
     engine, _ = make(tmp_path, dry_run=True)
-    msgs, _ = engine.on_alert(burst(), CAMERA, now=100.0)
+    msgs, _, _ = engine.on_alert(burst(), CAMERA, now=100.0)
     assert msgs == [] and events(engine, "decision") == []
     dry = [r for r in events(engine, "dry-run") if r["action"] == "quarantine"]
     assert len(dry) == 1 and dry[0]["rules"] and dry[0]["playbook"] == "quarantine-scanner-burst"
@@ -157,14 +157,14 @@ def test_global_dry_run_installs_nothing_but_audits(tmp_path):
 
 def test_the_same_alert_twice_is_one_response_with_its_expiry_refreshed(tmp_path):
     engine, _ = make(tmp_path)
-    first, _ = engine.on_alert(burst(), CAMERA, now=100.0)
-    again, _ = engine.on_alert(burst(), CAMERA, now=160.0)
+    first, _, _ = engine.on_alert(burst(), CAMERA, now=100.0)
+    again, _, _ = engine.on_alert(burst(), CAMERA, now=160.0)
     [view] = engine.active_view(160.0)
     assert view["expires"] == 760.0 and view["repeats"] == 0      # refreshed, not escalated
     assert [s.match for _, s in again] == [s.match for _, s in first]
     assert {s.hard_timeout for _, s in again} == {600}          # re-sent: the switch backstop moves too
     assert events(engine, "decision")[-1]["outcome"] == "refreshed"
-    same, _ = engine.on_alert(burst(), CAMERA, now=160.0)
+    same, _, _ = engine.on_alert(burst(), CAMERA, now=160.0)
     assert same == [] and events(engine, "decision")[-1]["outcome"] == "unchanged"
     assert len(engine.store.active()) == 1
 
@@ -172,7 +172,7 @@ def test_the_same_alert_twice_is_one_response_with_its_expiry_refreshed(tmp_path
 def test_two_playbooks_firing_apply_both_actions_and_one_log_job(tmp_path):
     engine, _ = make(tmp_path)
     alert = anomaly(distinct_dst_ports=80)      # quarantine-scanner-ports (800) + ratelimit-flood (400)
-    msgs, notify = engine.on_alert(alert, CAMERA, now=0.0)
+    msgs, notify, _ = engine.on_alert(alert, CAMERA, now=0.0)
     actions = sorted(v["action"] for v in engine.active_view(0.0))
     assert actions == ["quarantine", "rate_limit"]
     assert len(notify) == 1                     # one log job for the alert, listing both actions
@@ -182,7 +182,7 @@ def test_two_playbooks_firing_apply_both_actions_and_one_log_job(tmp_path):
 def test_shipped_block_lateral_redirect_and_a_mirror_resolve_hosts_and_gateway(tmp_path):
     engine, _ = make(tmp_path)
     alert = anomaly(lateral_peers=9, new_flows=60, distinct_dst_ports=2, tx_packets=10, top_port=23)
-    msgs, _ = engine.on_alert(alert, CAMERA, now=0.0)
+    msgs, _, _ = engine.on_alert(alert, CAMERA, now=0.0)
     views = {v["action"]: v for v in engine.active_view(0.0)}
     assert sorted(views) == ["block_lateral", "redirect"]
     lateral = Response(views["block_lateral"]["id"], "block_lateral", Entity(mac=CAM, ip=CAM_IP),
@@ -202,12 +202,12 @@ playbooks:
 """)
     (tmp_path / "m").mkdir()
     engine, _ = make(tmp_path / "m", books)
-    msgs, _ = engine.on_alert(anomaly(), CAMERA, now=0.0)
+    msgs, _, _ = engine.on_alert(anomaly(), CAMERA, now=0.0)
     [view] = engine.active_view(0.0)
     assert view["params"] == {"dpid": 1, "port": 9}
     assert msgs == compile_response(Response(view["id"], "mirror", Entity(mac=CAM, ip=CAM_IP),
                                              MirrorParams(1, 9), ttl=3600, priority=499), EDGES[CAM], [1, 2])
-    msgs, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=0.0)
+    msgs, _, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=0.0)
     assert msgs == [] and "mirroring across switches is not supported" in events(engine, "failed")[0]["error"]
 
 
@@ -285,7 +285,7 @@ playbooks:
 
 def test_combination_takes_highest_priority_params_and_longest_ttl(tmp_path):
     engine, _ = make(tmp_path, parse_playbooks(COMBINED))
-    msgs, _ = engine.on_alert(anomaly(), CAMERA, now=0.0)
+    msgs, _, _ = engine.on_alert(anomaly(), CAMERA, now=0.0)
     views = {v["mode"]: v for v in engine.active_view(0.0)}
     enforced = views["enforce"]
     assert enforced["playbook"] == "strict" and enforced["ttl"] == 3600 and enforced["priority"] == 899
@@ -305,7 +305,7 @@ def test_dry_run_never_suppresses_an_active_enforced_response(tmp_path):
     engine, _ = make(tmp_path, parse_playbooks(COMBINED))
     engine.on_alert(anomaly(), CAMERA, now=0.0)
     engine.dry_run = True                       # global dry-run switched on later
-    msgs, _ = engine.on_alert(anomaly(alert_id="b2"), CAMERA, now=100.0)
+    msgs, _, _ = engine.on_alert(anomaly(alert_id="b2"), CAMERA, now=100.0)
     assert msgs == []
     assert {v["mode"]: v["expires"] for v in engine.active_view(100.0)}["enforce"] == 3600.0
 
@@ -332,7 +332,7 @@ def test_release_deletes_by_cookie_and_is_audited(tmp_path):
 
 def test_rate_limit_allocates_a_meter_and_release_deletes_it(tmp_path):
     engine, _ = make(tmp_path)
-    msgs, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=0.0)
+    msgs, _, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=0.0)
     [view] = engine.active_view(0.0)
     rid, meter = view["id"], view["meter_id"]
     assert meter == rules.METER_RESPONSE_MIN
@@ -341,7 +341,7 @@ def test_rate_limit_allocates_a_meter_and_release_deletes_it(tmp_path):
     assert msgs == [(2, rules.delete_meter(meter))] + compile_response(rec, EDGES[THERMO], [1, 2],
                                                                        meter_id=meter)
     assert engine.response_id(msgs[1][1]) == rid and engine.response_id(msgs[2][1]) == rid
-    again, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat", alert_id="b2"), THERMOSTAT, now=5.0)
+    again, _, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat", alert_id="b2"), THERMOSTAT, now=5.0)
     assert [(type(x).__name__, x.command) for _, x in again] == [("MeterSpec", "modify"), ("FlowSpec", "add")]
     assert engine.release(rid, now=10.0) == release_response(rec, [2], meter_id=meter)
     assert engine._meter() == meter            # free again
@@ -363,12 +363,12 @@ def test_block_ip_target_alert_goes_to_every_switch_or_fails_clearly(tmp_path):
     engine, _ = make(tmp_path)
     outbreak = {"id": "o1", "kind": "outbreak", "score": 3.0, "explanation": "3 camera devices ...",
                 "devices": ["camera", "cam2", "cam3"], "remote": "203.0.113.66"}
-    msgs, notify = engine.on_alert(outbreak, None, now=0.0)
+    msgs, notify, _ = engine.on_alert(outbreak, None, now=0.0)
     [view] = engine.active_view(0.0)
     rec = Response(view["id"], "block_ip", Entity(prefix="203.0.113.66"), BlockIpParams(), ttl=3600,
                    priority=899)
     assert msgs == compile_response(rec, None, [1, 2]) and {d for d, _ in msgs} == {1, 2}
-    msgs, _ = engine.on_alert(dict(outbreak, id="o2", remote=None), None, now=1.0)
+    msgs, _, _ = engine.on_alert(dict(outbreak, id="o2", remote=None), None, now=1.0)
     assert msgs == []
     failed = events(engine, "failed")[0]
     assert failed["action"] == "block_ip" and "carries no remote address" in failed["error"]
@@ -379,13 +379,13 @@ def test_block_ip_target_alert_goes_to_every_switch_or_fails_clearly(tmp_path):
 
 def test_installed_and_failed_are_recorded_and_failure_rolls_back(tmp_path):
     engine, _ = make(tmp_path)
-    msgs, _ = engine.on_alert(burst(), CAMERA, now=100.0)
+    msgs, _, _ = engine.on_alert(burst(), CAMERA, now=100.0)
     rid = engine.response_id(msgs[0][1])
     engine.installed(rid, 1, now=100.01)
     assert engine.active_view(100.01)[0]["confirmed"] == [1]
     assert events(engine, "installed")[0]["detail"] == {"dpid": 1}
 
-    msgs, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=100.0)
+    msgs, _, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=100.0)
     rl = engine.response_id(msgs[-1][1])
     meter = engine.store.get(rl).meter_id
     out = engine.confirm(rl, 2, False, "OFPFMFC_TABLE_FULL", now=100.02)
