@@ -25,6 +25,7 @@ from urllib.parse import quote
 from controller import __version__
 from controller.api.rest import load_or_create_token
 from controller.config import ConfigError, Config, load_config
+from controller.response.actions import REGISTRY
 
 DESCRIPTION = """\
 iotguard: an OpenFlow 1.3 controller app that learns how each IoT device
@@ -41,8 +42,7 @@ commands:
              from a checkout: 'iotguard demo --help')
 
 commands for a running controller (through its REST API):
-  quarantine  isolate a device now ('quarantine DEVICE --ttl 10m')
-  respond     apply any response action ('respond rate_limit DEVICE --param kbps=1000')
+{shortcuts}  respond     apply any response action ('respond ACTION DEVICE --param KEY=VALUE')
   release     end a response early ('release ID')
   responses   list the active responses
   audit       show the response audit log
@@ -50,8 +50,23 @@ commands for a running controller (through its REST API):
 Run 'iotguard COMMAND --help' for a command's options."""
 
 
+def response_actions() -> tuple[str, ...]:
+    """The actions a manual response may ask for: the registry's that install rules."""
+    return tuple(a.name for a in REGISTRY.installing())
+
+
+def _shortcuts() -> list:
+    """Actions that have their own command (`iotguard NAME DEVICE`)."""
+    return [a for a in REGISTRY.installing() if a.shortcut]
+
+
+def _description() -> str:
+    lines = "".join(f"  {a.name:<10}  {a.shortcut} ('{a.name} DEVICE --ttl 10m')\n" for a in _shortcuts())
+    return DESCRIPTION.format(shortcuts=lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iotguard", description=DESCRIPTION,
+    p = argparse.ArgumentParser(prog="iotguard", description=_description(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"iotguard {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -128,9 +143,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-RESPONSE_ACTIONS = ("quarantine", "block_lateral", "redirect", "rate_limit", "block_ip", "mirror")
-
-
 def _client_options() -> argparse.ArgumentParser:
     """The options every command that talks to a running controller takes."""
     common = argparse.ArgumentParser(add_help=False)
@@ -160,25 +172,29 @@ def _response_parsers(sub, common: argparse.ArgumentParser) -> None:
         p.add_argument("--dry-run", action="store_true",
                        help="let the controller decide and audit the response without installing rules")
 
-    q = sub.add_parser(
-        "quarantine", parents=[common], help="isolate a device now",
-        description="Quarantine DEVICE on the running controller (POST /api/v1/responses): drop "
-                    "its traffic except DHCP and DNS until the ttl runs out or 'iotguard release "
-                    "ID' ends it. Prints the response id, the outcome and the ttl.")
-    q.add_argument("device", metavar="DEVICE", help="the device: its inventory name, MAC or IP address")
-    response_options(q)
+    for action in _shortcuts():
+        q = sub.add_parser(
+            action.name, parents=[common], help=action.shortcut,
+            description=f"Apply {action.name} to DEVICE on the running controller (POST /api/v1/responses): "
+                        f"{action.summary}, until the ttl runs out or 'iotguard release ID' ends it. "
+                        "Prints the response id, the outcome and the ttl.")
+        q.add_argument("device", metavar="DEVICE", help="the device: its inventory name, MAC or IP address")
+        q.set_defaults(shortcut=action.name)
+        response_options(q)
 
+    examples = ", ".join(f"'respond {a.example}'" for a in REGISTRY.installing() if a.example)
+    deviceless = [a.name for a in REGISTRY.installing() if not a.needs_device]
     r = sub.add_parser(
         "respond", parents=[common], help="apply a response action to a device",
         description="Apply ACTION on the running controller (POST /api/v1/responses), with the "
-                    "action's fields from --param (see docs/playbooks.md, 'Actions'). Examples: "
-                    "'respond rate_limit cam1 --param kbps=1000', 'respond redirect cam1 --param "
-                    "to=honeypot --param ports=[22,23]', 'respond block_ip - --param ip=203.0.113.7'.")
-    r.add_argument("action", metavar="ACTION", choices=RESPONSE_ACTIONS,
-                   help="one of: " + ", ".join(RESPONSE_ACTIONS))
+                    "action's fields from --param (see docs/playbooks.md, 'Actions')."
+                    + (f" Examples: {examples}." if examples else ""))
+    r.add_argument("action", metavar="ACTION", choices=response_actions(),
+                   help="one of: " + ", ".join(response_actions()))
     r.add_argument("device", metavar="DEVICE",
-                   help="the device: its inventory name, MAC or IP address; '-' for block_ip, "
-                        "which takes its address from --param ip=...")
+                   help="the device: its inventory name, MAC or IP address"
+                        + (f"; '-' for {', '.join(deviceless)}, which takes its address from --param ip=..."
+                           if deviceless else ""))
     response_options(r)
     r.add_argument("--param", metavar="KEY=VALUE", action="append", default=[],
                    help="an action field; VALUE is read as JSON when it is JSON (1000, true, "
@@ -423,8 +439,9 @@ def _respond(args, action: str, params: dict) -> int:
     body: dict[str, Any] = {"action": action}
     if args.device != "-":
         body["device"] = args.device
-    elif action != "block_ip":
-        raise UsageError("DEVICE '-' (no device) is only for block_ip")
+    elif REGISTRY.get(action).needs_device:
+        deviceless = ", ".join(a.name for a in REGISTRY.installing() if not a.needs_device)
+        raise UsageError(f"DEVICE '-' (no device) is only for {deviceless}")
     if args.ttl is not None:
         body["ttl"] = _number(args.ttl)
     if params:
@@ -451,8 +468,9 @@ def _respond(args, action: str, params: dict) -> int:
     return 1 if failed else 0
 
 
-def cmd_quarantine(args) -> int:
-    return _respond(args, "quarantine", {})
+def cmd_shortcut(args) -> int:
+    """`iotguard ACTION DEVICE`: an action with its own command, no parameters."""
+    return _respond(args, args.shortcut, {})
 
 
 def cmd_respond(args) -> int:
@@ -599,8 +617,10 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 2
     try:
+        if getattr(args, "shortcut", None):
+            return cmd_shortcut(args)
         return {"run": cmd_run, "replay": cmd_replay, "playbook": cmd_playbook, "config": cmd_config,
-                "quarantine": cmd_quarantine, "respond": cmd_respond, "release": cmd_release,
+                "respond": cmd_respond, "release": cmd_release,
                 "responses": cmd_responses, "audit": cmd_audit, "report": cmd_report}[args.command](args)
     except ConfigError as e:
         print(f"iotguard: configuration error: {e}", file=sys.stderr)

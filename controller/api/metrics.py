@@ -19,13 +19,19 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest, sta
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "ACTIONS", "ALERT_KINDS"]
+from controller.response.actions import REGISTRY
+
+__all__ = ["Metrics", "actions", "ALERT_KINDS"]
 
 LOG = logging.getLogger("iotguard.metrics")
 
 # Always exposed (0 when absent): a series that appears only at its first
 # non-zero value hides that first increase from rate()/increase().
-ACTIONS = ("quarantine", "block_lateral", "redirect", "rate_limit", "block_ip", "mirror")
+def actions() -> tuple[str, ...]:
+    """The response actions, from the registry (an action registered later shows up too)."""
+    return tuple(a.name for a in REGISTRY.installing())
+
+
 ALERT_KINDS = ("anomaly", "new_flow_burst", "outbreak", "manual")
 
 # snapshot key -> (metric name, help); counters get the _total suffix from the client.
@@ -74,7 +80,7 @@ def _families(snap: dict) -> list[Metric]:
 
     active = GaugeMetricFamily("iotguard_active_responses", "Enforced responses currently active, by action.",
                                labels=["action"])
-    counts = dict.fromkeys(ACTIONS, 0) | dict(snap.get("active_responses") or {})
+    counts = dict.fromkeys(actions(), 0) | dict(snap.get("active_responses") or {})
     for action, n in counts.items():
         active.add_metric([str(action)], float(n))
     out.append(active)

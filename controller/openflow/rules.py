@@ -69,20 +69,29 @@ COOKIE_ID_MASK = (1 << COOKIE_KIND_SHIFT) - 1
 
 
 class Kind(IntEnum):
-    """Rule kinds; each owns the cookie range MAGIC | kind << 40 | id."""
+    """The controller's own rule kinds; each owns the cookie range MAGIC | kind << 40 | id.
+
+    Response actions own the kinds RESPONSE_KIND_MIN..RESPONSE_KIND_MAX: each action
+    module declares its own (controller/response/actions/), and the registry refuses
+    two actions with one kind.
+    """
 
     PIPELINE = 0x01       # default goto and table-miss
     CONTROL = 0x02        # LLDP to the controller
     FORWARD = 0x03        # learned per-conversation flows
-    QUARANTINE = 0x10     # response kinds, used by playbooks (issue 4)
-    BLOCK_LATERAL = 0x11
-    REDIRECT = 0x12
-    RATE_LIMIT = 0x13
-    BLOCK_IP = 0x14
-    MIRROR = 0x15
 
 
-def cookie(kind: Kind, ident: int = 0) -> int:
+RESPONSE_KIND_MIN = 0x10
+RESPONSE_KIND_MAX = 0x7F
+
+
+def is_response_kind(kind: int | None) -> bool:
+    return kind is not None and RESPONSE_KIND_MIN <= int(kind) <= RESPONSE_KIND_MAX
+
+
+def cookie(kind: int, ident: int = 0) -> int:
+    if not 0 < int(kind) <= 0xFF:
+        raise ValueError(f"cookie kind {kind} out of range 1..255")
     if not 0 <= ident <= COOKIE_ID_MASK:
         raise ValueError(f"cookie id {ident} out of range 0..{COOKIE_ID_MASK}")
     return COOKIE_MAGIC | (int(kind) << COOKIE_KIND_SHIFT) | ident
@@ -92,13 +101,22 @@ def is_ours(value: int) -> bool:
     return value & COOKIE_MAGIC_MASK == COOKIE_MAGIC
 
 
-def cookie_kind(value: int) -> Kind | None:
+def cookie_kind(value: int) -> int | None:
+    """The kind of one of our cookies: a `Kind`, a response action's kind, or None."""
     if not is_ours(value):
         return None
+    k = (value >> COOKIE_KIND_SHIFT) & 0xFF
+    if is_response_kind(k):
+        return k
     try:
-        return Kind((value >> COOKIE_KIND_SHIFT) & 0xFF)
+        return Kind(k)
     except ValueError:
         return None
+
+
+def is_response_cookie(value: int) -> bool:
+    """Does this cookie mark a response action's rule?"""
+    return is_ours(value) and is_response_kind((value >> COOKIE_KIND_SHIFT) & 0xFF)
 
 
 def cookie_id(value: int) -> int:
@@ -121,15 +139,30 @@ PRIO_FWD_REPLY = 150    # a device's answers (SYN-ACK, RST, UDP from a service p
 PRIO_FWD_L2 = 100
 PRIO_MISS = 0
 
-# Response slots: base priorities in table 0 (see the module docstring).
-PRIO_REDIRECT = 50000
-PRIO_BLOCK_IP = 45000
-PRIO_QUARANTINE_ALLOW = 40000
-PRIO_QUARANTINE_DROP = 38000
-PRIO_LATERAL_ALLOW = 34000
-PRIO_LATERAL_DROP = 32000
-PRIO_RATE_LIMIT = 24000
-PRIO_MIRROR = 22000
+class Slot(IntEnum):
+    """The response priority plan: each slot's base priority in table 0 (module docstring).
+
+    An action puts each of its rules in one slot; the slot, not the action, decides
+    which rule wins when responses overlap."""
+
+    REDIRECT = 50000
+    BLOCK_IP = 45000
+    QUARANTINE_ALLOW = 40000
+    QUARANTINE_DROP = 38000
+    LATERAL_ALLOW = 34000
+    LATERAL_DROP = 32000
+    RATE_LIMIT = 24000
+    MIRROR = 22000
+
+
+PRIO_REDIRECT = Slot.REDIRECT
+PRIO_BLOCK_IP = Slot.BLOCK_IP
+PRIO_QUARANTINE_ALLOW = Slot.QUARANTINE_ALLOW
+PRIO_QUARANTINE_DROP = Slot.QUARANTINE_DROP
+PRIO_LATERAL_ALLOW = Slot.LATERAL_ALLOW
+PRIO_LATERAL_DROP = Slot.LATERAL_DROP
+PRIO_RATE_LIMIT = Slot.RATE_LIMIT
+PRIO_MIRROR = Slot.MIRROR
 PRIO_OFFSET_MAX = 999           # a response's own offset within its slot
 
 METER_PACKET_IN = 1
@@ -156,15 +189,14 @@ class TableSpec:
     table_id: int
     name: str
     match_fields: frozenset[str]
-    kinds: frozenset[Kind]
+    kinds: frozenset[int]
     priorities: tuple[int, int]
 
 
 TABLES: dict[int, TableSpec] = {
     TABLE_SECURITY: TableSpec(
         TABLE_SECURITY, "security", _RESPONSE_FIELDS,
-        frozenset({Kind.PIPELINE, Kind.CONTROL, Kind.QUARANTINE, Kind.BLOCK_LATERAL,
-                   Kind.REDIRECT, Kind.RATE_LIMIT, Kind.BLOCK_IP, Kind.MIRROR}),
+        frozenset({Kind.PIPELINE, Kind.CONTROL}) | frozenset(range(RESPONSE_KIND_MIN, RESPONSE_KIND_MAX + 1)),
         (0, 65535)),
     TABLE_FORWARD: TableSpec(
         TABLE_FORWARD, "forward",
@@ -398,13 +430,17 @@ def delete_forwarding_from(mac: str) -> FlowSpec:
 
 # ---------------------------------------------------------------- responses
 #
-# Each builder returns the checked rules of one response for one switch; the
-# caller (controller.response.records) decides which switches.  All rules are in table
-# 0, in the response's slot (+ its offset), with cookie(kind, response id),
-# hard_timeout as the switch-side backstop of the ttl (0: none) and
-# OFPFF_SEND_FLOW_REM, so expiry and deletion are observable.
+# Response actions (controller/response/actions/) compose their rules from
+# these pieces: `response_rule` puts a match and instructions in one slot of
+# table 0 with the action's cookie kind and the response's id, its priority
+# offset, its hard_timeout (the switch-side backstop of the ttl; 0: none) and
+# OFPFF_SEND_FLOW_REM, so expiry and deletion are observable; `response_meter`
+# gives a meter in the response range.  Every rule is checked against the
+# table layout before it leaves this module.
 
 GOTO_FORWARD = ("goto", TABLE_FORWARD)
+ALLOW: tuple[tuple, ...] = (GOTO_FORWARD,)     # instructions: let it through to the forwarder
+DROP: tuple[tuple, ...] = ()                   # instructions: none, the packet is dropped
 
 
 def hard_timeout(ttl: float | None) -> int:
@@ -431,15 +467,57 @@ def mac_match(value: str) -> str:
     return ":".join(parts)
 
 
-def _response(kind: Kind, rid: int, base: int, offset: int, match: tuple, instructions: tuple,
-              timeout: int) -> FlowSpec:
+def response_rule(kind: int, rid: int, slot: Slot, match: tuple, instructions: tuple, *,
+                  offset: int = 0, timeout: int = 0) -> FlowSpec:
+    """One response rule: table 0, priority slot + offset, cookie (kind, response id)."""
+    if not is_response_kind(kind):
+        raise RuleError(f"cookie kind {kind:#x} is not a response kind "
+                        f"({RESPONSE_KIND_MIN:#x}..{RESPONSE_KIND_MAX:#x})")
     if not 0 <= offset <= PRIO_OFFSET_MAX:
         raise RuleError(f"priority offset {offset} outside 0..{PRIO_OFFSET_MAX}")
-    return check(FlowSpec(TABLE_SECURITY, base + offset, cookie(kind, rid), match=match,
+    return check(FlowSpec(TABLE_SECURITY, Slot(slot) + offset, cookie(kind, rid), match=match,
                           instructions=instructions, hard_timeout=timeout, send_flow_removed=True))
 
 
-def _l4(proto: str | None, ports: tuple[int, ...], side: str) -> list[tuple[tuple[str, Any], ...]]:
+def response_meter(meter_id: int, rate: int, burst: int, unit: str) -> MeterSpec:
+    """A drop meter for a response, in kbit/s (unit "kbps") or packets/s ("pktps").
+    The meter must reach the switch before the flow that names it."""
+    if not METER_RESPONSE_MIN <= meter_id <= METER_RESPONSE_MAX:
+        raise RuleError(f"response meter id {meter_id:#x} outside "
+                        f"{METER_RESPONSE_MIN:#x}..{METER_RESPONSE_MAX:#x}")
+    if unit not in ("kbps", "pktps"):
+        raise RuleError(f"meter unit {unit!r} is neither kbps nor pktps")
+    if rate <= 0 or burst <= 0:
+        raise RuleError("rate and burst must be positive")
+    return MeterSpec(meter_id, int(rate), int(burst), unit=unit)
+
+
+def metered(meter_id: int) -> tuple[tuple, ...]:
+    """Instructions: through a meter, then to the forwarder."""
+    return (("meter", meter_id), GOTO_FORWARD)
+
+
+def rewrite(*fields: tuple[str, Any]) -> tuple[tuple, ...]:
+    """Instructions: set these fields, then to the forwarder."""
+    return (("apply", tuple(("set_field", name, value) for name, value in fields)), GOTO_FORWARD)
+
+
+def copy_to(port: int) -> tuple[tuple, ...]:
+    """Instructions: a copy out of `port` (an IDS), and forward as usual."""
+    if not 0 < port < 0xFFFFFF00:
+        raise RuleError(f"IDS port {port} is not a physical port")
+    return (("apply", (("output", port),)), GOTO_FORWARD)
+
+
+def from_mac(mac: str, *match: tuple[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return (("eth_src", mac_match(mac)),) + match
+
+
+def to_mac(mac: str, *match: tuple[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return (("eth_dst", mac_match(mac)),) + match
+
+
+def l4_matches(proto: str | None, ports: tuple[int, ...], side: str) -> list[tuple[tuple[str, Any], ...]]:
     """Match parts for a protocol and ports on one side ("src" or "dst"), one per port."""
     if proto is None:
         if ports:
@@ -458,146 +536,7 @@ def _l4(proto: str | None, ports: tuple[int, ...], side: str) -> list[tuple[tupl
     return [base + ((f"{proto}_{side}", p),) for p in ports]
 
 
-def quarantine(rid: int, mac: str, *, ip: str | None = None,
-               allow: Iterable[tuple[str, str | None, tuple[int, ...]]] = (),
-               dhcp: bool = True, dns_servers: Iterable[str] = (), offset: int = 0,
-               timeout: int = 0) -> list[FlowSpec]:
-    """Drop everything from and to `mac`, except (goto table 1, both directions):
-    ARP (from the device only with arp_spa=`ip` when known: it cannot poison
-    others' caches), DHCP, DNS (udp and tcp 53) to each server, and each allow
-    entry (ip or prefix, protocol or None for all IPv4, ports or () for all)."""
-    mac = mac_match(mac)
-    allow_p, drop_p = PRIO_QUARANTINE_ALLOW, PRIO_QUARANTINE_DROP
-    out_ip = (("eth_src", mac), ("eth_type", ETH_TYPE_IP))
-    in_ip = (("eth_dst", mac), ("eth_type", ETH_TYPE_IP))
-    arp_from = (("eth_src", mac), ("eth_type", ETH_TYPE_ARP))
-    if ip is not None:
-        arp_from += (("arp_spa", ipv4_match(ip)),)
-    matches = [arp_from, (("eth_dst", mac), ("eth_type", ETH_TYPE_ARP))]
-    if dhcp:
-        matches += [out_ip + (("ip_proto", IPPROTO_UDP), ("udp_src", 68), ("udp_dst", 67)),
-                    in_ip + (("ip_proto", IPPROTO_UDP), ("udp_src", 67), ("udp_dst", 68))]
-    for server in dns_servers:
-        dst = ipv4_match(server)
-        for proto in ("udp", "tcp"):
-            matches.append(out_ip + (("ipv4_dst", dst),) + _l4(proto, (53,), "dst")[0])
-            matches.append(in_ip + (("ipv4_src", dst),) + _l4(proto, (53,), "src")[0])
-    for host, proto, ports in allow:
-        addr = ipv4_match(host)
-        for fwd, back in zip(_l4(proto, tuple(ports), "dst"), _l4(proto, tuple(ports), "src")):
-            matches.append(out_ip + (("ipv4_dst", addr),) + fwd)
-            matches.append(in_ip + (("ipv4_src", addr),) + back)
-    flows = [_response(Kind.QUARANTINE, rid, allow_p, offset, m, (GOTO_FORWARD,), timeout)
-             for m in matches]
-    flows += [_response(Kind.QUARANTINE, rid, drop_p, offset, (("eth_src", mac),), (), timeout),
-              _response(Kind.QUARANTINE, rid, drop_p, offset, (("eth_dst", mac),), (), timeout)]
-    return flows
-
-
-def block_lateral(rid: int, mac: str, internal_subnets: Iterable[str], gateway_ip: str, *,
-                  gateway_mac: str | None = None, allow: Iterable[str] = (), offset: int = 0,
-                  timeout: int = 0) -> list[FlowSpec]:
-    """Drop IPv4 from `mac` to each internal subnet, except the gateway IP (only
-    through `gateway_mac` when given) and the allowed hosts or prefixes, which
-    go to table 1.  Everything else (the internet, ARP, broadcasts) is untouched."""
-    mac = mac_match(mac)
-    base = (("eth_src", mac), ("eth_type", ETH_TYPE_IP))
-    gw = base + (("ipv4_dst", ipv4_match(gateway_ip)),)
-    if gateway_mac is not None:
-        gw = (("eth_src", mac), ("eth_dst", mac_match(gateway_mac))) + gw[1:]
-    flows = [_response(Kind.BLOCK_LATERAL, rid, PRIO_LATERAL_ALLOW, offset, m, (GOTO_FORWARD,), timeout)
-             for m in [gw] + [base + (("ipv4_dst", ipv4_match(h)),) for h in allow]]
-    subnets = [ipv4_match(n) for n in internal_subnets]
-    if not subnets:
-        raise RuleError("block_lateral needs at least one internal subnet")
-    if ("0.0.0.0", "0.0.0.0") in subnets:
-        raise RuleError("0.0.0.0/0 is not an internal subnet: it would block the internet too")
-    flows += [_response(Kind.BLOCK_LATERAL, rid, PRIO_LATERAL_DROP, offset,
-                        base + (("ipv4_dst", n),), (), timeout) for n in subnets]
-    return flows
-
-
-def redirect(rid: int, mac: str, target_ip: str, target_mac: str, *, original_ip: str | None = None,
-             proto: str | None = None, ports: tuple[int, ...] = (), offset: int = 0,
-             timeout: int = 0) -> list[FlowSpec]:
-    """Steer the device's IPv4 (all, or one protocol and its destination ports)
-    to a target host; the forwarder (table 1) then delivers it.
-
-    With `original_ip` (L3 mode): only traffic to that address is steered,
-    rewritten to eth_dst=target_mac, ipv4_dst=target_ip; replies from the target
-    to the device get ipv4_src=original_ip back, so connections work
-    unmodified.  A stateless rewrite can restore one original address only, so
-    one target stands in for one original IP per device and ports.
-
-    Without it (L2 mode): traffic to any address gets eth_dst=target_mac only;
-    the target must accept packets for any destination address and answer as
-    that address (e.g. iptables `-t nat -j REDIRECT`, or TPROXY), so no reverse
-    rewrite is needed.  target_mac is the next hop toward the target: the
-    target itself on the LAN, or the gateway."""
-    mac, target_mac = mac_match(mac), mac_match(target_mac)
-    target = ipv4_match(target_ip)
-    if isinstance(target, tuple):
-        raise RuleError("redirect target must be one address")
-    out = (("eth_src", mac), ("eth_type", ETH_TYPE_IP))
-    back = (("eth_dst", mac), ("eth_type", ETH_TYPE_IP))
-    flows = []
-    if original_ip is None:
-        rewrite = ("apply", (("set_field", "eth_dst", target_mac),))
-        for l4 in _l4(proto, ports, "dst"):
-            flows.append(_response(Kind.REDIRECT, rid, PRIO_REDIRECT, offset, out + l4,
-                                   (rewrite, GOTO_FORWARD), timeout))
-        return flows
-    original = ipv4_match(original_ip)
-    if isinstance(original, tuple):
-        raise RuleError("redirect original_ip must be one address (the reverse rewrite restores it)")
-    if original == target:
-        raise RuleError("redirect original_ip and target_ip are the same address")
-    rewrite = ("apply", (("set_field", "eth_dst", target_mac), ("set_field", "ipv4_dst", target)))
-    restore = ("apply", (("set_field", "ipv4_src", original),))
-    for fwd, rev in zip(_l4(proto, ports, "dst"), _l4(proto, ports, "src")):
-        flows.append(_response(Kind.REDIRECT, rid, PRIO_REDIRECT, offset,
-                               out + (("ipv4_dst", original),) + fwd, (rewrite, GOTO_FORWARD), timeout))
-        flows.append(_response(Kind.REDIRECT, rid, PRIO_REDIRECT, offset,
-                               back + (("ipv4_src", target),) + rev, (restore, GOTO_FORWARD), timeout))
-    return flows
-
-
-def rate_limit(rid: int, mac: str, meter_id: int, kbps: int, burst_kbits: int, *, offset: int = 0,
-               timeout: int = 0) -> tuple[MeterSpec, FlowSpec]:
-    """A kbit/s drop meter and the flow sending everything from `mac` through it.
-    The meter must reach the switch before the flow that names it."""
-    if not METER_RESPONSE_MIN <= meter_id <= METER_RESPONSE_MAX:
-        raise RuleError(f"response meter id {meter_id:#x} outside "
-                        f"{METER_RESPONSE_MIN:#x}..{METER_RESPONSE_MAX:#x}")
-    if kbps <= 0 or burst_kbits <= 0:
-        raise RuleError("rate and burst must be positive")
-    meter = MeterSpec(meter_id, int(kbps), int(burst_kbits), unit="kbps")
-    flow = _response(Kind.RATE_LIMIT, rid, PRIO_RATE_LIMIT, offset, (("eth_src", mac_match(mac)),),
-                     (("meter", meter_id), GOTO_FORWARD), timeout)
-    return meter, flow
-
-
-def block_ip(rid: int, prefix: str, *, offset: int = 0, timeout: int = 0) -> list[FlowSpec]:
-    """Drop IPv4 from and to a remote address or prefix (two rules; every switch)."""
-    addr = ipv4_match(prefix)
-    if addr == ("0.0.0.0", "0.0.0.0"):
-        raise RuleError("block_ip 0.0.0.0/0 would drop all IPv4")
-    ip = (("eth_type", ETH_TYPE_IP),)
-    return [_response(Kind.BLOCK_IP, rid, PRIO_BLOCK_IP, offset, ip + ((field, addr),), (), timeout)
-            for field in ("ipv4_src", "ipv4_dst")]
-
-
-def mirror(rid: int, mac: str, ids_port: int, *, offset: int = 0, timeout: int = 0) -> list[FlowSpec]:
-    """Copy everything from and to `mac` out of the IDS port, and forward it as usual."""
-    mac = mac_match(mac)
-    if not 0 < ids_port < 0xFFFFFF00:
-        raise RuleError(f"IDS port {ids_port} is not a physical port")
-    ins = (("apply", (("output", ids_port),)), GOTO_FORWARD)
-    return [_response(Kind.MIRROR, rid, PRIO_MIRROR, offset, ((field, mac),), ins, timeout)
-            for field in ("eth_src", "eth_dst")]
-
-
-def delete_response(r_id: int, kind: Kind) -> FlowSpec:
+def delete_response(r_id: int, kind: int) -> FlowSpec:
     """Remove one response's rules from table 0: exact cookie, full mask."""
     return check(FlowSpec(TABLE_SECURITY, 0, cookie(kind, r_id), command="delete",
                           cookie_mask=0xFFFF_FFFF_FFFF_FFFF))
@@ -607,23 +546,12 @@ def delete_meter(meter_id: int) -> MeterSpec:
     return MeterSpec(meter_id, 0, 0, command="delete", unit="kbps")
 
 
-def layout_rows() -> Iterable[tuple[str, ...]]:
-    """The README's table layout, generated so the docs cannot drift."""
+def layout_rows(responses: Iterable[tuple[str, ...]] = ()) -> Iterable[tuple[str, ...]]:
+    """The README's table layout, generated so the docs cannot drift.  `responses` are
+    the response actions' rows (`controller.response.actions.layout_rows()` adds them)."""
     yield ("table", "priority", "match", "action", "cookie kind")
     yield ("0 security", str(PRIO_LLDP), "eth_type=0x88cc (LLDP)", "meter 2, controller", "CONTROL 0x02")
-    yield ("0 security", f"{PRIO_REDIRECT}+p", "device MAC to original IP (ports); target to device",
-           "rewrite dst (src on replies), goto table 1", "REDIRECT 0x12")
-    yield ("0 security", f"{PRIO_BLOCK_IP}+p", "ipv4_src or ipv4_dst in prefix (every switch)", "drop",
-           "BLOCK_IP 0x14")
-    yield ("0 security", f"{PRIO_QUARANTINE_ALLOW}+p / {PRIO_QUARANTINE_DROP}+p",
-           "device MAC: ARP, DHCP, DNS, allow list / anything", "goto table 1 / drop", "QUARANTINE 0x10")
-    yield ("0 security", f"{PRIO_LATERAL_ALLOW}+p / {PRIO_LATERAL_DROP}+p",
-           "device MAC: IPv4 to gateway, allowed / to internal subnets", "goto table 1 / drop",
-           "BLOCK_LATERAL 0x11")
-    yield ("0 security", f"{PRIO_RATE_LIMIT}+p", "eth_src=device MAC", "meter (kbit/s), goto table 1",
-           "RATE_LIMIT 0x13")
-    yield ("0 security", f"{PRIO_MIRROR}+p", "eth_src or eth_dst=device MAC", "output IDS port, goto table 1",
-           "MIRROR 0x15")
+    yield from responses
     yield ("0 security", str(PRIO_DEFAULT), "any", "goto table 1", "PIPELINE 0x01")
     yield ("1 forward", str(PRIO_FWD_IP), "eth_src, eth_dst, ipv4_dst, ip_proto, tcp/udp_dst",
            "output port", "FORWARD 0x03")
@@ -631,7 +559,6 @@ def layout_rows() -> Iterable[tuple[str, ...]]:
            "UDP from a port below 1024)", "output port", "FORWARD 0x03")
     yield ("1 forward", str(PRIO_FWD_L2), "eth_src, eth_dst, eth_type", "output port", "FORWARD 0x03")
     yield ("1 forward", str(PRIO_MISS), "any (table-miss)", "meter 1, controller", "PIPELINE 0x01")
-
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,10 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 from controller.response import playbook as pb
 from controller.openflow import rules
 from controller.response.audit import AuditLog
-from controller.response.records import (ACTIONS, PARAMS, Allow, BlockIpParams, BlockLateralParams, Entity,
-                                  MirrorParams, QuarantineParams, RateLimitParams, RedirectParams,
-                                  Response, ResponseError, compile_response, release_response)
+from controller.response import codec
+from controller.response.actions import REGISTRY, ResponseAction
+from controller.response.actions.base import Context, is_ipv4
+from controller.response.records import Entity, Response, ResponseError, compile_response, release_response
 from controller.openflow.rules import FlowSpec, MeterSpec
 from controller.network.topology import Location
 
@@ -108,14 +109,14 @@ class Applied(NamedTuple):
 # ---------------------------------------------------------------- stored records
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stored:
     """One response as the store keeps it (a `Response` plus its lifecycle)."""
 
     id: int
     action: str
     entity: Entity
-    params: Any                     # the responses.PARAMS[action] record
+    params: Any                     # the action's Plan
     playbook: str
     mode: str                       # enforce | dry-run
     created: float
@@ -123,13 +124,14 @@ class Stored:
     repeats: int = 0
     state: str = "active"
     priority: int = 0               # offset in the action's slot (playbook priority - 1)
-    meter_id: int | None = None     # rate_limit only
+    meter_id: int | None = None     # actions that use a meter (rate_limit)
     alert_id: str | None = None
     mac: str | None = None          # the device the alert was about
     dpids: tuple[int, ...] = ()     # switches its rules were sent to
     confirmed: tuple[int, ...] = () # switches that confirmed them (barrier)
     reason: str = ""
     ended: float | None = None
+    device: str | None = None       # the device's name when it was decided
 
     @property
     def ttl(self) -> float:
@@ -137,12 +139,12 @@ class Stored:
 
     @property
     def subject(self) -> str:
-        """What escalation counts offences of: the device's MAC, or block_ip's prefix."""
-        return self.entity.prefix if self.action == "block_ip" else self.entity.mac  # type: ignore[return-value]
+        """What escalation counts offences of: the device's MAC, or a remote prefix."""
+        return REGISTRY.get(self.action).subject(self.entity)
 
     @property
     def key(self) -> str:
-        return response_key(self.action, self.entity, self.params)
+        return REGISTRY.get(self.action).key(self.entity, self.params)
 
     def response(self, now: float | None = None) -> Response:
         """The record as a `Response`; with `now`, created=now and ttl the time left
@@ -158,80 +160,23 @@ class Stored:
 
     def view(self, now: float) -> dict:
         return {"id": self.id, "action": self.action, "mode": self.mode, "playbook": self.playbook,
-                "entity": _entity_json(self.entity), "params": _params_json(self.params),
-                "mac": self.mac, "alert_id": self.alert_id, "created": self.created,
+                "entity": codec.encode(self.entity), "params": codec.encode(self.params),
+                "mac": self.mac, "device": self.device,
+                "summary": REGISTRY.get(self.action).describe(self.entity, self.params), "alert_id": self.alert_id, "created": self.created,
                 "expires": self.expires, "ttl": round(self.ttl, 3),
                 "remaining": max(0.0, round(self.expires - now, 3)), "repeats": self.repeats,
                 "state": self.state, "priority": self.priority, "meter_id": self.meter_id,
                 "dpids": list(self.dpids), "confirmed": list(self.confirmed), "reason": self.reason,
-                "cookie": f"{rules.cookie(ACTIONS[self.action], self.id):#018x}"}
+                "cookie": f"{rules.cookie(REGISTRY.get(self.action).kind, self.id):#018x}"}
 
 
 def response_key(action: str, entity: Entity, params: Any) -> str:
     """Responses with the same key are one response (docs/playbooks.md, "one per")."""
-    if action == "block_ip":
-        return f"block_ip {entity.prefix}"
-    if action == "mirror":
-        return f"mirror {entity.mac} {params.dpid:#x}:{params.port}"
-    return f"{action} {entity.mac}"
-
-
-# ---------------------------------------------------------------- JSON columns
-
-_STRS, _INTS, _ALLOWS = "strs", "ints", "allows"
-_OPT_STR, _OPT_INT = (str, None), (int, None)
-_PARAM_FIELDS: dict[str, dict[str, Any]] = {
-    "quarantine": {"allow": _ALLOWS, "dhcp": bool, "dns_servers": _STRS},
-    "block_lateral": {"internal_subnets": _STRS, "gateway_ip": str, "gateway_mac": _OPT_STR,
-                      "allow": _STRS},
-    "redirect": {"target_ip": str, "target_mac": str, "original_ip": _OPT_STR, "proto": _OPT_STR,
-                 "ports": _INTS},
-    "rate_limit": {"kbps": int, "burst_kbits": _OPT_INT},
-    "block_ip": {},
-    "mirror": {"dpid": int, "port": int},
-}
-_ALLOW_FIELDS = {"ip": str, "proto": _OPT_STR, "ports": _INTS}
-_ENTITY_FIELDS = {"mac": _OPT_STR, "ip": _OPT_STR, "prefix": _OPT_STR}
+    return REGISTRY.get(action).key(entity, params)
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _value(kind: Any, v: Any, where: str) -> Any:
-    if kind == _STRS or kind == _INTS:
-        want = str if kind == _STRS else int
-        if not isinstance(v, list) or not all(_is_int(x) if want is int else isinstance(x, str) for x in v):
-            raise ValueError(f"{where}: expected a list of {want.__name__}")
-        return tuple(v)
-    if kind == _ALLOWS:
-        if not isinstance(v, list):
-            raise ValueError(f"{where}: expected a list")
-        return tuple(Allow(**_fields(_ALLOW_FIELDS, a, f"{where}[{i}]")) for i, a in enumerate(v))
-    if isinstance(kind, tuple):
-        if v is None:
-            return None
-        kind = kind[0]
-    ok = _is_int(v) if kind is int else isinstance(v, kind)
-    if not ok:
-        raise ValueError(f"{where}: expected {kind.__name__}, got {type(v).__name__}")
-    return v
-
-
-def _fields(spec: dict[str, Any], obj: Any, where: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected an object")
-    if set(obj) != set(spec):
-        raise ValueError(f"{where}: fields {sorted(obj)}, expected {sorted(spec)}")
-    return {k: _value(kind, obj[k], f"{where}.{k}") for k, kind in spec.items()}
-
-
-def _params_json(params: Any) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(params)))
-
-
-def _entity_json(entity: Entity) -> dict:
-    return {"mac": entity.mac, "ip": entity.ip, "prefix": entity.prefix}
 
 
 def _load_json(text: Any, where: str) -> Any:
@@ -240,8 +185,15 @@ def _load_json(text: Any, where: str) -> Any:
     return json.loads(text)
 
 
+def _ints(v: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(v, list) or not all(_is_int(x) for x in v):
+        raise ValueError(f"{where}: expected a list of int")
+    return tuple(v)
+
+
 # ---------------------------------------------------------------- the store
 
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     id INTEGER PRIMARY KEY,
@@ -264,7 +216,8 @@ CREATE TABLE IF NOT EXISTS responses (
     dpids TEXT NOT NULL,
     confirmed TEXT NOT NULL,
     reason TEXT NOT NULL,
-    ended REAL
+    ended REAL,
+    device TEXT
 );
 CREATE INDEX IF NOT EXISTS responses_state ON responses (state, expires);
 CREATE INDEX IF NOT EXISTS responses_key ON responses (key, mode, state);
@@ -273,7 +226,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _COLUMNS = ("id", "action", "entity", "params", "playbook", "mode", "created", "expires", "ttl",
             "alert_id", "mac", "subject", "key", "repeats", "state", "priority", "meter_id", "dpids",
-            "confirmed", "reason", "ended")
+            "confirmed", "reason", "ended", "device")
 
 
 class ResponseStore:
@@ -290,8 +243,26 @@ class ResponseStore:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA synchronous = FULL")
         self.db.executescript(_SCHEMA)
+        self._migrate()
         self.problems: list[str] = []
         self._reported: set[Any] = set()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older iotguard to SCHEMA_VERSION, in place.
+
+        0 -> 1: the `device` column (the device's name, for the responses list);
+        rows from before it have none."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ResponseError(f"{self.path}: written by a newer iotguard (schema {version}, "
+                                f"this one reads up to {SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION:
+            return
+        with self._tx():
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}
+            if "device" not in columns:
+                self.db.execute("ALTER TABLE responses ADD COLUMN device TEXT")
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -324,10 +295,10 @@ class ResponseStore:
     def put(self, r: Stored) -> None:
         """Insert or replace one response (validated first: a bad record is never stored)."""
         r.response()
-        row = (r.id, r.action, json.dumps(_entity_json(r.entity)), json.dumps(_params_json(r.params)),
+        row = (r.id, r.action, codec.dumps(r.entity), codec.dumps(r.params),
                r.playbook, r.mode, float(r.created), float(r.expires), float(r.ttl), r.alert_id, r.mac,
                r.subject, r.key, r.repeats, r.state, r.priority, r.meter_id, json.dumps(list(r.dpids)),
-               json.dumps(list(r.confirmed)), r.reason, r.ended)
+               json.dumps(list(r.confirmed)), r.reason, r.ended, r.device)
         with self._tx():
             self.db.execute(f"INSERT OR REPLACE INTO responses ({', '.join(_COLUMNS)}) "
                             f"VALUES ({', '.join('?' * len(_COLUMNS))})", row)
@@ -396,7 +367,8 @@ class ResponseStore:
         rid, action, mode, state = row["id"], row["action"], row["mode"], row["state"]
         if not _is_int(rid) or not 0 < rid <= rules.COOKIE_ID_MASK:
             raise ValueError(f"id {rid!r} outside 1..{rules.COOKIE_ID_MASK}")
-        if action not in ACTIONS:
+        definition = REGISTRY.get(action) if action in REGISTRY else None
+        if definition is None or definition.Plan is None:
             raise ValueError(f"unknown action {action!r}")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
@@ -415,25 +387,26 @@ class ResponseStore:
         if meter is not None and not (_is_int(meter) and rules.METER_RESPONSE_MIN <= meter
                                       <= rules.METER_RESPONSE_MAX):
             raise ValueError(f"meter_id {meter!r} outside the response meters")
-        if action == "rate_limit" and meter is None:
-            raise ValueError("rate_limit without a meter_id")
-        entity = Entity(**_fields(_ENTITY_FIELDS, _load_json(row["entity"], "entity"), "entity"))
-        params = PARAMS[action](**_fields(_PARAM_FIELDS[action], _load_json(row["params"], "params"),
-                                          "params"))
-        dpids = _value(_INTS, _load_json(row["dpids"], "dpids"), "dpids")
-        confirmed = _value(_INTS, _load_json(row["confirmed"], "confirmed"), "confirmed")
+        if definition.uses_meter and meter is None:
+            raise ValueError(f"{action} without a meter_id")
+        entity = codec.decode(Entity, _load_json(row["entity"], "entity"), "entity")
+        params = codec.decode(definition.Plan, _load_json(row["params"], "params"), "params")
+        dpids = _ints(_load_json(row["dpids"], "dpids"), "dpids")
+        confirmed = _ints(_load_json(row["confirmed"], "confirmed"), "confirmed")
         for name in ("playbook", "reason"):
             if not isinstance(row[name], str):
                 raise ValueError(f"{name} is not text")
-        for name in ("alert_id", "mac"):
+        for name in ("alert_id", "mac", "device"):
             if row[name] is not None and not isinstance(row[name], str):
                 raise ValueError(f"{name} is not text")
         ended = row["ended"]
         if ended is not None and (isinstance(ended, bool) or not isinstance(ended, (int, float))):
             raise ValueError(f"ended {ended!r} is not a time")
-        r = Stored(rid, action, entity, params, row["playbook"], mode, float(row["created"]),
-                   float(row["expires"]), row["repeats"], state, row["priority"], meter, row["alert_id"],
-                   row["mac"], dpids, confirmed, row["reason"], ended)
+        r = Stored(id=rid, action=action, entity=entity, params=params, playbook=row["playbook"], mode=mode,
+                   created=float(row["created"]), expires=float(row["expires"]), repeats=row["repeats"],
+                   state=state, priority=row["priority"], meter_id=meter, alert_id=row["alert_id"],
+                   mac=row["mac"], dpids=dpids, confirmed=confirmed, reason=row["reason"], ended=ended,
+                   device=row["device"])
         r.response()                      # Response's own checks (params, entity, priority)
         return r
 
@@ -450,14 +423,6 @@ class _Group:
     entity: Entity
     params: Any
     members: list[tuple[pb.Playbook, pb.Action]] = field(default_factory=list)
-
-
-def _ipv4(value: str) -> bool:
-    try:
-        ipaddress.IPv4Address(value)
-        return True
-    except ValueError:
-        return False
 
 
 class Engine:
@@ -514,7 +479,8 @@ class Engine:
         for book in pb.matching(self.playbooks if playbooks is None else playbooks, alert, dev):
             mode = "dry-run" if book.dry_run or self.dry_run else "enforce"
             for act in book.do:
-                if act.kind == "notify":
+                action = REGISTRY.get(act.kind)
+                if action.Plan is None:
                     self._notify(jobs, book, act, mode, alert)
                     continue
                 try:
@@ -535,82 +501,45 @@ class Engine:
         for job in notify:
             job["actions"] = [d.to_dict() for d in summary]
             self.audit.write("dry-run" if job["mode"] == "dry-run" else "decision", time=now, alert=alert,
-                             playbook=job["playbook"], action="notify", mode=job["mode"],
+                             playbook=job["playbook"], action=job["action"], mode=job["mode"],
                              outcome="queued", detail={"destination": job["destination"]})
         return Applied(messages, notify, summary)
 
     def _notify(self, jobs: dict[str, dict], book: pb.Playbook, act: pb.Action, mode: str,
                 alert: dict) -> None:
-        p: pb.Notify = act.params  # type: ignore[assignment]
-        dests = (["log"] if p.log else []) + ([p.webhook] if p.webhook else [])
-        for dest in dests:
-            job = jobs.get(dest)
-            if job is None:
-                jobs[dest] = {"destination": dest, "playbook": book.name, "mode": mode, "alert": alert,
-                              "webhook": None if dest == "log" else dest, "timeout_s": p.timeout_s,
-                              "retries": p.retries}
-            elif job["mode"] == "dry-run" and mode == "enforce":
-                job["mode"] = "enforce"           # an enforced notify is never demoted to dry-run
+        for job in REGISTRY.get(act.kind).jobs(act.params):  # type: ignore[attr-defined]
+            dest = job["destination"]
+            seen = jobs.get(dest)
+            if seen is None:
+                jobs[dest] = {**job, "action": act.kind, "playbook": book.name, "mode": mode, "alert": alert}
+            elif seen["mode"] == "dry-run" and mode == "enforce":
+                seen["mode"] = "enforce"           # an enforced notify is never demoted to dry-run
 
     def _resolve(self, act: pb.Action, alert: Mapping[str, Any],
                  dev: dict) -> tuple[Entity, Any]:
-        """The playbook action as an entity and a responses.PARAMS record; ResponseError if impossible."""
-        p = act.params
-        if act.kind == "block_ip":
-            target = p.ip if p.ip is not None else _alert_remote(alert)  # type: ignore[union-attr]
-            return Entity(prefix=target), BlockIpParams()
-        mac = dev.get("mac")
-        if not mac:
-            raise ResponseError(f"{act.kind} needs a device, and the alert names none")
-        ip = next((a for a in dev.get("ips") or () if _ipv4(a)), None)
-        entity = Entity(mac=mac, ip=ip)
-        if isinstance(p, pb.Quarantine):
-            allow: list[Allow] = []
-            for rule in p.allow:
-                addr = self._host(rule.host)[0]
-                protos = [None] if rule.proto == "any" and not rule.ports else \
-                    ["tcp", "udp"] if rule.proto == "any" else [rule.proto]
-                allow += [Allow(addr, proto, rule.ports) for proto in protos]
-            dns = self.dns_servers() if callable(self.dns_servers) else self.dns_servers
-            return entity, QuarantineParams(tuple(allow), p.dhcp, tuple(dns) if p.dns else ())
-        if isinstance(p, pb.BlockLateral):
-            gw = self.gateway()
-            if gw is None:
-                raise ResponseError("block_lateral needs the gateway (a device tagged 'gateway')")
-            return entity, BlockLateralParams(self.internal_subnets, gw[0], gw[1],
-                                              tuple(self._host(h)[0] for h in p.allow))
-        if isinstance(p, pb.Redirect):
-            addr, next_hop, _ = self._host(p.to)
-            if next_hop is None:
-                raise ResponseError(f"redirect: the MAC toward {p.to!r} is not known yet")
-            if p.proto == "any" and p.ports:
-                raise ResponseError("redirect with ports needs proto tcp or udp")
-            return entity, RedirectParams(addr, next_hop, None, None if p.proto == "any" else p.proto,
-                                          p.ports)
-        if isinstance(p, pb.RateLimit):
-            if p.kbps is None:
-                raise ResponseError("rate_limit in pps is not supported yet; use kbps")
-            return entity, RateLimitParams(p.kbps)
-        if isinstance(p, pb.Mirror):
-            if p.port is not None:
-                return entity, MirrorParams(*p.port)
-            where = self._host(p.to)[2]  # type: ignore[arg-type]
-            if where is None:
-                raise ResponseError(f"mirror: the IDS host {p.to!r} has no known switch port yet")
-            return entity, MirrorParams(where.dpid, where.port)
-        raise ResponseError(f"unknown action {act.kind!r}")  # pragma: no cover
+        """The playbook action as an entity and its action's Plan; ResponseError if impossible."""
+        action = REGISTRY.get(act.kind)
+        ctx = Context(host=self._host, gateway=self.gateway, internal_subnets=self.internal_subnets,
+                      dns_servers=lambda: tuple(self.dns_servers() if callable(self.dns_servers)
+                                                else self.dns_servers),
+                      alert_remote=lambda: _alert_remote(alert))
+        mac = dev.get("mac") if action.needs_device else None
+        ip = next((a for a in dev.get("ips") or () if is_ipv4(a)), None) if mac else None
+        entity = action.entity(act.params, mac, ip, ctx)
+        return entity, action.resolve(act.params, ctx)
 
     def _host(self, ref: str) -> tuple[str, str | None, Location | None]:
         found = self.hosts(ref)
         if found is not None:
             return found
-        if _ipv4(ref):
+        if is_ipv4(ref):
             return ref, None, None
         raise ResponseError(f"unknown host {ref!r} (not in the device inventory, not an IPv4 address)")
 
     def _apply(self, g: _Group, alert: dict, dev: dict, now: float) -> tuple[Messages, Decision]:
         first_book, first_act = g.members[0]
-        subject = g.entity.prefix if first_act.kind == "block_ip" else g.entity.mac
+        action = REGISTRY.get(first_act.kind)
+        subject = action.subject(g.entity)
         existing = self.store.by_key(g.key, g.mode, now)
         ttl, repeats = 0, 0
         for _book, act in g.members:
@@ -646,11 +575,12 @@ class Engine:
                              detail={**detail, "expires": r.expires, "previous_expires": existing.expires})
             return out, decided(response_id=r.id, outcome="refreshed")
         try:
-            meter = self._meter() if first_act.kind == "rate_limit" else None
-            r = Stored(self.store.next_id(), first_act.kind, g.entity, g.params, first_book.name, g.mode,
-                       now, now + ttl, repeats, "active", first_book.priority - 1, meter,
-                       _text(alert.get("id")), dev.get("mac"),
-                       reason=_text(alert.get("explanation")) or "")
+            meter = self._meter() if action.uses_meter else None
+            r = Stored(id=self.store.next_id(), action=first_act.kind, entity=g.entity, params=g.params,
+                       playbook=first_book.name, mode=g.mode, created=now, expires=now + ttl, repeats=repeats,
+                       priority=first_book.priority - 1, meter_id=meter, alert_id=_text(alert.get("id")),
+                       mac=dev.get("mac"), reason=_text(alert.get("explanation")) or "",
+                       device=_text(dev.get("name")))
             r.response()
             out = self._compile(r, now)
         except ResponseError as e:
@@ -681,7 +611,7 @@ class Engine:
         for m in range(rules.METER_RESPONSE_MIN, rules.METER_RESPONSE_MAX + 1):
             if m not in used:
                 return m
-        raise ResponseError("no free rate_limit meter id")
+        raise ResponseError("no free response meter id")
 
     def _connected(self) -> set[int]:
         return set(self.switches())
@@ -778,8 +708,7 @@ class Engine:
     def response_id(self, spec: Spec) -> int | None:
         """The response a message the engine emitted belongs to (None: not a response's)."""
         if isinstance(spec, FlowSpec):
-            kind = rules.cookie_kind(spec.cookie)
-            return rules.cookie_id(spec.cookie) if kind in ACTIONS.values() else None
+            return rules.cookie_id(spec.cookie) if rules.is_response_cookie(spec.cookie) else None
         for r in self.store.active():
             if r.meter_id == spec.meter_id:
                 return r.id

@@ -27,7 +27,7 @@ from controller.detection.detector import Alert
 from controller.response.engine import Decision, Engine, ResponseStore, Spec
 from controller.openflow.rules import FlowSpec, MeterSpec
 from controller.network.inventory import Inventory
-from controller.response.records import ACTIONS, DEVICE_ACTIONS
+from controller.response.actions import REGISTRY
 from controller.network.topology import Location, Topology
 
 LOG = logging.getLogger("iotguard.responder")
@@ -37,14 +37,11 @@ MANUAL_PRIORITY = 1000
 LATENCIES = 1000          # alert -> confirmed samples kept for the API and the benchmark
 
 
-_RESPONSE_KINDS = frozenset(ACTIONS.values())
-
-
 def is_response_message(spec: object) -> bool:
     """Cheap test on the send path: does this install a response's rule or meter (to be
     confirmed by a barrier)?  Deletes are not confirmed: an error on them is only logged."""
     if isinstance(spec, FlowSpec):
-        return spec.command == "add" and rules.cookie_kind(spec.cookie) in _RESPONSE_KINDS
+        return spec.command == "add" and rules.is_response_cookie(spec.cookie)
     if isinstance(spec, MeterSpec):
         return spec.command != "delete" and rules.METER_RESPONSE_MIN <= spec.meter_id <= rules.METER_RESPONSE_MAX
     return False
@@ -271,15 +268,16 @@ class Responder:
         """An operator's response (POST /api/v1/responses) as a one-action playbook, so
         it is validated, stored, escalated and audited like any other."""
         action = body.get("action")
-        if action not in ACTIONS:
-            raise RequestError(f"field 'action' must be one of {', '.join(ACTIONS)}, got {action!r}")
+        names = [a.name for a in REGISTRY.installing()]
+        if not isinstance(action, str) or action not in names:
+            raise RequestError(f"field 'action' must be one of {', '.join(names)}, got {action!r}")
         params = dict(body.get("params") or {})
         ttl = body.get("ttl")
         if ttl is not None:    # seconds as a number, or a duration like 10m
             params["ttl"] = f"{ttl}s" if isinstance(ttl, int) and not isinstance(ttl, bool) else ttl
         ref = body.get("device")
         dev = None
-        if action in DEVICE_ACTIONS or ref not in (None, "", "-"):
+        if REGISTRY.get(action).needs_device or ref not in (None, "", "-"):
             if not isinstance(ref, str) or not ref:
                 raise RequestError(f"field 'device' (a name, MAC or IP) is required for {action}")
             dev = self.find(ref)
@@ -299,7 +297,7 @@ class Responder:
                  "device": dev["name"] if dev else None, "mac": dev["mac"] if dev else None,
                  "score": 0.0, "threshold": 0.0,
                  "explanation": f"manual {action} requested by an operator" + (f": {reason}" if reason else ""),
-                 **({"remote": params["ip"]} if action == "block_ip" and "ip" in params else {})}
+                 **({"remote": params["ip"]} if isinstance(params.get("ip"), str) else {})}
         applied = self.engine.on_alert(alert, dev, now, playbooks=[book])
         self._note(applied.messages, alert)
         self._count(applied.decisions)

@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.integration,
                                                         "(sudo make test provisions both)")]
 
 from controller.openflow import rules  # noqa: E402
+from tests.unit.kinds import Kind  # noqa: E402
 from topologies.net import dns_query_cmd, honeypot_log, start_process, wait_listening  # noqa: E402
 from topologies.smart_home import SmartHomeTopo  # noqa: E402
 
@@ -58,7 +59,7 @@ def flows(bridge: str, table: int = 0) -> list[str]:
     return [ln.strip() for ln in out.splitlines() if "cookie=" in ln]
 
 
-def with_kind(bridge: str, kind: rules.Kind) -> list[str]:
+def with_kind(bridge: str, kind: int) -> list[str]:
     """Table-0 flows on `bridge` whose cookie says they are rules of this kind."""
     return [f for f in flows(bridge) if rules.cookie_kind(int(f.split("cookie=")[1].split(",")[0], 16)) == kind]
 
@@ -307,15 +308,15 @@ def test_quarantine_survives_kill_9_and_a_switch_reconnect(lab):
         again = confirmed(ctl, r["id"], timeout=15)
         assert 0 < again["remaining"] < 300
         assert not ping(cam, GW, count=2), "the quarantine must still hold after a restart"
-        assert with_kind("hs2", rules.Kind.QUARANTINE)
+        assert with_kind("hs2", Kind.QUARANTINE)
         # the switch drops and re-opens its connection: rules come back with it
         subprocess.run(["ovs-vsctl", "del-controller", "hs2"], check=True, timeout=10)
         subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", "hs2",
-                        f"cookie={rules.cookie(rules.Kind.QUARANTINE, r['id']):#x}/-1"], check=True, timeout=10)
-        assert not with_kind("hs2", rules.Kind.QUARANTINE)
+                        f"cookie={rules.cookie(Kind.QUARANTINE, r['id']):#x}/-1"], check=True, timeout=10)
+        assert not with_kind("hs2", Kind.QUARANTINE)
         subprocess.run(["ovs-vsctl", "set-controller", "hs2", f"tcp:127.0.0.1:{ctl.ofp_port}"],
                        check=True, timeout=10)
-        ctl.wait_for(lambda: with_kind("hs2", rules.Kind.QUARANTINE), 20, "quarantine rules re-installed")
+        ctl.wait_for(lambda: with_kind("hs2", Kind.QUARANTINE), 20, "quarantine rules re-installed")
         assert not ping(cam, GW, count=2)
     finally:
         release(ctl, r["id"])
@@ -335,7 +336,7 @@ def test_a_full_table_fails_the_response_loudly_and_leaves_nothing_half_installe
                                        and e["response_id"] == r["id"]], 5, "the failure reported")
         assert "OFPFMFC_TABLE_FULL" in failed[0]["error"]
         assert r["id"] not in [x["id"] for x in ctl.responses()], "a failed response is not listed active"
-        ctl.wait_for(lambda: not with_kind("hs2", rules.Kind.QUARANTINE), 5, "the installed part removed")
+        ctl.wait_for(lambda: not with_kind("hs2", Kind.QUARANTINE), 5, "the installed part removed")
         assert ping(cam, GW), "a half-installed quarantine must not be left cutting the camera off"
         assert "OFPFMFC_TABLE_FULL" in ctl.logs()
     finally:

@@ -347,8 +347,8 @@ def test_human_duration_and_since():
 
 
 def test_cli_actions_match_the_engine():
-    from controller.response.records import ACTIONS
-    assert set(cli.RESPONSE_ACTIONS) == set(ACTIONS)
+    from controller.response.actions import REGISTRY
+    assert set(cli.response_actions()) == {a.name for a in REGISTRY.installing()}
 
 
 def test_run_refuses_invalid_playbooks_with_every_problem(tmp_path, capsys):

@@ -19,10 +19,16 @@ from controller.openflow import rules
 from controller.response.audit import AuditLog
 from controller.response.engine import Engine, ResponseStore
 from controller.response.playbook import load_playbooks, parse_playbooks
-from controller.response.records import (Allow, BlockIpParams, BlockLateralParams, Entity, MirrorParams,
-                                  QuarantineParams, RateLimitParams, RedirectParams, Response,
-                                  compile_response, release_response)
-from controller.openflow.rules import FlowSpec, Kind
+from controller.response.actions.block_ip import BlockIpPlan as BlockIpParams
+from controller.response.actions.block_lateral import BlockLateralPlan as BlockLateralParams
+from controller.response.actions.mirror import MirrorPlan as MirrorParams
+from controller.response.actions.quarantine import Allow
+from controller.response.actions.quarantine import QuarantinePlan as QuarantineParams
+from controller.response.actions.rate_limit import RateLimitPlan as RateLimitParams
+from controller.response.actions.redirect import RedirectPlan as RedirectParams
+from controller.response.records import Entity, Response, compile_response, release_response
+from controller.openflow.rules import FlowSpec
+from tests.unit.kinds import Kind
 from controller.network.topology import Location
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

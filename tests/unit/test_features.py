@@ -10,7 +10,7 @@ from controller.openflow import rules
 from controller.telemetry.features import (FEATURES, INDEX, TWO_SIDED, UNITS, FeatureExtractor,
                                  KnownDestinations, WindowFeatures)
 from controller.network.forwarding import FlowRegistry
-from controller.openflow.rules import Kind
+from tests.unit.kinds import Kind
 from controller.telemetry.stats import FlowDeltas, edge_array
 
 CAM, NVR, GW, HUB = "00:00:00:00:00:01", "00:00:00:00:00:02", "00:00:00:00:00:03", "00:00:00:00:00:04"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from controller.api.metrics import ACTIONS, Metrics
+from controller.api.metrics import Metrics, actions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_full_snapshot_exact_samples() -> None:
         "# TYPE iotguard_response_confirm_seconds histogram",
     ):
         assert expected in out, expected
-    for action in ACTIONS:
+    for action in actions():
         assert any(ln.startswith(f'iotguard_active_responses{{action="{action}"}} ') for ln in out), action
 
 

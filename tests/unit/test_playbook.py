@@ -18,9 +18,17 @@ import yaml
 
 from controller.response import playbook as pb
 from controller.telemetry.features import FEATURES
+from controller.response.actions import REGISTRY
+from controller.response.actions.block_ip import BlockIpParams as BlockIp
+from controller.response.actions.block_lateral import BlockLateralParams as BlockLateral
+from controller.response.actions.mirror import MirrorParams as Mirror
+from controller.response.actions.notify import NotifyParams as Notify
+from controller.response.actions.quarantine import AllowRule
+from controller.response.actions.quarantine import QuarantineParams as Quarantine
+from controller.response.actions.rate_limit import RateLimitParams as RateLimit
+from controller.response.actions.redirect import RedirectParams as Redirect
 from controller.response.playbook import (
-    Action, AllowRule, BlockIp, BlockLateral, Condition, Escalate, Mirror, Notify, Playbook,
-    PlaybookError, Problem, Quarantine, RateLimit, Redirect, Trigger, alert_value, load_playbooks,
+    Action, Condition, Escalate, Playbook, PlaybookError, Problem, Trigger, alert_value, load_playbooks,
     matching, parse_playbooks,
 )
 from controller.yamlnodes import MAX_FILE_BYTES
@@ -559,8 +567,8 @@ def test_schema_matches_the_format() -> None:
     assert defs["playbook"]["properties"]["mode"]["enum"] == list(pb.MODES)
     assert set(defs["when"]["properties"]) == {f.name for f in dataclasses.fields(Trigger)}
     assert defs["when"]["properties"]["kinds"]["items"]["enum"] == list(pb.ALERT_KINDS)
-    assert defs["action"]["oneOf"] == [{"$ref": f"#/$defs/{a}"} for a in pb.ACTIONS]
-    for kind, cls in pb.PARAMS.items():
+    assert defs["action"]["oneOf"] == [{"$ref": f"#/$defs/{a}"} for a in pb.actions()]
+    for kind, cls in {a.name: a.Params for a in REGISTRY}.items():
         body = defs[kind]["properties"][kind]
         common = set() if kind == "notify" else {"ttl", "escalate"}
         assert set(body["properties"]) == {f.name for f in dataclasses.fields(cls)} | common, kind

@@ -9,7 +9,8 @@ from controller.openflow import rules
 from controller.config import parse_config
 from controller.core import Core
 from controller.response.service import Confirmations, RequestError
-from controller.openflow.rules import FlowSpec, Kind, MeterSpec
+from controller.openflow.rules import FlowSpec, MeterSpec
+from tests.unit.kinds import Kind
 
 from tests.unit.test_core import Clock, arp
 

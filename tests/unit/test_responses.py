@@ -17,10 +17,17 @@ import pytest
 from controller.openflow import compat
 
 from controller.openflow import rules
-from controller.response.records import (Allow, BlockIpParams, BlockLateralParams, Entity, MirrorParams,
-                                  QuarantineParams, RateLimitParams, RedirectParams, Response,
-                                  ResponseError, compile_response, release_response)
-from controller.openflow.rules import FlowSpec, Kind, MeterSpec, RuleError
+from controller.response.actions.block_ip import BlockIpPlan as BlockIpParams
+from controller.response.actions.block_lateral import BlockLateralPlan as BlockLateralParams
+from controller.response.actions.mirror import MirrorPlan as MirrorParams
+from controller.response.actions.quarantine import Allow
+from controller.response.actions.quarantine import QuarantinePlan as QuarantineParams
+from controller.response.actions.rate_limit import RateLimitPlan as RateLimitParams
+from controller.response.actions.redirect import RedirectPlan as RedirectParams
+from controller.response.records import Entity, Response, ResponseError, compile_response, release_response
+from controller.openflow.rules import FlowSpec, MeterSpec, RuleError
+from tests.unit.kinds import Kind
+from controller.response.actions import REGISTRY
 from controller.network.topology import Location
 from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -262,7 +269,8 @@ def test_offsets_outside_the_slot_are_refused():
     with pytest.raises(ResponseError, match="priority offset 1000"):
         quarantine(priority=1000)
     with pytest.raises(RuleError, match="priority offset -1"):
-        rules.block_ip(1, "203.0.113.7", offset=-1)
+        REGISTRY.get("block_ip").compile(1, Entity(prefix="203.0.113.7"), BlockIpParams(), offset=-1, timeout=0,
+                                         meter_id=None)
 
 
 # ---------------------------------------------------------------- the table check
@@ -327,7 +335,7 @@ def test_largest_cookie_id_is_accepted():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: Response(1, "nuke", Entity(mac=DEV), BlockIpParams()), "unknown action 'nuke'"),
-    (lambda: Response(1, "quarantine", Entity(mac=DEV), BlockIpParams()), "needs QuarantineParams"),
+    (lambda: Response(1, "quarantine", Entity(mac=DEV), BlockIpParams()), f"needs {QuarantineParams.__name__}"),
     (lambda: Response(1, "quarantine", Entity(ip=DEV_IP), QuarantineParams()), "needs the device's MAC"),
     (lambda: Response(1, "block_ip", Entity(mac=DEV), BlockIpParams()), "needs entity.prefix"),
     (lambda: Response(1, "block_ip", Entity(prefix="0.0.0.0/0"), BlockIpParams()), "would drop all IPv4"),

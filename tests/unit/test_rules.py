@@ -1,7 +1,9 @@
 import pytest
 
 from controller.openflow import rules
-from controller.openflow.rules import FlowSpec, Kind, RuleError
+from controller.openflow.rules import FlowSpec, RuleError
+from tests.unit.kinds import Kind
+from controller.response.actions import REGISTRY
 
 
 def test_cookie_scheme_round_trips_kind_and_id():
@@ -85,7 +87,7 @@ def test_check_rejects_specs_outside_the_layout(spec, message):
 
 
 def test_layout_rows_cover_every_table():
-    rows = list(rules.layout_rows())
+    rows = list(REGISTRY.layout_rows())
     assert rows[0][0] == "table"
     assert {r[0].split()[0] for r in rows[1:]} == {"0", "1"}
 
@@ -93,7 +95,7 @@ def test_layout_rows_cover_every_table():
 def test_readme_table_layout_matches_the_code():
     import os
     readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
-    rows = list(rules.layout_rows())
+    rows = list(REGISTRY.layout_rows())
     table = "\n".join(["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
                       + ["| " + " | ".join(r) + " |" for r in rows[1:]])
     assert table in readme

@@ -4,7 +4,7 @@ import pytest
 from controller.openflow import rules
 from controller.network.forwarding import FlowRegistry
 from controller.openflow.wire import FLOW_STATS_HEAD
-from controller.openflow.rules import Kind
+from tests.unit.kinds import Kind
 from controller.telemetry.stats import FlowStatsTracker, MultipartAssembler, PortStatsTracker, by_device, edge_array
 
 CAM, NVR, INET = "00:00:00:00:00:01", "00:00:00:00:00:02", "00:00:00:00:00:03"
