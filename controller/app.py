@@ -143,7 +143,7 @@ class IoTGuard(compat.BaseApp):
         def apply() -> dict:
             done = self.core.responder.manual(body, self.core.wall())
             self.core.outbox += done["messages"]
-            self.core.notify_jobs += done["notify"]
+            self.core.notify_jobs += done["jobs"]
             return done
         try:
             done = self._locked(apply)

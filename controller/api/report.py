@@ -25,6 +25,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
+from controller.response.actions import REGISTRY
 from controller.telemetry.features import UNITS
 from controller.detection.incidents import _safe
 
@@ -36,6 +37,9 @@ MAX_PANELS = 8
 LINE_EVENTS = ("decision", "dry-run", "installed", "failed", "released", "expired")
 SHOW_IDS = 5
 LOG_RATIO = 20.0
+
+# actions that install no rules (notify): nothing to mark on the timeline
+_NO_RULES = frozenset(a.name for a in REGISTRY if a.Plan is None)
 
 
 class ReportError(Exception):
@@ -175,7 +179,7 @@ def _marks(events: list[dict], t0: float) -> list[tuple[float, str]]:
     seen, out = set(), []
     for e in events:
         t = _num(e.get("time"))
-        if e.get("event") not in LINE_EVENTS or e.get("action") == "notify" or math.isnan(t):
+        if e.get("event") not in LINE_EVENTS or e.get("action") in _NO_RULES or math.isnan(t):
             continue
         label = f"{e.get('action') or '?'} {e.get('event')}"
         key = (label, round(t - t0, 1))

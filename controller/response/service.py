@@ -303,9 +303,9 @@ class Responder:
         self._count(applied.decisions)
         keys = ("action", "playbook", "mode", "response_id", "outcome", "error")
         actions = [{k: v for k, v in d.to_dict().items() if k in keys} for d in applied.decisions]
-        actions += [Decision(action="notify", playbook=j["playbook"], mode=j["mode"], outcome="queued").to_dict()
+        actions += [Decision(action=j["action"], playbook=j["playbook"], mode=j["mode"], outcome="queued").to_dict()
                     for j in applied.notify]
-        return {"messages": applied.messages, "notify": applied.notify, "alert": alert, "actions": actions}
+        return {"messages": applied.messages, "jobs": applied.notify, "alert": alert, "actions": actions}
 
     def alert_from_request(self, body: Mapping[str, Any], now: float) -> Alert:
         """An alert raised by hand (POST /api/v1/alerts), to exercise playbooks."""
