@@ -673,3 +673,15 @@ def test_cmd_playbook_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert pb.cmd_playbook_validate([str(tmp_path / "sub")]) == 2
     assert "no playbook files found" in capsys.readouterr().err
     assert pb.main(["validate", str(SHIPPED)]) == 0
+
+
+def test_shipped_schema_is_generated_from_the_registry() -> None:
+    from controller.response import schema
+    assert (SHIPPED / "schema.json").read_text(encoding="utf-8") == schema.text(), \
+        "playbooks/schema.json is stale: python -m controller.response.schema > playbooks/schema.json"
+
+
+def test_docs_action_table_is_generated_from_the_registry() -> None:
+    from controller.response import schema
+    docs = (REPO / "docs" / "playbooks.md").read_text(encoding="utf-8")
+    assert schema.action_table() in docs
