@@ -150,13 +150,13 @@ class Stored:
         """The record as a `Response`; with `now`, created=now and ttl the time left
         (so compile_response gives the remaining hard_timeout)."""
         if now is None:
-            return Response(self.id, self.action, self.entity, self.params, None, self.priority,
-                            self.created, self.playbook, self.reason)
+            return Response(self.id, self.action, self.entity, self.params, ttl=None, priority=self.priority,
+                            created=self.created, playbook=self.playbook, reason=self.reason)
         left = self.expires - now
         if left <= 0:
             raise ResponseError(f"response {self.id} expired {-left:.1f} s ago")
-        return Response(self.id, self.action, self.entity, self.params, min(left, rules.MAX_HARD_TIMEOUT),
-                        self.priority, now, self.playbook, self.reason)
+        return Response(self.id, self.action, self.entity, self.params, ttl=min(left, rules.MAX_HARD_TIMEOUT),
+                        priority=self.priority, created=now, playbook=self.playbook, reason=self.reason)
 
     def view(self, now: float) -> dict:
         return {"id": self.id, "action": self.action, "mode": self.mode, "playbook": self.playbook,

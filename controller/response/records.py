@@ -27,7 +27,7 @@ combine):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Iterable, Sequence
 
 from controller.network.topology import Location
@@ -38,7 +38,7 @@ from controller.response.actions.base import Entity, ResponseError, Spec
 __all__ = ["Entity", "Response", "ResponseError", "Spec", "compile_response", "release_response"]
 
 
-@dataclass(frozen=True, kw_only=False)
+@dataclass(frozen=True)
 class Response:
     """One decided response.  `id` is the low 40 bits of its rules' cookies;
     `priority` is its offset (0..999) within its action's slots; `ttl` seconds
@@ -48,6 +48,7 @@ class Response:
     action: str
     entity: Entity
     params: Any                     # the action's Plan
+    _: KW_ONLY
     ttl: float | None = None
     priority: int = 0
     created: float = 0.0
