@@ -74,6 +74,11 @@ def mac(value: str, what: str) -> str:
         raise ResponseError(f"{what}: {value!r} is not a MAC address") from None
 
 
+def is_unicast_mac(value: str) -> bool:
+    """A MAC that can be one device's: not group (broadcast, multicast) and not all zeros."""
+    return not int(value[:2], 16) & 1 and value.replace(":", "").strip("0") != ""
+
+
 def check_l4(proto: str | None, ports: tuple[int, ...], what: str) -> None:
     if proto is not None and proto not in rules.IP_PROTOS:
         raise ResponseError(f"{what}.proto: {proto!r} is not one of {sorted(rules.IP_PROTOS)}")
@@ -167,6 +172,9 @@ class ResponseAction:
     def check_entity(self, entity: Entity, plan: Any) -> None:
         if self.needs_device and entity.mac is None:
             raise ResponseError(f"{self.name} needs the device's MAC (entity.mac)")
+        if entity.mac is not None and not is_unicast_mac(entity.mac):
+            raise ResponseError(f"{self.name}: {entity.mac} is a broadcast, multicast or zero MAC, never a "
+                                "device: its rules would cut off everyone")
 
     # ------------------------------------------------------------ identity
     def key(self, entity: Entity, plan: Any) -> str:

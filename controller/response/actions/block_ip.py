@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -42,6 +43,13 @@ class BlockIp(ResponseAction):
 
     def check(self, c: v.Checker, node: Node, path: str, values: dict[str, Any]) -> dict[str, Any]:
         v.one_of(c, node, path, values, ("ip", "target"))
+        if values["ip"] is not None:    # what the rules cannot match is refused now, not when it fires
+            net = ipaddress.ip_network(values["ip"])
+            where = v.join(path, "ip")
+            if net.version != 4:
+                c.fail(v.child(node, "ip"), where, f"{values['ip']} is IPv6; block_ip matches IPv4 only")
+            if net.prefixlen == 0:
+                c.fail(v.child(node, "ip"), where, "0.0.0.0/0 would drop all IPv4")
         return values
 
     def entity(self, params: BlockIpParams, device_mac: str | None, device_ip: str | None, ctx: Context) -> Entity:
