@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import logging
 import os
 import re
 import secrets
 import socket
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -123,6 +125,22 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range (finite numbers only)")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"field {key[:60]!r} is given twice")
+        out[key] = value
+    return out
+
+
 def parse_body(method: str, headers, body: bytes) -> Any:
     """The request's JSON body, or None when the method takes none or it is empty."""
     if len(body) > MAX_BODY:
@@ -134,7 +152,8 @@ def parse_body(method: str, headers, body: bytes) -> Any:
         raise ApiError(415, "unsupported_media_type", f"request body must be JSON with 'Content-Type: "
                                                       f"application/json', got {ctype[:60]!r}")
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constants, parse_float=_finite,
+                          object_pairs_hook=_unique_keys)
     except UnicodeDecodeError as e:
         raise ApiError(400, "bad_request", f"request body is not UTF-8: {e.reason} at byte {e.start}") from None
     except RecursionError:
@@ -248,6 +267,10 @@ def _content_length(headers) -> tuple[int, tuple[int, dict] | None]:
     return int(value), None
 
 
+_HTTP_ERRORS = {400: "bad_request", 414: "uri_too_long", 431: "headers_too_large", 501: "not_implemented",
+                505: "http_version_not_supported"}
+
+
 def make_handler(api: Api):
     class Handler(BaseHTTPRequestHandler):
         server_version = "iotguard"
@@ -272,6 +295,22 @@ def make_handler(api: Api):
                 return
             self._reply(*api.handle(self.command, self.path, self.headers, body))
 
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """Errors of the HTTP layer itself (a bad request line, 414, 431, 501, 505)
+            answer in JSON like every other error, never in the server's HTML."""
+            self.close_connection = True
+            if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+                self.request_version = "HTTP/1.0"   # a request we could not parse still gets headers
+            try:
+                phrase = HTTPStatus(code).phrase
+            except ValueError:
+                phrase = "error"
+            error = _HTTP_ERRORS.get(code, phrase.lower().replace(" ", "_").replace("-", "_"))
+            try:
+                self._reply(code, {"error": error, "message": message or phrase})
+            except OSError:
+                pass
+
         def _reply(self, status: int, body: Any) -> None:
             data = b"" if status == 204 else (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
             self.send_response(status)
@@ -284,7 +323,7 @@ def make_handler(api: Api):
                 allowed = body["message"].rsplit("allowed: ", 1)[-1]
                 self.send_header("Allow", ", ".join(m.strip("[]' ") for m in allowed.split(",")))
             self.end_headers()
-            if self.command != "HEAD":
+            if getattr(self, "command", None) != "HEAD":
                 self.wfile.write(data)
 
         def _linger(self) -> None:

@@ -359,3 +359,56 @@ def test_huge_or_unauthorised_body_is_refused_unread(http_api):
     status, body = raw(http_api, (head + "Content-Length: 60000\r\n\r\n{").encode(), shut=False)
     assert status == 401
     assert time.monotonic() - t0 < 5  # well under the 10 s socket timeout per request
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"score": 1e999}', "number 1e999 is out of range (finite numbers only)"),
+    (b'{"score": -1e400}', "number -1e400 is out of range"),
+    (b'{"ttl": 5, "ttl": 600}', "field 'ttl' is given twice"),
+    (b'{"params": {"kbps": 1, "kbps": 2}}', "field 'kbps' is given twice"),
+    (b'{"score": NaN}', "NaN is not valid JSON"),
+])
+def test_non_finite_numbers_and_duplicate_fields_are_400(data, message):
+    headers = {**auth(), "Content-Type": "application/json"}
+    status, body = rest_api().handle("POST", "/api/v1/responses", headers, data)
+    assert status == 400 and body["error"] == "bad_request" and message in body["message"], body
+
+
+def raw_http(request: bytes) -> tuple[int, str, dict]:
+    """Send raw bytes to a real handler; (status, content type, JSON body)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    handler = make_handler(api())
+
+    def serve():
+        s, addr = srv.accept()
+        serve_connection(handler, s, addr)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    with socket.create_connection(srv.getsockname(), timeout=5) as c:
+        c.sendall(request)
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    th.join(5)
+    srv.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    ctype = next((ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("content-type:")), "")
+    return int(lines[0].split()[1]), ctype, json.loads(body)
+
+
+@pytest.mark.parametrize("request_bytes, status, error", [
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "uri_too_long"),
+    (b"GET /api/v1/health HTTP/1.1\r\n" + b"X-Big: " + b"b" * 70000 + b"\r\n\r\n", 431, "headers_too_large"),
+    (b"BREW /api/v1/health HTTP/1.1\r\n\r\n", 501, "not_implemented"),
+    (b"GET /api/v1/health HTTP/2.0\r\n\r\n", 505, "http_version_not_supported"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 binary\r\n\r\n", 400, "bad_request"),
+])
+def test_errors_from_the_http_layer_are_json_too(request_bytes, status, error):
+    got, ctype, body = raw_http(request_bytes)
+    assert (got, ctype, body["error"]) == (status, "application/json", error)
+    assert isinstance(body["message"], str) and body["message"]
