@@ -18,6 +18,7 @@ from typing import Iterable, Union
 
 import numpy as np
 
+from controller.addresses import Subnets
 from controller.openflow import rules
 from controller.config import Config
 from controller.detection.detector import Alert, Detector
@@ -78,7 +79,7 @@ class Core:
         self.counters = {"packet_in": 0, "lldp_in": 0, "flow_entries": 0, "polls": 0,
                          "malformed": 0, "windows": 0, "alerts": 0}
         self.alert_kinds: dict[str, int] = {}
-        self._internal = tuple(ipaddress.ip_network(n) for n in config.internal_subnets)
+        self._internal = Subnets(config.internal_subnets)
         self.known = KnownDestinations()
         self.extractor = FeatureExtractor(self.registry, config.internal_subnets, self.known)
         self.store = store_for(config, known=self.known)
@@ -322,9 +323,8 @@ class Core:
         for a in alerts:
             if a.kind == "anomaly" and a.mac is not None:
                 for ip in self.known.unknown(a.mac, self.extractor.last_destinations(a.mac)):
-                    addr = ipaddress.IPv4Address(ip)
-                    if not any(addr in n for n in self._internal) and not self.known.learned_by(ip):
-                        a.remote = str(addr)
+                    if ip not in self._internal and not self.known.learned_by(ip):
+                        a.remote = str(ipaddress.IPv4Address(ip))
                         break
         for a in alerts:
             if a.kind == "outbreak":

@@ -15,13 +15,13 @@ leading feature within `outbreak_seconds` raise one `outbreak` alert.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import uuid
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from controller.addresses import Subnets
 from controller.config import Config
 import numpy as np
 
@@ -150,7 +150,7 @@ class Detector:
         self._recent: deque[tuple[float, str, str, tuple[str, ...]]] = deque(maxlen=10000)
         self._outbreaks: dict[tuple[str, str], float] = {}
         self.escalated: list[Alert] = []     # open alerts that grew worse; the core drains it
-        self._internal = [ipaddress.ip_network(n) for n in config.internal_subnets]
+        self._internal = Subnets(config.internal_subnets)
         self.windows_scored = 0
 
     def excluded(self, tags: tuple[str, ...]) -> bool:
@@ -281,8 +281,7 @@ class Detector:
         return [alert] + self._correlate(now, mac, tags, ("new_flow_burst",))
 
     def _is_internal(self, ip: int) -> bool:
-        addr = ipaddress.IPv4Address(ip)
-        return any(addr in n for n in self._internal)
+        return ip in self._internal
 
     # -------------------------------------------------------------- correlation
     def _correlate(self, now: float, mac: str, tags: tuple[str, ...], leads: tuple[str, ...]) -> list[Alert]:

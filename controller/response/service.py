@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from controller.addresses import Subnets, normalise_mac
 from controller.response import playbook as pb
 from controller.openflow import rules
 from controller.response.audit import AuditLog
@@ -121,7 +122,7 @@ class Responder:
         self.inventory = inventory
         self.topology = topology
         self.wall = wall
-        self._nets = tuple(ipaddress.ip_network(n) for n in config.internal_subnets)
+        self._nets = Subnets(config.internal_subnets)
         store = ResponseStore(os.path.join(config.state_dir, "responses.sqlite"))
         self.audit = AuditLog(os.path.join(config.state_dir, "audit.jsonl"))
         self.engine = Engine([], store, self.audit, internal_subnets=config.internal_subnets,
@@ -178,7 +179,7 @@ class Responder:
 
     def find(self, ref: str) -> dict | None:
         """A device by name, MAC or IP: what was seen first, then the configured inventory."""
-        mac = rules.mac_match(ref.replace("-", ":")) if _is_mac(ref) else None
+        mac = normalise_mac(ref)
         for rec in self.inventory.devices.values():
             if ref == rec.name or rec.mac == mac or ref in rec.ips:
                 return self.device(rec.mac)
@@ -209,11 +210,7 @@ class Responder:
         return (gw[0],) if gw else ()
 
     def _internal(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in n for n in self._nets)
+        return ip in self._nets
 
     def host(self, ref: str) -> tuple[str, str | None, Location | None] | None:
         """(ip, next-hop MAC, where that MAC is) of a named host or an address.
@@ -425,14 +422,6 @@ class Responder:
         return [{"name": b.name, "mode": b.mode, "priority": b.priority, "source": b.source,
                  "kinds": list(b.when.kinds), "actions": [a.kind for a in b.do]}
                 for b in self.engine.playbooks]
-
-
-def _is_mac(ref: str) -> bool:
-    try:
-        rules.mac_match(ref.replace("-", ":"))
-        return True
-    except ValueError:
-        return False
 
 
 def _request_problem(p: pb.Problem) -> str:
