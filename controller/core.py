@@ -8,20 +8,19 @@ them directly.  Not thread-safe: the app holds one lock around every call.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Union
 
 import numpy as np
 
-from controller.addresses import Subnets
 from controller.openflow import rules
-from controller.config import Config
-from controller.detection.detector import Alert, Detector
+from controller.config import Config, Device
+from controller.detection.alert import Alert
+from controller.detection.attribution import Attribution
+from controller.detection.detector import Detector
 from controller.telemetry.features import FEATURES, FeatureExtractor, KnownDestinations
 from controller.detection.incidents import Incidents, band_of
 from controller.network.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
@@ -79,11 +78,12 @@ class Core:
         self.counters = {"packet_in": 0, "lldp_in": 0, "flow_entries": 0, "polls": 0,
                          "malformed": 0, "windows": 0, "alerts": 0}
         self.alert_kinds: dict[str, int] = {}
-        self._internal = Subnets(config.internal_subnets)
         self.known = KnownDestinations()
         self.extractor = FeatureExtractor(self.registry, config.internal_subnets, self.known)
         self.store = store_for(config, known=self.known)
-        self.detector = Detector(config, self.store, self.who)
+        self.detector = Detector(config, self.store, self.who,
+                                 Attribution(self.known, lambda mac: self.extractor.last_destinations(mac),
+                                             config.internal_subnets))
         self.recorder: Recorder | None = None
         self._window_start = clock()
         self._awaiting: set[int] = set()   # switches whose flow stats this round still lacks
@@ -108,30 +108,27 @@ class Core:
         return out, jobs
 
     def _open_incident(self, a: Alert, wall: float) -> None:
-        name, tags = self.who(a.mac)
-        baseline, source = self.store.current(a.mac, tags[0] if tags else None)
-        rec = self.inventory.get(a.mac)
-        device = {"name": name, "mac": a.mac, "ips": list(rec.ips) if rec else [], "tags": list(tags)}
-        self.incidents.on_alert(a.to_dict(), device, band_of(baseline), source, wall)
+        device = self.inventory.device(a.mac)
+        if device is None:                     # nobody knows it: named after its MAC
+            name, tags = self.who(a.mac)
+            device = Device(name, a.mac, (), tags)
+        baseline, source = self.store.current(a.mac, device.tags[0] if device.tags else None)
+        self.incidents.on_alert(a, device, band_of(baseline), source, wall)
 
     def inject_alert(self, body) -> dict:
         """POST /api/v1/alerts: an alert raised by hand goes the way a detected one goes."""
         if self.responder is None:
             raise RuntimeError("responses are not enabled")
         alert = self.responder.alert_from_request(body, self.wall())
-        remote = body.get("remote") if isinstance(body, dict) else None
         self.detector.alerts.append(alert)
-        self.alert_kinds[alert.kind] = self.alert_kinds.get(alert.kind, 0) + 1
+        self.alert_kinds[alert.kind.value] = self.alert_kinds.get(alert.kind.value, 0) + 1
         if alert.mac is not None:
             self._open_incident(alert, self.wall())
-        d = alert.to_dict()
-        if isinstance(remote, str):
-            d["remote"] = remote
         self.counters["alerts"] += 1
-        out, jobs = self.responder.on_alerts([d])
+        out, jobs = self.responder.on_alerts([alert])
         self.outbox += out
         self.notify_jobs += jobs
-        return d
+        return alert.to_dict()
 
     def expire_responses(self) -> None:
         if self.responder is not None:
@@ -258,11 +255,7 @@ class Core:
 
     # ------------------------------------------------------------ detection
     def who(self, mac: str) -> tuple[str, tuple[str, ...]]:
-        rec = self.inventory.get(mac)
-        if rec is not None:
-            return rec.name, rec.tags
-        dev = self.config.device_by_mac(mac)
-        return (dev.name, tuple(dev.tags)) if dev else ("dev-" + mac.replace(":", "")[-6:], ())
+        return self.inventory.who(mac)
 
     def poll_sent(self, dpids) -> list[Alert]:
         """A new polling round begins.  A round some switch never answered closes now."""
@@ -290,51 +283,23 @@ class Core:
         wall = self.wall()
         self.counters["windows"] += 1
         self.incidents.add_window(wall, window, wf.macs, wf.X)
-        for mac in wf.macs:
-            p = self.store.profiles.get(mac)
-            if (p is None or p.learning) and not self.detector.excluded(self.who(mac)[1]):
-                # a gateway relays everybody's traffic: what it "talks to" is not a habit
-                self.known.learn(mac, self.extractor.last_destinations(mac))
         if self.recorder is not None:
             self.recorder.window(wall, wf, self.who)
-        alerts = self.detector.on_window(wf, wall)
+        alerts = self.detector.on_window(wf, wall)   # learns destinations, names remotes
         if self.score_hook is not None:
             self.score_hook(time.perf_counter() - t0)
-        self._attribute(alerts)
         self._raised(alerts)
         if self.detector.escalated:
             worse, self.detector.escalated = self.detector.escalated, []
-            self._attribute(worse)
             for a in worse:
                 LOG.warning("ALERT %s %s escalated (score %.1f): window now %s", a.kind, a.device, a.score,
                             {k: round(v, 1) for k, v in a.window.items() if k in ("tx_packets", "tx_bytes",
                                                                                   "new_flows")})
             if self.responder is not None:
-                out, jobs = self.responder.on_alerts([a.to_dict() for a in worse])
+                out, jobs = self.responder.on_alerts(worse)
                 self.outbox += out
                 self.notify_jobs += jobs
         return alerts
-
-    def _attribute(self, alerts: list[Alert]) -> None:
-        """Name the remote address an alert is about: for an anomaly, the first external
-        destination of the window that no device talked to while learning (an address
-        others use every day is not a C2 server, and blocking it would cut them off);
-        for an outbreak, the one most of its devices' recent anomalies share."""
-        for a in alerts:
-            if a.kind == "anomaly" and a.mac is not None:
-                for ip in self.known.unknown(a.mac, self.extractor.last_destinations(a.mac)):
-                    if ip not in self._internal and not self.known.learned_by(ip):
-                        a.remote = str(ipaddress.IPv4Address(ip))
-                        break
-        for a in alerts:
-            if a.kind == "outbreak":
-                names = set(a.devices)
-                recent = list(self.detector.alerts)[-500:]
-                votes = Counter(x.remote for x in recent
-                                if x.kind == "anomaly" and x.device in names and x.remote
-                                and a.time - x.time <= self.config.outbreak_seconds)
-                if votes:
-                    a.remote = votes.most_common(1)[0][0]
 
     @property
     def state_path(self) -> str:
@@ -350,13 +315,13 @@ class Core:
         wall = self.wall()
         for a in alerts:
             self.counters["alerts"] += 1
-            self.alert_kinds[a.kind] = self.alert_kinds.get(a.kind, 0) + 1
+            self.alert_kinds[a.kind.value] = self.alert_kinds.get(a.kind.value, 0) + 1
             LOG.warning("ALERT %s %s (score %.1f > %.1f): %s", a.kind, a.device, a.score, a.threshold,
                         a.explanation)
             if a.mac is not None:
                 self._open_incident(a, wall)
         if self.responder is not None and alerts:
-            out, jobs = self.responder.on_alerts([a.to_dict() for a in alerts])
+            out, jobs = self.responder.on_alerts(alerts)
             self.outbox += out
             self.notify_jobs += jobs
 

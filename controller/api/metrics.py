@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest, sta
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.detection.alert import AlertKind
+
 __all__ = ["Metrics", "ACTIONS", "ALERT_KINDS"]
 
 LOG = logging.getLogger("iotguard.metrics")
@@ -26,7 +28,7 @@ LOG = logging.getLogger("iotguard.metrics")
 # Always exposed (0 when absent): a series that appears only at its first
 # non-zero value hides that first increase from rate()/increase().
 ACTIONS = ("quarantine", "block_lateral", "redirect", "rate_limit", "block_ip", "mirror")
-ALERT_KINDS = ("anomaly", "new_flow_burst", "outbreak", "manual")
+ALERT_KINDS = tuple(k.value for k in AlertKind)     # every kind, manual included
 
 # snapshot key -> (metric name, help); counters get the _total suffix from the client.
 _COUNTERS = (
