@@ -333,6 +333,14 @@ class Detector:
         return [alert]
 
     # -------------------------------------------------------------- views
+    def health(self) -> dict:
+        """The detection part of the health view."""
+        profiles = self.store.profiles.values()
+        return {"learning": sum(1 for p in profiles if p.learning),
+                "baselined": sum(1 for p in profiles if not p.learning),
+                "priors": sorted(c or "global" for c in self.store.priors),
+                "learn_seconds": self.config.learn_seconds}
+
     def recent(self, since: float | None = None, limit: int = 1000) -> list[dict]:
         """Newest first; `since` keeps alerts raised or updated after it."""
         out = []

@@ -17,9 +17,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import yaml
 
-from controller.addresses import Subnets, normalise_mac
+from controller.addresses import Subnets
 from controller.response import playbook as pb
 from controller.openflow import rules
 from controller.response.audit import AuditLog
@@ -408,6 +409,23 @@ class Responder:
 
     def audit_view(self, since: float | None) -> list[dict]:
         return self.audit.read(since)
+
+    def health(self) -> dict:
+        """The responses part of the health view."""
+        lat = np.asarray(self.latencies, dtype=np.float64) * 1000.0
+        return {"playbooks": len(self.engine.playbooks), "active": len(self.engine.store.active(self.wall())),
+                "dry_run": self.config.dry_run, "installed": self.counters["installed"],
+                "failed": self.counters["failed"],
+                "confirm_ms": ({"n": int(lat.size), "median": round(float(np.median(lat)), 3),
+                                "p99": round(float(np.percentile(lat, 99)), 3)} if lat.size else None)}
+
+    def metrics(self) -> dict:
+        """The responses part of the metrics snapshot: outcomes, and enforced responses by action."""
+        active: dict[str, int] = {}
+        for x in self.engine.store.active(self.wall()):
+            if x.mode == "enforce":
+                active[x.action] = active.get(x.action, 0) + 1
+        return {"responses": dict(self.outcomes), "active_responses": active}
 
     def playbooks_view(self) -> list[dict]:
         return [{"name": b.name, "mode": b.mode, "priority": b.priority, "source": b.source,
