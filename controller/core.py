@@ -41,7 +41,7 @@ Message = Union[FlowSpec, MeterSpec, PacketOut, Barrier]
 Out = list[tuple[int, Message]]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SwitchState:
     dpid: int
     ports: set[int] = field(default_factory=set)
@@ -209,7 +209,7 @@ class Core:
     # ------------------------------------------------------------ switches
     def switch_connected(self, dpid: int) -> Out:
         """Start from a known state: our old rules go, the pipeline comes back."""
-        self.switches[dpid] = SwitchState(dpid, connected_at=self.clock())
+        self.switches[dpid] = SwitchState(dpid=dpid, connected_at=self.clock())
         self.topology.add_switch(dpid)
         self.flow_tracker.forget(dpid)
         self.port_tracker.forget(dpid)

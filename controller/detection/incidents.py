@@ -50,7 +50,7 @@ class _Ring:
                 np.concatenate([self.values[i:], self.values[:i]]))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Incident:
     alert: dict
     device: dict
@@ -121,9 +121,9 @@ class Incidents:
             self._write(self.open.pop(oldest), now)
         ring = self._rings.get(mac)
         times, values = ring.rows() if ring is not None else (np.zeros(0), np.zeros((0, len(self.features))))
-        inc = Incident(alert.to_dict(), device.to_dict() if device is not None else {}, mac, band, baseline,
-                       [round(float(t), 3) for t in times], np.round(values.astype(np.float64), 4).tolist(),
-                       left=self.post)
+        inc = Incident(alert=alert.to_dict(), device=device.to_dict() if device is not None else {}, mac=mac,
+                       band=band, baseline=baseline, times=[round(float(t), 3) for t in times],
+                       values=np.round(values.astype(np.float64), 4).tolist(), left=self.post)
         self.open[alert.id] = inc
         self._write(inc, now)
 

@@ -8,7 +8,7 @@ from controller.addresses import normalise_mac
 from controller.config import Config, Device
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DeviceRecord:
     mac: str
     name: str
@@ -41,7 +41,7 @@ class Inventory:
             if len(self.devices) >= self.max_devices:
                 self.dropped += 1
                 return None
-            rec = self.devices[mac] = DeviceRecord(mac, self._default_name(mac), first_seen=now)
+            rec = self.devices[mac] = DeviceRecord(mac=mac, name=self._default_name(mac), first_seen=now)
             self._apply_config(rec)
         rec.last_seen = now
         if arp_ip and arp_ip != "0.0.0.0" and arp_ip not in rec.ips \
