@@ -24,8 +24,7 @@ from controller.api.rest import Api, ApiError, load_or_create_token, make_handle
 from controller.config import Config, load_config
 from controller.core import Core
 from controller.response.playbook import PlaybookError
-from controller.detection.recording import Recorder
-from controller.response.service import RequestError, is_response_message
+from controller.response.service import RequestError
 from controller.openflow.rules import Barrier
 from controller.openflow.compat import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, hub, ofp,
                                ofp_event, set_ev_cls)
@@ -69,29 +68,26 @@ class IoTGuard(compat.BaseApp):
         token = load_or_create_token(self.config.api_token, self.config.state_dir)
         LOG.info(self.core.load_state())
         if _RECORD:
-            self.core.recorder = Recorder(_RECORD, self.config.poll_interval)
+            self.core.record_to(_RECORD)
             LOG.info("recording detector input to %s", _RECORD)
-        self.core.incidents.directory = os.path.join(self.config.state_dir, "incidents")
+        self.core.keep_incidents()
         self.core.enable_responses()        # PlaybookError: the launcher validated them first
         self.notify_q = hub.Queue(notify.QUEUE_SIZE)
         self.notify_dropped = 0
         self._snapshot: dict = {}
         self.metrics = Metrics(lambda: self._snapshot)
-        self.core.score_hook = self.metrics.observe_scoring
-        self.core.responder.confirm_hook = self.metrics.observe_confirm
+        self.core.set_hooks(score=self.metrics.observe_scoring, confirm=self.metrics.observe_confirm)
         self.api = Api(token, {
             ("GET", "/api/v1/health"): lambda q: self._locked(self.core.health_view),
             ("GET", "/api/v1/devices"): lambda q: {"devices": self._locked(self.core.devices_view)},
             ("GET", "/api/v1/alerts"): self._alerts,
             ("POST", "/api/v1/alerts"): self._inject_alert,
-            ("GET", "/api/v1/responses"): lambda q: {"responses": self._locked(
-                self.core.responder.responses_view)},
+            ("GET", "/api/v1/responses"): lambda q: {"responses": self._locked(self.core.responses_view)},
             ("POST", "/api/v1/responses"): self._manual,
             ("DELETE", "/api/v1/responses/{id}"): self._release,
             ("GET", "/api/v1/audit"): lambda q: {"events": self._locked(
-                self.core.responder.audit_view, query_float(q["query"], "since"))},
-            ("GET", "/api/v1/playbooks"): lambda q: {"playbooks": self._locked(
-                self.core.responder.playbooks_view)},
+                self.core.audit_view, query_float(q["query"], "since"))},
+            ("GET", "/api/v1/playbooks"): lambda q: {"playbooks": self._locked(self.core.playbooks_view)},
             ("POST", "/api/v1/playbooks/reload"): lambda q: self.reload_playbooks(),
         })
         self._server = None
@@ -119,7 +115,7 @@ class IoTGuard(compat.BaseApp):
 
     def _alerts(self, q: dict) -> dict:
         since = query_float(q["query"], "since")
-        return {"alerts": self._locked(self.core.detector.recent, since)}
+        return {"alerts": self._locked(self.core.alerts_view, since)}
 
     # ------------------------------------------------------------ responses
     def _inject_alert(self, q: dict):
@@ -140,19 +136,14 @@ class IoTGuard(compat.BaseApp):
             raise ApiError(400, "bad_request", f"unknown field {unknown[0]!r}; allowed: action, device, "
                                                "dry_run, params, reason, ttl")
 
-        def apply() -> dict:
-            done = self.core.responder.manual(body, self.core.wall())
-            self.core.outbox += done["messages"]
-            self.core.notify_jobs += done["jobs"]
-            return done
         try:
-            done = self._locked(apply)
+            done = self._locked(self.core.manual_response, body)
         except RequestError as e:
             raise ApiError(400, "bad_request", str(e)) from None
         self._flush()
         acts = done["actions"]     # what the engine decided, action by action (no re-read of the audit log)
         ids = {a["response_id"] for a in acts if a["response_id"] is not None}
-        mine = [r for r in self._locked(self.core.responder.responses_view) if r["id"] in ids]
+        mine = [r for r in self._locked(self.core.responses_view) if r["id"] in ids]
         failed = [a for a in acts if a["outcome"] == "failed"]
         if failed and not mine:
             raise ApiError(422, "response_failed", failed[0].get("error") or "the response failed")
@@ -166,7 +157,7 @@ class IoTGuard(compat.BaseApp):
         if isinstance(q.get("body"), dict) and isinstance(q["body"].get("reason"), str):
             reason = q["body"]["reason"]
         try:
-            out = self._locked(self.core.responder.release, int(raw), reason or "released through the API")
+            out = self._locked(self.core.release_response, int(raw), reason or "released through the API")
         except KeyError as e:
             raise ApiError(404, "not_found", str(e.args[0])) from None
         self._send(out)
@@ -175,7 +166,7 @@ class IoTGuard(compat.BaseApp):
     def reload_playbooks(self):
         """SIGHUP or POST /api/v1/playbooks/reload; an invalid set changes nothing."""
         try:
-            done = self._locked(self.core.responder.reload)
+            done = self._locked(self.core.reload_playbooks)
         except PlaybookError as e:
             LOG.error("playbook reload refused, the previous set stays active:\n%s", e)
             return 422, {"error": "invalid_playbooks",
@@ -209,12 +200,9 @@ class IoTGuard(compat.BaseApp):
         """Stop the loops, save the baselines, close the API socket (the launcher exits after)."""
         self.running = False
         try:
-            self._locked(self.core.incidents.flush, self.core.wall())
-            self._locked(self.core.save_state)
+            self._locked(self.core.shutdown)
         except OSError as e:
             LOG.error("could not save baselines: %s", e)
-        if self.core.recorder is not None:
-            self.core.recorder.close()
         if self._server is not None:
             try:
                 self._server.server.close()
@@ -227,7 +215,7 @@ class IoTGuard(compat.BaseApp):
 
     def _send(self, out) -> None:
         """Send messages; a response's rules get xids the core tracks and a barrier per switch."""
-        if not any(is_response_message(spec) for _, spec in out):
+        if not self.core.needs_confirmation(out):
             for dpid, spec in out:
                 dp = self.datapaths.get(dpid)
                 if dp is not None:
@@ -242,11 +230,11 @@ class IoTGuard(compat.BaseApp):
                 batch.append((dpid, dp, spec, msg))
         barriers = []
         with self.lock:   # track before sending: a fast reply must find its batch
-            for dpid in self.core.responder.track((d, m.xid, s) for d, _, s, m in batch):
+            for dpid in self.core.track_sent((d, m.xid, s) for d, _, s, m in batch):
                 dp = self.datapaths[dpid]
                 msg = compat.to_message(dp, Barrier())
                 dp.set_xid(msg)
-                self.core.responder.barrier_sent(dpid, msg.xid)
+                self.core.barrier_sent(dpid, msg.xid)
                 barriers.append((dp, msg))
         for _, dp, _, msg in batch:
             dp.send_msg(msg)
@@ -328,7 +316,7 @@ class IoTGuard(compat.BaseApp):
         if msg.type == ofp.OFPET_METER_MOD_FAILED and msg.code == ofp.OFPMMFC_UNKNOWN_METER:
             return   # deleting a meter that was not there (at connect, before a re-add): expected
         text = compat.error_text(msg.type, msg.code)
-        removal = self._locked(self.core.responder.error, msg.datapath.id, msg.xid, text)
+        removal = self._locked(self.core.switch_error, msg.datapath.id, msg.xid, text)
         if removal is None:
             LOG.error("switch %016x rejected a message: %s data=%s",
                       msg.datapath.id, text, bytes(msg.data[:64]).hex())
@@ -337,7 +325,7 @@ class IoTGuard(compat.BaseApp):
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev) -> None:
-        self._locked(self.core.responder.barrier_reply, ev.msg.datapath.id, ev.msg.xid)
+        self._locked(self.core.barrier_reply, ev.msg.datapath.id, ev.msg.xid)
 
     # ------------------------------------------------------------ traffic
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
@@ -345,7 +333,7 @@ class IoTGuard(compat.BaseApp):
         msg = ev.msg
         self._send(self._locked(self.core.packet_in, msg.datapath.id, msg.match["in_port"],
                                 bytes(msg.data)))
-        if self.core.outbox or self.core.notify_jobs:   # a burst alert decided responses
+        if self.core.outbox_pending():   # a burst alert decided responses
             self._flush()
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
@@ -366,7 +354,7 @@ class IoTGuard(compat.BaseApp):
             LOG.error("switch %016x: bad flow stats reply: %s", dpid, e)
         if not more:
             self._inflight.pop(dpid, None)
-        if self.core.outbox or self.core.notify_jobs:   # the window closed with alerts
+        if self.core.outbox_pending():   # the window closed with alerts
             self._flush()
 
     @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)

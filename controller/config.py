@@ -19,6 +19,7 @@ from typing import NoReturn, Union
 from yaml.nodes import Node
 
 from controller import yamlnodes
+from controller.addresses import normalise_mac
 from controller.yamlnodes import MAX_FILE_BYTES
 
 __all__ = ["ConfigError", "Device", "Config", "load_config", "parse_config", "MAX_FILE_BYTES"]
@@ -46,12 +47,30 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Device:
-    """One inventory entry; addresses are normalised so lookups can compare strings."""
+    """The device record: an inventory entry, or what the controller learned of a device.
+
+    The one shape every stage passes a device around in (the detector's incidents,
+    the response engine, playbook triggers).  The MAC is normalised (None when absent
+    or not a MAC), addresses and tags are tuples of text, so lookups compare strings.
+    """
 
     name: str
     mac: str | None
-    ips: tuple[str, ...]
-    tags: tuple[str, ...]
+    ips: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mac", normalise_mac(self.mac))
+        object.__setattr__(self, "ips", tuple(str(a) for a in self.ips or ()))
+        object.__setattr__(self, "tags", tuple(str(t) for t in self.tags or ()))
+
+    @property
+    def cls(self) -> str:
+        """Its class: the first tag, "unclassified" without tags (as the detector groups them)."""
+        return self.tags[0] if self.tags else "unclassified"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "mac": self.mac, "ips": list(self.ips), "tags": list(self.tags)}
 
 
 @dataclass(frozen=True)

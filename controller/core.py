@@ -8,19 +8,19 @@ them directly.  Not thread-safe: the app holds one lock around every call.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Union
+from typing import Callable, Iterable, Union
 
 import numpy as np
 
 from controller.openflow import rules
-from controller.config import Config
-from controller.detection.detector import Alert, Detector
+from controller.config import Config, Device
+from controller.detection.alert import Alert
+from controller.detection.attribution import Attribution
+from controller.detection.detector import Detector
 from controller.telemetry.features import FEATURES, FeatureExtractor, KnownDestinations
 from controller.detection.incidents import Incidents, band_of
 from controller.network.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
@@ -29,9 +29,9 @@ from controller.openflow.wire import flow_stats_heads
 from controller.openflow.packets import LldpSigner, fix_l4_checksum, ip_int, parse_frame
 from controller.detection.profiles import store_for
 from controller.detection.recording import Recorder
-from controller.response.service import Responder
+from controller.response.service import Responder, is_response_message
 from controller.openflow.rules import Barrier, FlowSpec, MeterSpec, PacketOut
-from controller.telemetry.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler,
+from controller.telemetry.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler, TrafficTable,
                               PortDelta, PortStatsTracker, by_device, edge_array)
 from controller.network.topology import Topology
 
@@ -41,7 +41,7 @@ Message = Union[FlowSpec, MeterSpec, PacketOut, Barrier]
 Out = list[tuple[int, Message]]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SwitchState:
     dpid: int
     ports: set[int] = field(default_factory=set)
@@ -68,8 +68,7 @@ class Core:
         self.assembler = MultipartAssembler()
         self.lldp = LldpSigner()
         self.switches: dict[int, SwitchState] = {}
-        self.traffic: dict[str, DeviceTraffic] = {}
-        self.traffic_time: dict[str, float] = {}
+        self.traffic = TrafficTable()
         self.started = wall()
         self._edges: np.ndarray = np.zeros(0, dtype=np.int64)
         self._edges_key: tuple[int, int] = (-1, -1)
@@ -78,11 +77,12 @@ class Core:
         self.counters = {"packet_in": 0, "lldp_in": 0, "flow_entries": 0, "polls": 0,
                          "malformed": 0, "windows": 0, "alerts": 0}
         self.alert_kinds: dict[str, int] = {}
-        self._internal = tuple(ipaddress.ip_network(n) for n in config.internal_subnets)
         self.known = KnownDestinations()
         self.extractor = FeatureExtractor(self.registry, config.internal_subnets, self.known)
         self.store = store_for(config, known=self.known)
-        self.detector = Detector(config, self.store, self.who)
+        self.detector = Detector(config, self.store, self.who,
+                                 Attribution(self.known, lambda mac: self.extractor.last_destinations(mac),
+                                             config.internal_subnets))
         self.recorder: Recorder | None = None
         self._window_start = clock()
         self._awaiting: set[int] = set()   # switches whose flow stats this round still lacks
@@ -100,6 +100,79 @@ class Core:
                                    playbooks=playbooks)
         return self.responder
 
+    def _responses(self) -> Responder:
+        if self.responder is None:
+            raise RuntimeError("responses are not enabled")
+        return self.responder
+
+    def set_hooks(self, *, score: Callable[[float], None] | None = None,
+                  confirm: Callable[[float], None] | None = None) -> None:
+        """Metrics callbacks: each window's scoring seconds, each response's alert -> confirmed seconds."""
+        self.score_hook = score
+        if self.responder is not None:
+            self.responder.confirm_hook = confirm
+
+    def record_to(self, path: str) -> None:
+        """Record the detector's input (`iotguard run --record`) for an offline replay."""
+        self.recorder = Recorder(path, self.config.poll_interval)
+
+    def keep_incidents(self, directory: str | None = None) -> None:
+        """Write incident records under `directory` (default: <state_dir>/incidents)."""
+        self.incidents.directory = directory or os.path.join(self.config.state_dir, "incidents")
+
+    def shutdown(self) -> None:
+        """Flush open incidents and save the baselines (OSError if either cannot be written);
+        the recording is closed whatever happens."""
+        try:
+            self.incidents.flush(self.wall())
+            self.save_state()
+        finally:
+            if self.recorder is not None:
+                self.recorder.close()
+                self.recorder = None
+
+    def manual_response(self, body) -> dict:
+        """POST /api/v1/responses: an operator's response (RequestError names a bad field).
+        Its messages and notify jobs go to the outbox; the answer lists what was decided."""
+        done = self._responses().manual(body, self.wall())
+        self.outbox += done["messages"]
+        self.notify_jobs += done["jobs"]
+        return done
+
+    def release_response(self, rid: int, reason: str) -> Out:
+        """DELETE /api/v1/responses/{id}: the messages removing it (KeyError: no such response)."""
+        return self._responses().release(rid, reason)
+
+    def reload_playbooks(self) -> dict:
+        """SIGHUP or POST /api/v1/playbooks/reload; PlaybookError leaves the active set as it was."""
+        return self._responses().reload()
+
+    def outbox_pending(self) -> bool:
+        """Did a switch event decide responses or notify jobs (a burst, a closed window)?"""
+        return bool(self.outbox or self.notify_jobs)
+
+    # ------------------------------------------------------------ confirmation of sent responses
+    def needs_confirmation(self, out: Iterable[tuple[int, Message]]) -> bool:
+        """Does `out` install a response's rule or meter (to be confirmed by a barrier)?"""
+        return self.responder is not None and any(is_response_message(spec) for _, spec in out)
+
+    def track_sent(self, sent: Iterable[tuple[int, int, Message]]) -> set[int]:
+        """Messages about to be sent, with their xids; returns the switches that need a barrier."""
+        return self.responder.track(sent) if self.responder is not None else set()
+
+    def barrier_sent(self, dpid: int, xid: int) -> None:
+        if self.responder is not None:
+            self.responder.barrier_sent(dpid, xid)
+
+    def barrier_reply(self, dpid: int, xid: int) -> None:
+        if self.responder is not None:
+            self.responder.barrier_reply(dpid, xid)
+
+    def switch_error(self, dpid: int, xid: int, text: str) -> Out | None:
+        """An OpenFlow error: the messages rolling back the response it failed, or None
+        if it was not about a response's message."""
+        return self.responder.error(dpid, xid, text) if self.responder is not None else None
+
     def take_outbox(self) -> tuple[Out, list[dict]]:
         """Response messages and notify jobs decided since the last call (the app sends them)."""
         out, jobs = self.outbox, self.notify_jobs
@@ -107,30 +180,27 @@ class Core:
         return out, jobs
 
     def _open_incident(self, a: Alert, wall: float) -> None:
-        name, tags = self.who(a.mac)
-        baseline, source = self.store.current(a.mac, tags[0] if tags else None)
-        rec = self.inventory.get(a.mac)
-        device = {"name": name, "mac": a.mac, "ips": list(rec.ips) if rec else [], "tags": list(tags)}
-        self.incidents.on_alert(a.to_dict(), device, band_of(baseline), source, wall)
+        device = self.inventory.device(a.mac)
+        if device is None:                     # nobody knows it: named after its MAC
+            name, tags = self.who(a.mac)
+            device = Device(name, a.mac, (), tags)
+        baseline, source = self.store.current(a.mac, device.tags[0] if device.tags else None)
+        self.incidents.on_alert(a, device, band_of(baseline), source, wall)
 
     def inject_alert(self, body) -> dict:
         """POST /api/v1/alerts: an alert raised by hand goes the way a detected one goes."""
         if self.responder is None:
             raise RuntimeError("responses are not enabled")
         alert = self.responder.alert_from_request(body, self.wall())
-        remote = body.get("remote") if isinstance(body, dict) else None
         self.detector.alerts.append(alert)
-        self.alert_kinds[alert.kind] = self.alert_kinds.get(alert.kind, 0) + 1
+        self.alert_kinds[alert.kind.value] = self.alert_kinds.get(alert.kind.value, 0) + 1
         if alert.mac is not None:
             self._open_incident(alert, self.wall())
-        d = alert.to_dict()
-        if isinstance(remote, str):
-            d["remote"] = remote
         self.counters["alerts"] += 1
-        out, jobs = self.responder.on_alerts([d])
+        out, jobs = self.responder.on_alerts([alert])
         self.outbox += out
         self.notify_jobs += jobs
-        return d
+        return alert.to_dict()
 
     def expire_responses(self) -> None:
         if self.responder is not None:
@@ -139,7 +209,7 @@ class Core:
     # ------------------------------------------------------------ switches
     def switch_connected(self, dpid: int) -> Out:
         """Start from a known state: our old rules go, the pipeline comes back."""
-        self.switches[dpid] = SwitchState(dpid, connected_at=self.clock())
+        self.switches[dpid] = SwitchState(dpid=dpid, connected_at=self.clock())
         self.topology.add_switch(dpid)
         self.flow_tracker.forget(dpid)
         self.port_tracker.forget(dpid)
@@ -257,11 +327,7 @@ class Core:
 
     # ------------------------------------------------------------ detection
     def who(self, mac: str) -> tuple[str, tuple[str, ...]]:
-        rec = self.inventory.get(mac)
-        if rec is not None:
-            return rec.name, rec.tags
-        dev = self.config.device_by_mac(mac)
-        return (dev.name, tuple(dev.tags)) if dev else ("dev-" + mac.replace(":", "")[-6:], ())
+        return self.inventory.who(mac)
 
     def poll_sent(self, dpids) -> list[Alert]:
         """A new polling round begins.  A round some switch never answered closes now."""
@@ -289,52 +355,23 @@ class Core:
         wall = self.wall()
         self.counters["windows"] += 1
         self.incidents.add_window(wall, window, wf.macs, wf.X)
-        for mac in wf.macs:
-            p = self.store.profiles.get(mac)
-            if (p is None or p.learning) and not self.detector.excluded(self.who(mac)[1]):
-                # a gateway relays everybody's traffic: what it "talks to" is not a habit
-                self.known.learn(mac, self.extractor.last_destinations(mac))
         if self.recorder is not None:
             self.recorder.window(wall, wf, self.who)
-        alerts = self.detector.on_window(wf, wall)
+        alerts = self.detector.on_window(wf, wall)   # learns destinations, names remotes
         if self.score_hook is not None:
             self.score_hook(time.perf_counter() - t0)
-        self._attribute(alerts)
         self._raised(alerts)
         if self.detector.escalated:
             worse, self.detector.escalated = self.detector.escalated, []
-            self._attribute(worse)
             for a in worse:
                 LOG.warning("ALERT %s %s escalated (score %.1f): window now %s", a.kind, a.device, a.score,
                             {k: round(v, 1) for k, v in a.window.items() if k in ("tx_packets", "tx_bytes",
                                                                                   "new_flows")})
             if self.responder is not None:
-                out, jobs = self.responder.on_alerts([a.to_dict() for a in worse])
+                out, jobs = self.responder.on_alerts(worse)
                 self.outbox += out
                 self.notify_jobs += jobs
         return alerts
-
-    def _attribute(self, alerts: list[Alert]) -> None:
-        """Name the remote address an alert is about: for an anomaly, the first external
-        destination of the window that no device talked to while learning (an address
-        others use every day is not a C2 server, and blocking it would cut them off);
-        for an outbreak, the one most of its devices' recent anomalies share."""
-        for a in alerts:
-            if a.kind == "anomaly" and a.mac is not None:
-                for ip in self.known.unknown(a.mac, self.extractor.last_destinations(a.mac)):
-                    addr = ipaddress.IPv4Address(ip)
-                    if not any(addr in n for n in self._internal) and not self.known.learned_by(ip):
-                        a.remote = str(addr)
-                        break
-        for a in alerts:
-            if a.kind == "outbreak":
-                names = set(a.devices)
-                recent = list(self.detector.alerts)[-500:]
-                votes = Counter(x.remote for x in recent
-                                if x.kind == "anomaly" and x.device in names and x.remote
-                                and a.time - x.time <= self.config.outbreak_seconds)
-                if votes:
-                    a.remote = votes.most_common(1)[0][0]
 
     @property
     def state_path(self) -> str:
@@ -350,13 +387,13 @@ class Core:
         wall = self.wall()
         for a in alerts:
             self.counters["alerts"] += 1
-            self.alert_kinds[a.kind] = self.alert_kinds.get(a.kind, 0) + 1
+            self.alert_kinds[a.kind.value] = self.alert_kinds.get(a.kind.value, 0) + 1
             LOG.warning("ALERT %s %s (score %.1f > %.1f): %s", a.kind, a.device, a.score, a.threshold,
                         a.explanation)
             if a.mac is not None:
                 self._open_incident(a, wall)
         if self.responder is not None and alerts:
-            out, jobs = self.responder.on_alerts([a.to_dict() for a in alerts])
+            out, jobs = self.responder.on_alerts(alerts)
             self.outbox += out
             self.notify_jobs += jobs
 
@@ -387,8 +424,7 @@ class Core:
         per_dev = by_device(deltas, self.registry, edges)
         wall = self.wall()
         for mac, t in per_dev.items():
-            self.traffic[mac] = t
-            self.traffic_time[mac] = now
+            self.traffic.update(mac, t, now)
             if t.tx_packets:   # flows carry its traffic now, so packet-ins no longer say it is alive
                 rec = self.inventory.get(mac)
                 if rec is not None:
@@ -430,12 +466,7 @@ class Core:
             edges = self._edge_array()
             self.extractor.add(delta, edges)
             for mac, t in by_device(delta, self.registry, edges).items():
-                cur = self.traffic.get(mac)
-                if cur is not None:   # fold the tail into the device's last window
-                    cur.tx_bytes += t.tx_bytes
-                    cur.tx_packets += t.tx_packets
-                    cur.rx_bytes += t.rx_bytes
-                    cur.rx_packets += t.rx_packets
+                self.traffic.fold(mac, t)     # the tail belongs to the device's last window
 
     def port_stats_part(self, dpid: int, xid: int, ports: list, more: bool) -> list[PortDelta] | None:
         parts = self.assembler.add(dpid, xid, ports, more)
@@ -450,33 +481,10 @@ class Core:
             sw.port_deltas[d.port] = d
         return deltas
 
-    # ------------------------------------------------------------ views
+    # ------------------------------------------------------------ views (each stage gives its part)
     def devices_view(self) -> list[dict]:
-        now = self.clock()
-        stale = 3 * self.config.poll_interval + 1
-        rows = []
-        seen_macs = set()
-        for mac, rec in sorted(self.inventory.devices.items(), key=lambda kv: kv[1].name):
-            seen_macs.add(mac)
-            loc = self.topology.location(mac)
-            t = self.traffic.get(mac)
-            rates = t.rates() if t is not None and now - self.traffic_time.get(mac, 0) <= stale \
-                else DeviceTraffic(mac, 1.0).rates()
-            rows.append({
-                "name": rec.name, "mac": mac, "ips": list(rec.ips), "tags": list(rec.tags),
-                "configured": rec.configured, "seen": True,
-                "dpid": f"{loc.dpid:016x}" if loc else None, "port": loc.port if loc else None,
-                "first_seen": rec.first_seen, "last_seen": rec.last_seen,
-                **{k: round(v, 3) for k, v in rates.items()},
-            })
-        seen_names = {r["name"] for r in rows}
-        for dev in self.config.devices:
-            if dev.mac not in seen_macs and dev.name not in seen_names:
-                rows.append({"name": dev.name, "mac": dev.mac, "ips": list(dev.ips),
-                             "tags": list(dev.tags), "configured": True, "seen": False,
-                             "dpid": None, "port": None, "first_seen": None, "last_seen": None,
-                             **DeviceTraffic("", 1.0).rates()})
-        return rows
+        return self.traffic.devices_view(self.inventory, self.topology, self.config.devices, self.clock(),
+                                         stale=3 * self.config.poll_interval + 1)
 
     def health_view(self) -> dict:
         return {
@@ -486,16 +494,12 @@ class Core:
             "switches": [{"dpid": f"{s.dpid:016x}", "ports": len(s.ports), "polls": s.polls,
                           "last_poll": s.last_poll, "flow_entries": s.flow_entries}
                          for s in sorted(self.switches.values(), key=lambda s: s.dpid)],
-            "links": [{"src": f"{a:016x}", "src_port": ap, "dst": f"{b:016x}", "dst_port": bp}
-                      for a, ap, b, bp in self.topology.links()],
+            "links": self.topology.links_view(),
             "devices": len(self.inventory.devices),
             "poll_interval_s": self.config.poll_interval,
             "counters": dict(self.counters),
-            "detection": {"learning": sum(1 for p in self.store.profiles.values() if p.learning),
-                          "baselined": sum(1 for p in self.store.profiles.values() if not p.learning),
-                          "priors": sorted(c or "global" for c in self.store.priors),
-                          "learn_seconds": self.config.learn_seconds},
-            "responses": self._responses_health(),
+            "detection": self.detector.health(),
+            "responses": self.responder.health() if self.responder is not None else None,
         }
 
     def metrics_snapshot(self) -> dict:
@@ -503,27 +507,23 @@ class Core:
         app's lock and read later from the exporter's thread."""
         snap: dict = {k: self.counters[k] for k in ("polls", "flow_entries", "packet_in", "windows",
                                                      "lldp_in", "malformed")}
-        profiles = list(self.store.profiles.values())
+        detection = self.detector.health()
         snap.update(alerts=dict(self.alert_kinds), switches=len(self.switches),
                     devices=len(self.inventory.devices),
-                    baselined=sum(1 for p in profiles if not p.learning),
-                    learning=sum(1 for p in profiles if p.learning))
-        r = self.responder
-        if r is not None:
-            active: dict[str, int] = {}
-            for x in r.engine.store.active(self.wall()):
-                if x.mode == "enforce":
-                    active[x.action] = active.get(x.action, 0) + 1
-            snap.update(responses=dict(r.outcomes), active_responses=active)
+                    baselined=detection["baselined"], learning=detection["learning"])
+        if self.responder is not None:
+            snap.update(self.responder.metrics())
         return snap
 
-    def _responses_health(self) -> dict | None:
-        r = self.responder
-        if r is None:
-            return None
-        lat = np.asarray(r.latencies, dtype=np.float64) * 1000.0
-        return {"playbooks": len(r.engine.playbooks), "active": len(r.engine.store.active(self.wall())),
-                "dry_run": self.config.dry_run, "installed": r.counters["installed"],
-                "failed": r.counters["failed"],
-                "confirm_ms": ({"n": int(lat.size), "median": round(float(np.median(lat)), 3),
-                                "p99": round(float(np.percentile(lat, 99)), 3)} if lat.size else None)}
+    def alerts_view(self, since: float | None = None) -> list[dict]:
+        """GET /api/v1/alerts: newest first, each in its current version."""
+        return self.detector.recent(since)
+
+    def responses_view(self) -> list[dict]:
+        return self.responder.responses_view() if self.responder is not None else []
+
+    def audit_view(self, since: float | None = None) -> list[dict]:
+        return self.responder.audit_view(since) if self.responder is not None else []
+
+    def playbooks_view(self) -> list[dict]:
+        return self.responder.playbooks_view() if self.responder is not None else []

@@ -20,13 +20,14 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from controller.addresses import MAC_RE, normalise_mac  # noqa: F401 - re-exported for config and playbooks
+
 __all__ = ["MAX_FILE_BYTES", "YamlProblem", "Nodes", "compose", "read_text", "normalise_mac",
            "NAME_RE", "TAG_RE", "short", "join", "position"]
 
 MAX_FILE_BYTES = 1024 * 1024
 """A config or playbook file is a few KiB; anything bigger is a mistake or an attack on the parser."""
 
-MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TAG_RE = re.compile(r"[a-z0-9_-]{1,32}")
 
@@ -53,11 +54,6 @@ class YamlProblem(Exception):
         self.message = message
         self.line = line
         self.column = column
-
-
-def normalise_mac(text: str) -> str | None:
-    """Lower-case, ':'-separated; None if ``text`` is not a MAC address."""
-    return text.lower().replace("-", ":") if MAC_RE.fullmatch(text) else None
 
 
 def short(text: str, limit: int = 40) -> str:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest, sta
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.detection.alert import AlertKind
 from controller.response.actions import REGISTRY
 
 __all__ = ["Metrics", "actions", "ALERT_KINDS"]
@@ -32,7 +33,7 @@ def actions() -> tuple[str, ...]:
     return tuple(a.name for a in REGISTRY.installing())
 
 
-ALERT_KINDS = ("anomaly", "new_flow_burst", "outbreak", "manual")
+ALERT_KINDS = tuple(k.value for k in AlertKind)     # every kind, manual included
 
 # snapshot key -> (metric name, help); counters get the _total suffix from the client.
 _COUNTERS = (

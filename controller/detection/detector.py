@@ -15,17 +15,19 @@ leading feature within `outbreak_seconds` raise one `outbreak` alert.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import uuid
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
+from controller.addresses import Subnets
 from controller.config import Config
 import numpy as np
 
 from controller.telemetry.features import FEATURES, WindowFeatures, shrink_tx_mix
+from controller.detection.alert import Alert, AlertKind
+from controller.detection.attribution import Attribution
 from controller.detection.profiles import BaselineStore
 
 CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
@@ -33,32 +35,6 @@ BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
 ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
 MAX_ALERTS = 10000
-
-
-@dataclass
-class Alert:
-    id: str
-    time: float
-    kind: str                      # anomaly | new_flow_burst | outbreak
-    device: str
-    mac: str | None
-    score: float
-    threshold: float
-    explanation: str
-    baseline: str = ""             # own | class:<tag> | global
-    features: list[dict] = field(default_factory=list)
-    devices: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    last_time: float = 0.0
-    count: int = 1
-    window: dict = field(default_factory=dict)   # the device's whole window: feature -> value
-    remote: str | None = None      # its top new external destination (block_ip target: alert)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["score"] = round(self.score, 3)
-        d["threshold"] = round(self.threshold, 3)
-        return d
 
 
 # ------------------------------------------------------------------ words
@@ -130,6 +106,14 @@ def describe(name: str, c, window: float, port: int = -1, port_hosts: int = 0,
 
 # ------------------------------------------------------------------ detector
 
+def _observed(wf: WindowFeatures, i: int) -> dict[str, float]:
+    """Device `i`'s whole window, as an alert carries it."""
+    observed = {f: round(float(v), 6) for f, v in zip(FEATURES, wf.X[i].tolist())}
+    observed["top_port"] = int(wf.top_port[i])
+    observed["top_port_hosts"] = int(wf.top_port_hosts[i])
+    return observed
+
+
 @dataclass
 class _Open:
     alert: Alert
@@ -138,11 +122,14 @@ class _Open:
 
 class Detector:
     def __init__(self, config: Config, store: BaselineStore,
-                 who: Callable[[str], tuple[str, tuple[str, ...]]]) -> None:
-        """`who(mac)` gives a device's name and tags (from the inventory)."""
+                 who: Callable[[str], tuple[str, tuple[str, ...]]],
+                 attribution: Attribution | None = None) -> None:
+        """`who(mac)` gives a device's name and tags (from the inventory); `attribution`
+        learns known destinations and names each alert's remote (a replay has none)."""
         self.config = config
         self.store = store
         self.who = who
+        self.attribution = attribution
         self.alerts: deque[Alert] = deque(maxlen=MAX_ALERTS)
         self._open: dict[tuple[str, str], _Open] = {}
         self._bursts: dict[str, dict[tuple, float]] = {}
@@ -150,7 +137,7 @@ class Detector:
         self._recent: deque[tuple[float, str, str, tuple[str, ...]]] = deque(maxlen=10000)
         self._outbreaks: dict[tuple[str, str], float] = {}
         self.escalated: list[Alert] = []     # open alerts that grew worse; the core drains it
-        self._internal = [ipaddress.ip_network(n) for n in config.internal_subnets]
+        self._internal = Subnets(config.internal_subnets)
         self.windows_scored = 0
 
     def excluded(self, tags: tuple[str, ...]) -> bool:
@@ -160,11 +147,40 @@ class Detector:
         self.alerts.append(alert)
         return alert
 
+    def _update(self, opened: _Open, **changes) -> Alert:
+        """An open alert's next version: it replaces the old one in `alerts` (never mutated)."""
+        old, new = opened.alert, replace(opened.alert, **changes)
+        opened.alert = new
+        for i in range(len(self.alerts) - 1, -1, -1):   # an open alert is among the newest
+            if self.alerts[i] is old:
+                self.alerts[i] = new
+                break
+        return new
+
+    def current(self, alert_id: str) -> Alert | None:
+        """The newest version of an alert (an open one is updated by later windows)."""
+        return next((a for a in reversed(self.alerts) if a.id == alert_id), None)
+
+    def _remote(self, mac: str) -> str | None:
+        return self.attribution.remote(mac) if self.attribution is not None else None
+
+    def _learn(self, macs) -> None:
+        """Devices still learning add their window's destinations to the known ones
+        (not an excluded one: a gateway relays everybody's traffic, not a habit)."""
+        if self.attribution is None:
+            return
+
+        def learning(mac: str) -> bool:
+            p = self.store.profiles.get(mac)
+            return (p is None or p.learning) and not self.excluded(self.who(mac)[1])
+        self.attribution.learn(macs, learning)
+
     # -------------------------------------------------------------- periodic path
     def on_window(self, wf: WindowFeatures, now: float) -> list[Alert]:
         """Score every active device's window; returns the alerts raised."""
         out: list[Alert] = []
         active = set()
+        self._learn(wf.macs)
         for i, mac in enumerate(wf.macs):
             name, tags = self.who(mac)
             if self.excluded(tags):
@@ -186,17 +202,17 @@ class Detector:
             opened = self._open.get(key)
             if opened is not None:
                 opened.quiet = 0
-                opened.alert.count += 1
-                opened.alert.last_time = now
-                if score > ESCALATION * opened.alert.score:
+                changes: dict = {"count": opened.alert.count + 1, "last_time": now}
+                worse = score > ESCALATION * opened.alert.score
+                if worse:
                     # Worse than when it was raised (a flood's first window is often a
                     # partial one): the playbooks see the new window, so conditions such
                     # as tx_packets > 1000 can match now.  Re-applying is idempotent.
-                    opened.alert.score = score
-                    opened.alert.window = {f: round(float(v), 6) for f, v in zip(FEATURES, wf.X[i].tolist())}
-                    opened.alert.window["top_port"] = int(wf.top_port[i])
-                    opened.alert.window["top_port_hosts"] = int(wf.top_port_hosts[i])
-                    self.escalated.append(opened.alert)
+                    changes.update(score=score, window=_observed(wf, i),
+                                   remote=self._remote(mac) or opened.alert.remote)
+                alert = self._update(opened, **changes)
+                if worse:
+                    self.escalated.append(alert)
                 continue
             contribs = baseline.explain(x, FEATURES, top=3)
             if contribs:
@@ -209,16 +225,15 @@ class Detector:
             else:
                 lead = None
                 text = f"{name}'s traffic is an unusual combination of otherwise normal values"
-            observed = {f: round(float(v), 6) for f, v in zip(FEATURES, wf.X[i].tolist())}
-            observed["top_port"] = int(wf.top_port[i])
-            observed["top_port_hosts"] = int(wf.top_port_hosts[i])
             alert = self._emit(Alert(
-                uuid.uuid4().hex[:12], now, "anomaly", name, mac, score, float(baseline.threshold_),
-                text, source, [asdict(c) for c in contribs], tags=list(tags), last_time=now,
-                window=observed))
+                id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.ANOMALY, device=name, mac=mac,
+                score=score, threshold=float(baseline.threshold_), explanation=text, baseline=source,
+                features=[asdict(c) for c in contribs], tags=tags, last_time=now,
+                window=_observed(wf, i), remote=self._remote(mac)))
             self._open[key] = _Open(alert)
             out.append(alert)
-            out += self._correlate(now, mac, tags, tuple(c.feature for c in contribs) or ("combination",))
+            out += self._correlate(now, mac, tags, tuple(c.feature for c in contribs) or ("combination",),
+                                   attribute=True)
         for key in [k for k in self._open if k[1] == "anomaly" and k[0] not in active]:
             self._quiet(key)
         self.store.fit_pending(now)
@@ -255,9 +270,8 @@ class Detector:
         if count < threshold:
             return []
         if opened is not None:
-            opened.alert.last_time = now
-            opened.alert.count += 1
-            opened.alert.score = max(opened.alert.score, float(count))
+            self._update(opened, last_time=now, count=opened.alert.count + 1,
+                         score=max(opened.alert.score, float(count)))
             return []
         ports = Counter(k[2] for k in live if k[2] >= 0)
         hosts = {k[1] for k in live}
@@ -275,20 +289,22 @@ class Detector:
                     f"within 1 s; its baseline is at most {learned} per second")
         features = [{"feature": "new_flows_per_s", "observed": count, "low": 0, "high": learned,
                      "hosts": len(hosts), "internal_hosts": internal, "top_port": port}]
-        alert = self._emit(Alert(uuid.uuid4().hex[:12], now, "new_flow_burst", name, mac, float(count),
-                                 float(threshold), text, "burst", features, tags=list(tags), last_time=now))
+        alert = self._emit(Alert(id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.NEW_FLOW_BURST, device=name,
+                                 mac=mac, score=float(count), threshold=float(threshold), explanation=text,
+                                 baseline="burst", features=features, tags=tags, last_time=now))
         self._open[key] = _Open(alert)
         return [alert] + self._correlate(now, mac, tags, ("new_flow_burst",))
 
     def _is_internal(self, ip: int) -> bool:
-        addr = ipaddress.IPv4Address(ip)
-        return any(addr in n for n in self._internal)
+        return ip in self._internal
 
     # -------------------------------------------------------------- correlation
-    def _correlate(self, now: float, mac: str, tags: tuple[str, ...], leads: tuple[str, ...]) -> list[Alert]:
+    def _correlate(self, now: float, mac: str, tags: tuple[str, ...], leads: tuple[str, ...],
+                   attribute: bool = False) -> list[Alert]:
         """An outbreak: N devices of one class anomalous within T seconds with a leading
         feature in common (one of each one's top three: the same infection can lead with
-        rx bytes on one bulb and new destinations on the next)."""
+        rx bytes on one bulb and new destinations on the next).  `attribute` (the periodic
+        path) names the remote most of its devices' recent anomalies share."""
         cls = tags[0] if tags else "unclassified"
         self._recent.append((now, mac, cls, leads))
         horizon = self.config.outbreak_seconds
@@ -305,14 +321,26 @@ class Detector:
         self._outbreaks[(cls, lead)] = now
         names = sorted(self.who(m)[0] for m in macs)
         feature = lead.replace("_", " ")
+        remote = None
+        if attribute and self.attribution is not None:
+            remote = self.attribution.outbreak(list(self.alerts)[-500:], set(names), now, horizon)
         alert = self._emit(Alert(
-            uuid.uuid4().hex[:12], now, "outbreak", f"{len(names)} {cls} devices", None,
-            float(len(names)), float(self.config.outbreak_devices),
-            f"{len(names)} {cls} devices turned anomalous on {feature} within {_num(horizon)} s: "
-            f"{', '.join(names)}", "correlation", devices=names, tags=[cls], last_time=now))
+            id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.OUTBREAK, device=f"{len(names)} {cls} devices",
+            mac=None, score=float(len(names)), threshold=float(self.config.outbreak_devices),
+            explanation=f"{len(names)} {cls} devices turned anomalous on {feature} within {_num(horizon)} s: "
+                        f"{', '.join(names)}", baseline="correlation", devices=names, tags=(cls,),
+            last_time=now, remote=remote))
         return [alert]
 
     # -------------------------------------------------------------- views
+    def health(self) -> dict:
+        """The detection part of the health view."""
+        profiles = self.store.profiles.values()
+        return {"learning": sum(1 for p in profiles if p.learning),
+                "baselined": sum(1 for p in profiles if not p.learning),
+                "priors": sorted(c or "global" for c in self.store.priors),
+                "learn_seconds": self.config.learn_seconds}
+
     def recent(self, since: float | None = None, limit: int = 1000) -> list[dict]:
         """Newest first; `since` keeps alerts raised or updated after it."""
         out = []

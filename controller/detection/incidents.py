@@ -24,6 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from controller.config import Device
+from controller.detection.alert import Alert
+
 LOG = logging.getLogger("iotguard.incidents")
 
 PRE = 120            # windows kept before an alert
@@ -47,7 +50,7 @@ class _Ring:
                 np.concatenate([self.values[i:], self.values[:i]]))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Incident:
     alert: dict
     device: dict
@@ -107,20 +110,21 @@ class Incidents:
         for mac in macs:
             self._rings.pop(mac, None)
 
-    def on_alert(self, alert: dict, device: dict, band: dict | None, baseline: str, now: float) -> None:
+    def on_alert(self, alert: Alert, device: Device | None, band: dict | None, baseline: str,
+                 now: float) -> None:
         """Open an incident for a device alert (outbreaks are about several devices: none)."""
-        mac = alert.get("mac")
-        if not isinstance(mac, str) or alert.get("id") in self.open:
+        mac = alert.mac
+        if mac is None or alert.id in self.open:
             return
         if len(self.open) >= MAX_OPEN:
             oldest = next(iter(self.open))
             self._write(self.open.pop(oldest), now)
         ring = self._rings.get(mac)
         times, values = ring.rows() if ring is not None else (np.zeros(0), np.zeros((0, len(self.features))))
-        inc = Incident(dict(alert), dict(device), mac, band, baseline,
-                       [round(float(t), 3) for t in times], np.round(values.astype(np.float64), 4).tolist(),
-                       left=self.post)
-        self.open[alert["id"]] = inc
+        inc = Incident(alert=alert.to_dict(), device=device.to_dict() if device is not None else {}, mac=mac,
+                       band=band, baseline=baseline, times=[round(float(t), 3) for t in times],
+                       values=np.round(values.astype(np.float64), 4).tolist(), left=self.post)
+        self.open[alert.id] = inc
         self._write(inc, now)
 
     def flush(self, now: float) -> None:

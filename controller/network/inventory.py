@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.config import Config
+from controller.addresses import normalise_mac
+from controller.config import Config, Device
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DeviceRecord:
     mac: str
     name: str
@@ -40,7 +41,7 @@ class Inventory:
             if len(self.devices) >= self.max_devices:
                 self.dropped += 1
                 return None
-            rec = self.devices[mac] = DeviceRecord(mac, self._default_name(mac), first_seen=now)
+            rec = self.devices[mac] = DeviceRecord(mac=mac, name=self._default_name(mac), first_seen=now)
             self._apply_config(rec)
         rec.last_seen = now
         if arp_ip and arp_ip != "0.0.0.0" and arp_ip not in rec.ips \
@@ -67,3 +68,30 @@ class Inventory:
 
     def get(self, mac: str) -> DeviceRecord | None:
         return self.devices.get(mac)
+
+    # ------------------------------------------------------------ the device record
+    def device(self, mac: str) -> Device | None:
+        """What is known of `mac`: as seen on the network, else as configured; None if neither."""
+        rec = self.devices.get(mac)
+        if rec is not None:
+            return Device(rec.name, mac, tuple(rec.ips), rec.tags)
+        dev = self.config.device_by_mac(mac)
+        if dev is not None:
+            return Device(dev.name, mac, dev.ips, dev.tags)
+        return None
+
+    def find(self, ref: str) -> Device | None:
+        """A device by name, MAC or IP: what was seen first, then the configured inventory."""
+        mac = normalise_mac(ref)
+        for rec in self.devices.values():
+            if ref == rec.name or rec.mac == mac or ref in rec.ips:
+                return self.device(rec.mac)
+        for dev in self.config.devices:
+            if ref == dev.name or (mac is not None and dev.mac == mac) or ref in dev.ips:
+                return dev
+        return None
+
+    def who(self, mac: str) -> tuple[str, tuple[str, ...]]:
+        """A device's name and tags, named after its MAC when nobody knows it."""
+        dev = self.device(mac)
+        return (dev.name, dev.tags) if dev is not None else (self._default_name(mac), ())

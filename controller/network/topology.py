@@ -103,6 +103,11 @@ class Topology:
     def links(self) -> list[tuple[int, int, int, int]]:
         return sorted(self._link_seen)
 
+    def links_view(self) -> list[dict]:
+        """The links, as the health view lists them."""
+        return [{"src": f"{a:016x}", "src_port": ap, "dst": f"{b:016x}", "dst_port": bp}
+                for a, ap, b, bp in self.links()]
+
     # ------------------------------------------------------------ devices
     def observe(self, mac: str, dpid: int, port: int, now: float) -> bool:
         """A packet from `mac` entered (dpid, port).  True if its location changed.

@@ -59,6 +59,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Iterable
 
+from controller.addresses import normalise_mac
+
 # ---------------------------------------------------------------- cookies
 
 COOKIE_MAGIC = 0x10C6 << 48
@@ -461,10 +463,11 @@ def ipv4_match(value: str) -> str | tuple[str, str]:
 
 
 def mac_match(value: str) -> str:
-    parts = value.lower().split(":")
-    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+    """`value` normalised for a match field; ValueError if it is not a MAC address."""
+    mac = normalise_mac(value)
+    if mac is None:
         raise ValueError(f"{value!r} is not a MAC address")
-    return ":".join(parts)
+    return mac
 
 
 def response_rule(kind: int, rid: int, slot: Slot, match: tuple, instructions: tuple, *,

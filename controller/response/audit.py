@@ -34,6 +34,7 @@ import os
 import stat
 from typing import Any, Iterable
 
+from controller.detection.alert import Alert
 from controller.openflow.rules import FlowSpec, MeterSpec
 
 EVENTS = ("decision", "installed", "failed", "dry-run", "released", "expired", "reconciled")
@@ -112,7 +113,7 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def write(self, event: str, *, time: float, alert: dict | None = None, playbook: str | None = None,
+    def write(self, event: str, *, time: float, alert: Alert | dict | None = None, playbook: str | None = None,
               action: str | None = None, mode: str | None = None, response_id: int | None = None,
               rules: Iterable[tuple[int, Any]] | list[dict] = (), outcome: str | None = None,
               error: str | None = None, detail: dict | None = None) -> dict:
@@ -122,6 +123,8 @@ class AuditLog:
         rows = list(rules)
         if rows and not isinstance(rows[0], dict):
             rows = rule_records(rows)
+        if isinstance(alert, Alert):      # the typed record becomes its JSON here, at the edge
+            alert = alert.to_dict()
         record = {"time": time, "event": event, "alert": alert, "playbook": playbook,
                   "action": action, "mode": mode, "response_id": response_id, "rules": rows,
                   "outcome": outcome, "error": error, "detail": detail}

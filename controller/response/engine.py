@@ -62,6 +62,8 @@ import sqlite3
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
+from controller.config import Device
+from controller.detection.alert import Alert
 from controller.response import playbook as pb
 from controller.openflow import rules
 from controller.response.audit import AuditLog
@@ -462,21 +464,21 @@ class Engine:
         self.playbooks = list(playbooks)
 
     # ------------------------------------------------------------ alerts
-    def on_alert(self, alert: Mapping[str, Any], device: Mapping[str, Any] | None, now: float,
+    def on_alert(self, alert: Alert, device: Device | None, now: float,
                  playbooks: Sequence[pb.Playbook] | None = None) -> Applied:
         """Decide, store and audit the responses `alert` about `device` calls for.
 
-        `device` is {name, mac, ips, tags}, or None (an outbreak's playbooks then
+        `device` is None for an outbreak handed over as a whole (its playbooks then
         match without device selectors, and device actions fail: call once per
-        device of `alert["devices"]` to act on them).  `playbooks` replaces the
-        loaded set for this call (a manual response is a one-action playbook)."""
-        alert = dict(alert)
+        device of `alert.devices` to act on them).  `playbooks` replaces the
+        loaded set for this call (a manual response is a one-action playbook).
+        The audit log and the notify jobs get `alert.to_dict()`."""
         dev = _device(device)
         groups: dict[tuple[str, str], _Group] = {}
         jobs: dict[str, dict] = {}
         summary: list[Decision] = []
         messages: Messages = []
-        for book in pb.matching(self.playbooks if playbooks is None else playbooks, alert, dev):
+        for book in pb.matching(self.playbooks if playbooks is None else playbooks, alert, device):
             mode = "dry-run" if book.dry_run or self.dry_run else "enforce"
             for act in book.do:
                 action = REGISTRY.get(act.kind)
@@ -506,12 +508,13 @@ class Engine:
         return Applied(messages, notify, summary)
 
     def _notify(self, jobs: dict[str, dict], book: pb.Playbook, act: pb.Action, mode: str,
-                alert: dict) -> None:
+                alert: Alert) -> None:
         for job in REGISTRY.get(act.kind).jobs(act.params):  # type: ignore[attr-defined]
             dest = job["destination"]
             seen = jobs.get(dest)
             if seen is None:
-                jobs[dest] = {**job, "action": act.kind, "playbook": book.name, "mode": mode, "alert": alert}
+                jobs[dest] = {**job, "action": act.kind, "playbook": book.name, "mode": mode,
+                              "alert": alert.to_dict()}
             elif seen["mode"] == "dry-run" and mode == "enforce":
                 seen["mode"] = "enforce"           # an enforced notify is never demoted to dry-run
 
@@ -578,9 +581,8 @@ class Engine:
             meter = self._meter() if action.uses_meter else None
             r = Stored(id=self.store.next_id(), action=first_act.kind, entity=g.entity, params=g.params,
                        playbook=first_book.name, mode=g.mode, created=now, expires=now + ttl, repeats=repeats,
-                       priority=first_book.priority - 1, meter_id=meter, alert_id=_text(alert.get("id")),
-                       mac=dev.get("mac"), reason=_text(alert.get("explanation")) or "",
-                       device=_text(dev.get("name")))
+                       priority=first_book.priority - 1, meter_id=meter, alert_id=alert.id,
+                       mac=dev.get("mac"), reason=alert.explanation or "", device=_text(dev.get("name")))
             r.response()
             out = self._compile(r, now)
         except ResponseError as e:
@@ -761,30 +763,16 @@ def _text(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def _device(device: Mapping[str, Any] | None) -> dict:
-    if not device:
-        return {}
-    dev = dict(device)
-    mac = dev.get("mac")
-    if isinstance(mac, str):
-        try:
-            dev["mac"] = rules.mac_match(mac.replace("-", ":"))
-        except ValueError:
-            dev["mac"] = None
-    dev["ips"] = [str(a) for a in dev.get("ips") or ()]
-    dev["tags"] = list(dev.get("tags") or ())
-    return dev
+def _device(device: Device | None) -> dict:
+    """The device as _resolve and _apply read it ({name, mac, ips, tags}; {} for none).
+    The record itself (controller.config.Device) already normalised the MAC."""
+    return device.to_dict() if device is not None else {}
 
 
-def _alert_remote(alert: Mapping[str, Any]) -> str:
-    """block_ip `target: alert`: the alert's top remote address, `alert["remote"]`, or
+def _alert_remote(alert: Alert) -> str:
+    """block_ip `target: alert`: the alert's top remote address, `alert.remote`, or
     the first `remote` of its `features` entries."""
-    value = alert.get("remote")
-    if not isinstance(value, str):
-        for entry in alert.get("features") or ():
-            if isinstance(entry, Mapping) and isinstance(entry.get("remote"), str):
-                value = entry["remote"]
-                break
+    value = alert.remote_address()
     if not isinstance(value, str):
         raise ResponseError("block_ip target: alert, but the alert carries no remote address "
                             "(alert['remote'])")

@@ -30,6 +30,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from controller import yamlnodes
+from controller.addresses import Subnets, ip_address
+from controller.config import Device
+from controller.detection.alert import DETECTED_KINDS, Alert, finite
 from controller.response.actions import REGISTRY
 from controller.response.validation import (DEFAULT_TTL, MAX_TTL, PROTOS, REQUIRED, Checker, PlaybookError,
                                             Problem, Skip, child, duration, fmt_duration, host_name,
@@ -40,7 +43,7 @@ from controller.yamlnodes import NAME_RE, join, normalise_mac, short
 __all__ = [
     "ALERT_KINDS", "CONDITION_FEATURES", "MODES", "DEFAULT_TTL", "MAX_TTL", "actions", "params_class",
     "Problem", "PlaybookError", "Condition", "Trigger", "Escalate",
-    "Action", "Playbook", "alert_value", "matching", "playbook_files", "load_playbooks",
+    "Action", "Playbook", "matching", "playbook_files", "load_playbooks",
     "parse_playbooks", "cmd_playbook_validate", "main",
 ]
 
@@ -49,7 +52,9 @@ _Checker, _Skip, _REQUIRED, _child = Checker, Skip, REQUIRED, child
 _duration, _fmt, _host_name, _mac, _name, _port, _tag = (duration, fmt_duration, host_name, mac_value,
                                                           name_value, port_value, tag_value)
 
-ALERT_KINDS: tuple[str, ...] = ("anomaly", "new_flow_burst", "outbreak")  # detector.Alert.kind
+# what `when.kinds` may name: the kinds the detector raises (a manual response is its own
+# one-action playbook, so no loaded playbook could ever fire for kind manual)
+ALERT_KINDS: tuple[str, ...] = tuple(k.value for k in DETECTED_KINDS)
 CONDITION_FEATURES: tuple[str, ...] = FEATURES + ("new_flows_per_s",)   # the burst's own measure
 MODES: tuple[str, ...] = ("enforce", "dry-run")
 OPS: dict[str, Callable[[float, float], bool]] = {
@@ -85,32 +90,7 @@ class Condition:
         return f"{self.feature} {self.op} {self.value:g}"
 
 
-def alert_value(alert: Mapping[str, Any], name: str) -> float | None:
-    """A number the alert carries about its device: `window[name]`, else its `features` list.
-
-    `window` (a mapping feature -> value) is the device's whole window at alert
-    time, when the engine attaches it.  Otherwise the `features` entries are
-    searched: the entry whose `feature` is `name` gives its `observed`, and any
-    entry with a key `name` (such as a burst's `top_port`) gives that value.
-    """
-    window = alert.get("window")
-    if isinstance(window, Mapping) and name in window:
-        return _finite(window[name])
-    entries = alert.get("features")
-    if isinstance(entries, (list, tuple)):
-        for entry in entries:
-            if isinstance(entry, Mapping) and entry.get("feature") == name:
-                return _finite(entry.get("observed"))
-        for entry in entries:
-            if isinstance(entry, Mapping) and name in entry:
-                return _finite(entry[name])
-    return None
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+_NO_DEVICE = Device("", None)
 
 
 @dataclass(frozen=True)
@@ -129,47 +109,42 @@ class Trigger:
     conditions: tuple[Condition, ...] = ()
 
     @cached_property  # written to __dict__ directly: works on a frozen dataclass
-    def _networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(ipaddress.ip_network(n) for n in self.subnets)
+    def _networks(self) -> Subnets:
+        return Subnets(self.subnets)
 
-    def matches(self, alert: Mapping[str, Any], device: Mapping[str, Any]) -> bool:
-        """Pure: does `alert` about `device` ({name, mac, ips, tags}) fire this trigger?
+    def matches(self, alert: Alert, device: Device | None) -> bool:
+        """Pure: does `alert` about `device` fire this trigger?
 
+        Without a device (an outbreak handed over as a whole) no device selector holds.
         A device's class is its first tag ("unclassified" without tags), as in the detector.
         """
-        if alert.get("kind") not in self.kinds:
+        if alert.kind.value not in self.kinds:
             return False
         if self.min_score is not None:
-            score = _finite(alert.get("score"))
+            score = finite(alert.score)
             if score is None or score < self.min_score:
                 return False
-        if self.devices and device.get("name") not in self.devices:
+        if device is None:
+            device = _NO_DEVICE
+        if self.devices and device.name not in self.devices:
             return False
-        tags = tuple(device.get("tags") or ())
-        if self.tags and not set(tags) & set(self.tags):
+        if self.tags and not set(device.tags) & set(self.tags):
             return False
-        if self.classes and (tags[0] if tags else "unclassified") not in self.classes:
+        if self.classes and device.cls not in self.classes:
             return False
-        if self.macs:
-            mac = device.get("mac")
-            if not isinstance(mac, str) or normalise_mac(mac) not in self.macs:
-                return False
+        if self.macs and device.mac not in self.macs:
+            return False
         if self.ips or self.subnets:
-            ips = []
-            for raw in device.get("ips") or ():
-                try:
-                    ips.append(ipaddress.ip_address(raw))
-                except ValueError:
-                    continue
+            ips = [ip for ip in map(ip_address, device.ips) if ip is not None]
             if self.ips and not any(str(ip) in self.ips for ip in ips):
                 return False
-            if self.subnets and not any(ip in net for ip in ips for net in self._networks):
+            if self.subnets and not any(ip in self._networks for ip in ips):
                 return False
         if self.dst_ports:
-            port = alert_value(alert, "top_port")
+            port = alert.value("top_port")
             if port is None or port not in self.dst_ports:
                 return False
-        return all(c.holds(alert_value(alert, c.feature)) for c in self.conditions)
+        return all(c.holds(alert.value(c.feature)) for c in self.conditions)
 
 
 @dataclass(frozen=True)
@@ -216,8 +191,7 @@ class Playbook:
         return self.mode == "dry-run"
 
 
-def matching(playbooks: Iterable[Playbook], alert: Mapping[str, Any],
-             device: Mapping[str, Any]) -> list[Playbook]:
+def matching(playbooks: Iterable[Playbook], alert: Alert, device: Device | None) -> list[Playbook]:
     """The playbooks `alert` fires for `device`, in execution order: priority desc, then name."""
     return sorted((p for p in playbooks if p.when.matches(alert, device)),
                   key=lambda p: (-p.priority, p.name))

@@ -17,13 +17,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import yaml
 
+from controller.addresses import Subnets
 from controller.response import playbook as pb
 from controller.openflow import rules
 from controller.response.audit import AuditLog
-from controller.config import Config
-from controller.detection.detector import Alert
+from controller.config import Config, Device
+from controller.detection.alert import Alert, AlertKind
 from controller.response.engine import Decision, Engine, ResponseStore, Spec
 from controller.openflow.rules import FlowSpec, MeterSpec
 from controller.network.inventory import Inventory
@@ -118,7 +120,7 @@ class Responder:
         self.inventory = inventory
         self.topology = topology
         self.wall = wall
-        self._nets = tuple(ipaddress.ip_network(n) for n in config.internal_subnets)
+        self._nets = Subnets(config.internal_subnets)
         store = ResponseStore(os.path.join(config.state_dir, "responses.sqlite"))
         self.audit = AuditLog(os.path.join(config.state_dir, "audit.jsonl"))
         self.engine = Engine([], store, self.audit, internal_subnets=config.internal_subnets,
@@ -164,25 +166,12 @@ class Responder:
         return hosts, tags
 
     # ------------------------------------------------------------ lookups for the engine
-    def device(self, mac: str) -> dict | None:
-        rec = self.inventory.get(mac)
-        if rec is not None:
-            return {"name": rec.name, "mac": mac, "ips": list(rec.ips), "tags": list(rec.tags)}
-        dev = self.config.device_by_mac(mac)
-        if dev is not None:
-            return {"name": dev.name, "mac": mac, "ips": list(dev.ips), "tags": list(dev.tags)}
-        return None
+    def device(self, mac: str) -> Device | None:
+        return self.inventory.device(mac)
 
-    def find(self, ref: str) -> dict | None:
+    def find(self, ref: str) -> Device | None:
         """A device by name, MAC or IP: what was seen first, then the configured inventory."""
-        mac = rules.mac_match(ref.replace("-", ":")) if _is_mac(ref) else None
-        for rec in self.inventory.devices.values():
-            if ref == rec.name or rec.mac == mac or ref in rec.ips:
-                return self.device(rec.mac)
-        for dev in self.config.devices:
-            if ref == dev.name or (mac is not None and dev.mac == mac) or ref in dev.ips:
-                return {"name": dev.name, "mac": dev.mac, "ips": list(dev.ips), "tags": list(dev.tags)}
-        return None
+        return self.inventory.find(ref)
 
     def gateway(self) -> tuple[str, str | None] | None:
         """The device tagged `gateway`: its configured address, else its first internal
@@ -206,18 +195,14 @@ class Responder:
         return (gw[0],) if gw else ()
 
     def _internal(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in n for n in self._nets)
+        return ip in self._nets
 
     def host(self, ref: str) -> tuple[str, str | None, Location | None] | None:
         """(ip, next-hop MAC, where that MAC is) of a named host or an address.
 
         An internal host is reached at its own MAC; an external one through the gateway."""
         dev = self.find(ref)
-        ip = next((a for a in (dev or {}).get("ips", ()) if ":" not in a), None)
+        ip = next((a for a in dev.ips if ":" not in a), None) if dev is not None else None
         if dev is None:
             try:
                 ip = str(ipaddress.IPv4Address(ref))
@@ -226,7 +211,7 @@ class Responder:
         if ip is None:
             return None
         if self._internal(ip):
-            mac = dev["mac"] if dev else next((r.mac for r in self.inventory.devices.values()
+            mac = dev.mac if dev else next((r.mac for r in self.inventory.devices.values()
                                               if ip in r.ips), None)
         else:
             gw = self.gateway()
@@ -234,17 +219,16 @@ class Responder:
         return ip, mac, self.topology.location(mac) if mac else None
 
     # ------------------------------------------------------------ alerts
-    def on_alerts(self, alerts: Iterable[Mapping[str, Any]]) -> tuple[Out, list[dict]]:
+    def on_alerts(self, alerts: Iterable[Alert]) -> tuple[Out, list[dict]]:
         """Each alert to the engine: once for its device, or once per device of an outbreak."""
         out: Out = []
         jobs: list[dict] = []
         now = self.wall()
         for alert in alerts:
-            if alert.get("kind") == "outbreak":
-                devices = [self.find(name) for name in alert.get("devices") or ()]
+            if alert.kind == AlertKind.OUTBREAK:
+                devices = [self.find(name) for name in alert.devices]
             else:
-                mac = alert.get("mac")
-                devices = [self.device(mac) if isinstance(mac, str) else None]
+                devices = [self.device(alert.mac) if alert.mac is not None else None]
             for dev in devices:
                 applied = self.engine.on_alert(alert, dev, now)
                 out += applied.messages
@@ -257,12 +241,11 @@ class Responder:
         for d in decisions:
             self.outcomes[(d.action, d.outcome)] += 1
 
-    def _note(self, messages: Out, alert: Mapping[str, Any]) -> None:
-        t = alert.get("time")
+    def _note(self, messages: Out, alert: Alert) -> None:
         for _dpid, spec in messages:
             rid = self.engine.response_id(spec)
-            if rid is not None and isinstance(t, (int, float)):
-                self._decided.setdefault(rid, float(t))
+            if rid is not None:
+                self._decided.setdefault(rid, float(alert.time))
 
     def manual(self, body: Mapping[str, Any], now: float) -> dict:
         """An operator's response (POST /api/v1/responses) as a one-action playbook, so
@@ -281,7 +264,7 @@ class Responder:
             if not isinstance(ref, str) or not ref:
                 raise RequestError(f"field 'device' (a name, MAC or IP) is required for {action}")
             dev = self.find(ref)
-            if dev is None or not dev.get("mac"):
+            if dev is None or not dev.mac:
                 raise RequestError(f"unknown device {ref!r}: not seen on the network and not in the inventory")
         mode = "dry-run" if body.get("dry_run") else "enforce"
         text = yaml.safe_dump({"playbooks": [{
@@ -291,13 +274,13 @@ class Responder:
             (book,) = pb.parse_playbooks(text, source="request")
         except pb.PlaybookError as e:
             raise RequestError("; ".join(_request_problem(p) for p in e.problems)) from None
-        book = dataclasses.replace(book, when=dataclasses.replace(book.when, kinds=("manual",)))
+        book = dataclasses.replace(book, when=dataclasses.replace(book.when, kinds=(AlertKind.MANUAL.value,)))
         reason = body.get("reason") if isinstance(body.get("reason"), str) else ""
-        alert = {"id": f"manual-{int(now * 1000)}", "time": now, "kind": "manual",
-                 "device": dev["name"] if dev else None, "mac": dev["mac"] if dev else None,
-                 "score": 0.0, "threshold": 0.0,
-                 "explanation": f"manual {action} requested by an operator" + (f": {reason}" if reason else ""),
-                 **({"remote": params["ip"]} if isinstance(params.get("ip"), str) else {})}
+        remote = params.get("ip")
+        alert = Alert(id=f"manual-{int(now * 1000)}", time=now, kind=AlertKind.MANUAL,
+                      device=dev.name if dev else None, mac=dev.mac if dev else None, score=0.0, threshold=0.0,
+                      explanation=f"manual {action} requested by an operator" + (f": {reason}" if reason else ""),
+                      remote=remote if isinstance(remote, str) else None)
         applied = self.engine.on_alert(alert, dev, now, playbooks=[book])
         self._note(applied.messages, alert)
         self._count(applied.decisions)
@@ -305,7 +288,8 @@ class Responder:
         actions = [{k: v for k, v in d.to_dict().items() if k in keys} for d in applied.decisions]
         actions += [Decision(action=j["action"], playbook=j["playbook"], mode=j["mode"], outcome="queued").to_dict()
                     for j in applied.notify]
-        return {"messages": applied.messages, "jobs": applied.notify, "alert": alert, "actions": actions}
+        return {"messages": applied.messages, "jobs": applied.notify, "alert": alert.to_dict(),
+                "actions": actions}
 
     def alert_from_request(self, body: Mapping[str, Any], now: float) -> Alert:
         """An alert raised by hand (POST /api/v1/alerts), to exercise playbooks."""
@@ -346,12 +330,17 @@ class Responder:
         text = body.get("explanation")
         if text is not None and not isinstance(text, str):
             raise RequestError("field 'explanation' must be text")
-        name = dev["name"] if dev else f"{len(devices)} devices"
-        alert = Alert(f"inj{int(now * 1000) % 10**9:09d}", now, kind, name, dev["mac"] if dev else None,
-                      float(score), 0.0, text or f"{kind} raised by hand through the API for {name}",
-                      "manual", [dict(f) for f in features], list(devices),
-                      list(dev["tags"]) if dev else [], now, 1, dict(window))
-        return alert
+        remote = body.get("remote")
+        name = dev.name if dev else f"{len(devices)} devices"
+        try:
+            return Alert.from_dict({
+                "id": f"inj{int(now * 1000) % 10**9:09d}", "time": now, "kind": kind, "device": name,
+                "mac": dev.mac if dev else None, "score": float(score), "threshold": 0.0,
+                "explanation": text or f"{kind} raised by hand through the API for {name}", "baseline": "manual",
+                "features": features, "devices": devices, "tags": dev.tags if dev else (), "last_time": now,
+                "count": 1, "window": window, "remote": remote if isinstance(remote, str) else None})
+        except ValueError as e:
+            raise RequestError(f"field 'features': {e}") from None
 
     # ------------------------------------------------------------ lifecycle
     def release(self, rid: int, reason: str) -> Out:
@@ -419,18 +408,27 @@ class Responder:
     def audit_view(self, since: float | None) -> list[dict]:
         return self.audit.read(since)
 
+    def health(self) -> dict:
+        """The responses part of the health view."""
+        lat = np.asarray(self.latencies, dtype=np.float64) * 1000.0
+        return {"playbooks": len(self.engine.playbooks), "active": len(self.engine.store.active(self.wall())),
+                "dry_run": self.config.dry_run, "installed": self.counters["installed"],
+                "failed": self.counters["failed"],
+                "confirm_ms": ({"n": int(lat.size), "median": round(float(np.median(lat)), 3),
+                                "p99": round(float(np.percentile(lat, 99)), 3)} if lat.size else None)}
+
+    def metrics(self) -> dict:
+        """The responses part of the metrics snapshot: outcomes, and enforced responses by action."""
+        active: dict[str, int] = {}
+        for x in self.engine.store.active(self.wall()):
+            if x.mode == "enforce":
+                active[x.action] = active.get(x.action, 0) + 1
+        return {"responses": dict(self.outcomes), "active_responses": active}
+
     def playbooks_view(self) -> list[dict]:
         return [{"name": b.name, "mode": b.mode, "priority": b.priority, "source": b.source,
                  "kinds": list(b.when.kinds), "actions": [a.kind for a in b.do]}
                 for b in self.engine.playbooks]
-
-
-def _is_mac(ref: str) -> bool:
-    try:
-        rules.mac_match(ref.replace("-", ":"))
-        return True
-    except ValueError:
-        return False
 
 
 def _request_problem(p: pb.Problem) -> str:

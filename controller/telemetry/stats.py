@@ -87,6 +87,63 @@ class DeviceTraffic:
                 "packets_per_s": (self.tx_packets + self.rx_packets) / w}
 
 
+class TrafficTable:
+    """Each device's last window of traffic, and the devices view built on it.
+
+    Telemetry owns the numbers; the inventory (names, addresses) and the topology
+    (where a device is) come from the network stage below it."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, DeviceTraffic] = {}
+        self.time: dict[str, float] = {}       # monotonic time of each device's last window
+
+    def update(self, mac: str, traffic: DeviceTraffic, now: float) -> None:
+        self.last[mac] = traffic
+        self.time[mac] = now
+
+    def fold(self, mac: str, tail: DeviceTraffic) -> None:
+        """A removed flow's last counts belong to the device's last window."""
+        cur = self.last.get(mac)
+        if cur is not None:
+            cur.tx_bytes += tail.tx_bytes
+            cur.tx_packets += tail.tx_packets
+            cur.rx_bytes += tail.rx_bytes
+            cur.rx_packets += tail.rx_packets
+
+    def rates(self, mac: str, now: float, stale: float) -> dict[str, float]:
+        """Its last window's rates, zeros once it is older than `stale` seconds."""
+        t = self.last.get(mac)
+        if t is not None and now - self.time.get(mac, 0) <= stale:
+            return t.rates()
+        return DeviceTraffic(mac, 1.0).rates()
+
+    def devices_view(self, inventory, topology, configured, now: float, stale: float) -> list[dict]:
+        """GET /api/v1/devices: every device seen, then configured ones never seen.
+
+        `inventory` is a network.inventory.Inventory, `topology` a network.topology.Topology,
+        `configured` the config's devices."""
+        rows = []
+        seen_macs = set()
+        for mac, rec in sorted(inventory.devices.items(), key=lambda kv: kv[1].name):
+            seen_macs.add(mac)
+            loc = topology.location(mac)
+            rows.append({
+                "name": rec.name, "mac": mac, "ips": list(rec.ips), "tags": list(rec.tags),
+                "configured": rec.configured, "seen": True,
+                "dpid": f"{loc.dpid:016x}" if loc else None, "port": loc.port if loc else None,
+                "first_seen": rec.first_seen, "last_seen": rec.last_seen,
+                **{k: round(v, 3) for k, v in self.rates(mac, now, stale).items()},
+            })
+        seen_names = {r["name"] for r in rows}
+        for dev in configured:
+            if dev.mac not in seen_macs and dev.name not in seen_names:
+                rows.append({"name": dev.name, "mac": dev.mac, "ips": list(dev.ips),
+                             "tags": list(dev.tags), "configured": True, "seen": False,
+                             "dpid": None, "port": None, "first_seen": None, "last_seen": None,
+                             **DeviceTraffic("", 1.0).rates()})
+        return rows
+
+
 @dataclass
 class _Snapshot:
     time: float

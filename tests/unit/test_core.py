@@ -168,21 +168,24 @@ def test_window_closes_when_every_switch_has_answered():
 
 def test_alerts_name_the_new_external_address_they_are_about(monkeypatch):
     import numpy as np
-    from controller.detection.detector import Alert
+    from controller.detection.alert import Alert
     from controller.openflow.packets import ip_int
     c, _ = core()
     c.known.learn(CAM, [ip_int("203.0.113.10")])
     dests = np.array([ip_int(a) for a in ("10.0.0.4", "203.0.113.10", "198.51.100.66")], dtype=np.uint32)
     monkeypatch.setattr(c.extractor, "last_destinations", lambda mac: dests)
-    a = Alert("a1", 1000.0, "anomaly", "camera-1", CAM, 9.0, 4.0, "x")
+    attribution = c.detector.attribution      # the detection stage names remotes as it builds alerts
+    a = Alert(id="a1", time=1000.0, kind="anomaly", device="camera-1", mac=CAM, score=9.0, threshold=4.0,
+              explanation="x", remote=attribution.remote(CAM))
     c.detector.alerts.append(a)
-    ob = Alert("o1", 1001.0, "outbreak", "3 camera devices", None, 3.0, 3.0, "y", devices=["camera-1"])
-    c._attribute([a, ob])
+    ob = Alert(id="o1", time=1001.0, kind="outbreak", device="3 camera devices", mac=None, score=3.0,
+               threshold=3.0, explanation="y", devices=["camera-1"],
+               remote=attribution.outbreak(c.detector.alerts, {"camera-1"}, 1001.0, c.config.outbreak_seconds))
     assert a.remote == "198.51.100.66", "internal and learned destinations are not the remote"
     assert ob.remote == "198.51.100.66"
     c.known.learn(HUB, [ip_int("198.51.100.66")])      # another device uses it every day
-    a.remote = None
-    c._attribute([a])
+    a = Alert(id="a1", time=1000.0, kind="anomaly", device="camera-1", mac=CAM, score=9.0, threshold=4.0,
+              explanation="x", remote=attribution.remote(CAM))
     assert a.remote is None
 
 

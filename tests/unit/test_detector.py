@@ -58,7 +58,7 @@ def test_learning_then_scan_is_explained_in_plain_words():
     assert alert.score > alert.threshold
     assert alert.explanation.startswith("camera-1 opened 212 new connections to 198")
     assert "on port 23 in 1 s; its baseline is 0–" in alert.explanation
-    assert alert.features[0]["feature"] in ("new_flows", "distinct_dst_ips", "lateral_peers")
+    assert alert.features[0].feature in ("new_flows", "distinct_dst_ips", "lateral_peers")
 
 
 def test_alert_is_deduplicated_while_anomalous_and_reopens_after_recovery():
@@ -66,7 +66,8 @@ def test_alert_is_deduplicated_while_anomalous_and_reopens_after_recovery():
     first = det.on_window(window(2000.0, {CAM: scan_row(rng)}), 2000.0)
     assert len(first) == 1
     assert det.on_window(window(2001.0, {CAM: scan_row(rng)}), 2001.0) == []
-    assert first[0].count == 2 and first[0].last_time == 2001.0
+    now = det.current(first[0].id)                 # the open alert's newest version
+    assert now.count == 2 and now.last_time == 2001.0
     for t in range(3):
         det.on_window(window(2002.0 + t, {CAM: normal(rng)}), 2002.0 + t)
     assert len(det.on_window(window(2010.0, {CAM: scan_row(rng)}), 2010.0)) == 1
@@ -80,7 +81,7 @@ def test_flood_named_by_packet_rate():
     x[INDEX["mean_pkt_size"]] = 60
     (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
     assert "packets/s" in alert.explanation or "/s" in alert.explanation
-    assert {f["feature"] for f in alert.features} & {"tx_packets", "tx_bytes"}
+    assert {f.feature for f in alert.features} & {"tx_packets", "tx_bytes"}
 
 
 def test_nothing_is_judged_before_any_baseline_exists():
@@ -131,7 +132,7 @@ def test_outbreak_when_three_cameras_turn_anomalous_together():
     kinds = [a.kind for a in out]
     assert kinds.count("anomaly") == 3 and kinds.count("outbreak") == 1
     ob = [a for a in out if a.kind == "outbreak"][0]
-    assert ob.devices == ["camera-1", "cam-12", "cam-13"] or sorted(ob.devices) == ob.devices
+    assert list(ob.devices) == ["camera-1", "cam-12", "cam-13"] or sorted(ob.devices) == list(ob.devices)
     assert "3 camera devices turned anomalous" in ob.explanation
     # a fourth within the horizon does not repeat the outbreak
     assert [a.kind for a in det.on_window(window(2016.0, {macs[3]: scan_row(rng)}), 2016.0)] == ["anomaly"]
@@ -159,7 +160,7 @@ def test_explanation_names_the_leading_feature(feature, value, words):
     x = normal(rng)
     x[INDEX[feature]] = value
     (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
-    assert alert.features[0]["feature"] == feature
+    assert alert.features[0].feature == feature
     assert words in alert.explanation
 
 
@@ -186,7 +187,7 @@ def test_a_protocol_shift_with_many_packets_still_alarms():
     x[INDEX["tx_packets"]] = 400
     x[INDEX["tcp_share"]], x[INDEX["udp_share"]] = 0.0, 1.0   # same volume of bytes, all UDP now
     (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
-    assert {f["feature"] for f in alert.features} & {"udp_share", "tcp_share"}
+    assert {f.feature for f in alert.features} & {"udp_share", "tcp_share"}
 
 
 def test_an_outbreak_completed_by_bursts_is_returned_to_act_on():
@@ -243,7 +244,8 @@ def test_an_open_alert_that_grows_worse_is_handed_over_again_with_its_new_window
     full = normal(rng)
     full[INDEX["tx_packets"]] = 20000
     assert det.on_window(window(2001.0, {CAM: full}), 2001.0) == [], "still one alert"
-    assert det.escalated == [alert] and alert.window["tx_packets"] == 20000
+    assert [a.id for a in det.escalated] == [alert.id] and det.escalated[0].window["tx_packets"] == 20000
+    assert alert.window["tx_packets"] == 400 and det.current(alert.id) is det.escalated[0], "replaced, not mutated"
     det.escalated.clear()
     det.on_window(window(2002.0, {CAM: full}), 2002.0)
     assert det.escalated == [], "the same level again is not an escalation"

@@ -12,9 +12,12 @@ import json
 import os
 import sqlite3
 import stat
+from dataclasses import replace
 
 import pytest
 
+from controller.config import Device
+from controller.detection.alert import Alert
 from controller.openflow import rules
 from controller.response.audit import AuditLog
 from controller.response.engine import Engine, ResponseStore
@@ -35,26 +38,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CAM, CAM_IP = "02:00:00:00:00:0a", "10.0.0.10"
 THERMO, THERMO_IP = "02:00:00:00:00:0b", "10.0.0.11"
 GW, GW_IP = "02:00:00:00:00:01", "10.0.0.1"
-CAMERA = {"name": "camera", "mac": CAM, "ips": [CAM_IP], "tags": ["camera", "iot"]}
-THERMOSTAT = {"name": "thermostat", "mac": THERMO, "ips": [THERMO_IP], "tags": ["thermostat", "iot"]}
+CAMERA = Device("camera", CAM, (CAM_IP,), ("camera", "iot"))
+THERMOSTAT = Device("thermostat", THERMO, (THERMO_IP,), ("thermostat", "iot"))
 EDGES = {CAM: Location(1, 3), THERMO: Location(2, 4)}
 FULL_MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
-def burst(alert_id="a1", t=100.0) -> dict:
-    return {"id": alert_id, "time": t, "kind": "new_flow_burst", "device": "camera", "mac": CAM,
+def burst(alert_id="a1", t=100.0) -> Alert:
+    return Alert.from_dict({"id": alert_id, "time": t, "kind": "new_flow_burst", "device": "camera", "mac": CAM,
             "score": 120.0, "threshold": 30.0,
             "explanation": "camera opened 120 new connections to 40 hosts on port 23 within 1 s; "
                            "its baseline is at most 4 per second",
             "baseline": "burst", "devices": [], "tags": ["camera", "iot"],
             "features": [{"feature": "new_flows_per_s", "observed": 120, "low": 0, "high": 4,
-                          "hosts": 40, "internal_hosts": 38, "top_port": 23}]}
+                          "hosts": 40, "internal_hosts": 38, "top_port": 23}]})
 
 
-def anomaly(mac=CAM, name="camera", alert_id="b1", **window) -> dict:
-    return {"id": alert_id, "time": 0.0, "kind": "anomaly", "device": name, "mac": mac, "score": 9.0,
+def anomaly(mac=CAM, name="camera", alert_id="b1", **window) -> Alert:
+    return Alert.from_dict({"id": alert_id, "time": 0.0, "kind": "anomaly", "device": name, "mac": mac, "score": 9.0,
             "threshold": 4.0, "explanation": f"{name} sent a lot", "features": [],
-            "window": {"tx_packets": 5000, "distinct_dst_ports": 3, **window}}
+            "window": {"tx_packets": 5000, "distinct_dst_ports": 3, **window}})
 
 
 class Net:
@@ -124,7 +127,7 @@ def test_unknown_location_goes_to_every_connected_switch(tmp_path):
     msgs, _, _ = engine.on_alert(burst(), CAMERA, now=100.0)
     assert {d for d, _ in msgs} == {1, 2}
     net.switches = []
-    msgs, _, _ = engine.on_alert(burst(), THERMOSTAT | {"name": "t"}, now=100.0)
+    msgs, _, _ = engine.on_alert(burst(), replace(THERMOSTAT, name="t"), now=100.0)
     assert msgs == [] and events(engine, "decision")[-1]["outcome"] == "pending"
 
 
@@ -367,14 +370,15 @@ def test_expiry_deletes_by_cookie_and_is_audited(tmp_path):
 
 def test_block_ip_target_alert_goes_to_every_switch_or_fails_clearly(tmp_path):
     engine, _ = make(tmp_path)
-    outbreak = {"id": "o1", "kind": "outbreak", "score": 3.0, "explanation": "3 camera devices ...",
-                "devices": ["camera", "cam2", "cam3"], "remote": "203.0.113.66"}
+    outbreak = Alert.from_dict({"id": "o1", "time": 0.0, "kind": "outbreak", "score": 3.0,
+                                "explanation": "3 camera devices ...",
+                                "devices": ["camera", "cam2", "cam3"], "remote": "203.0.113.66"})
     msgs, notify, _ = engine.on_alert(outbreak, None, now=0.0)
     [view] = engine.active_view(0.0)
     rec = Response(view["id"], "block_ip", Entity(prefix="203.0.113.66"), BlockIpParams(), ttl=3600,
                    priority=899)
     assert msgs == compile_response(rec, None, [1, 2]) and {d for d, _ in msgs} == {1, 2}
-    msgs, _, _ = engine.on_alert(dict(outbreak, id="o2", remote=None), None, now=1.0)
+    msgs, _, _ = engine.on_alert(replace(outbreak, id="o2", remote=None), None, now=1.0)
     assert msgs == []
     failed = events(engine, "failed")[0]
     assert failed["action"] == "block_ip" and "carries no remote address" in failed["error"]
@@ -477,8 +481,8 @@ def test_corrupted_rows_are_skipped_with_a_clear_report(tmp_path):
     engine, net = make(tmp_path)
     engine.on_alert(burst(), CAMERA, now=100.0)
     engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=100.0)
-    engine.on_alert(dict(burst("c"), mac="02:00:00:00:00:0c"),
-                    {"name": "bulb", "mac": "02:00:00:00:00:0c", "ips": [], "tags": []}, now=100.0)
+    engine.on_alert(replace(burst("c"), mac="02:00:00:00:00:0c"),
+                    Device("bulb", "02:00:00:00:00:0c", (), ()), now=100.0)
     ids = [v["id"] for v in engine.active_view(100.0)]
     engine.store.close()
     db = sqlite3.connect(tmp_path / "responses.sqlite")

@@ -2,10 +2,16 @@ import json
 
 import numpy as np
 
+from controller.config import Device
+from controller.detection.alert import Alert
 from controller.telemetry.features import FEATURES
 from controller.detection.incidents import Incidents, band_of
 
 CAM, TV = "00:00:00:00:00:11", "00:00:00:00:00:04"
+
+
+def alert(alert_id, mac, kind):
+    return Alert(id=alert_id, time=0.0, kind=kind, device=None, mac=mac, score=0.0)
 
 
 def rows(n, value):
@@ -16,8 +22,7 @@ def test_incident_keeps_the_windows_before_and_collects_those_after(tmp_path):
     inc = Incidents(str(tmp_path), FEATURES, pre=5, post=3)
     for t in range(8):                                   # the ring keeps the last 5
         inc.add_window(100.0 + t, 1.0, [CAM, TV], np.vstack([rows(1, t), rows(1, -1)]))
-    inc.on_alert({"id": "a1", "mac": CAM, "kind": "anomaly"}, {"name": "camera"}, {"low": [0] * 15,
-                                                                                   "high": [1] * 15},
+    inc.on_alert(alert("a1", CAM, "anomaly"), Device("camera", CAM), {"low": [0] * 15, "high": [1] * 15},
                  "own", 107.5)
     path = tmp_path / "a1.json"
     first = json.loads(path.read_text())
@@ -36,9 +41,9 @@ def test_incident_keeps_the_windows_before_and_collects_those_after(tmp_path):
 def test_outbreaks_and_unwritable_directories_do_not_break_the_loop(tmp_path):
     inc = Incidents(str(tmp_path / "f" / "x"), FEATURES, pre=2, post=2)
     (tmp_path / "f").write_text("a file where the directory should be")
-    inc.on_alert({"id": "o1", "mac": None, "kind": "outbreak"}, {}, None, "", 1.0)
+    inc.on_alert(alert("o1", None, "outbreak"), None, None, "", 1.0)
     assert inc.open == {}
-    inc.on_alert({"id": "a2", "mac": CAM, "kind": "anomaly"}, {}, None, "", 1.0)   # logged, not raised
+    inc.on_alert(alert("a2", CAM, "anomaly"), None, None, "", 1.0)   # logged, not raised
     inc.add_window(2.0, 1.0, [CAM], rows(1, 1))
     assert "a2" in inc.open
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,12 @@ from controller.response.actions.quarantine import QuarantineParams as Quarantin
 from controller.response.actions.rate_limit import RateLimitParams as RateLimit
 from controller.response.actions.redirect import RedirectParams as Redirect
 from controller.response.playbook import (
-    Action, Condition, Escalate, Playbook, PlaybookError, Problem, Trigger, alert_value, load_playbooks,
+    Action, Condition, Escalate, Playbook, PlaybookError, Problem, Trigger, load_playbooks,
     matching, parse_playbooks,
 )
 from controller.yamlnodes import MAX_FILE_BYTES
+from controller.config import Device
+from controller.detection.alert import DETECTED_KINDS, Alert
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "playbooks"
@@ -93,17 +96,17 @@ def test_shipped_playbooks_load() -> None:
 
 def test_shipped_playbooks_fire_on_the_alerts_they_are_for() -> None:
     books = load_playbooks([str(SHIPPED)])
-    cam = {"name": "camera", "mac": "00:00:00:00:00:11", "ips": ["10.0.0.11"], "tags": ["camera", "iot"]}
-    scan = {"kind": "anomaly", "score": 40.0, "window": {"distinct_dst_ports": 900, "new_flows": 950,
-                                                         "lateral_peers": 1, "tx_packets": 2000}}
+    cam = Device("camera", "00:00:00:00:00:11", ("10.0.0.11",), ("camera", "iot"))
+    scan = alert(kind="anomaly", score=40.0, window={"distinct_dst_ports": 900, "new_flows": 950,
+                                                     "lateral_peers": 1, "tx_packets": 2000})
     assert [p.name for p in matching(books, scan, cam)] == ["quarantine-scanner-ports", "ratelimit-flood"]
-    brute = {"kind": "anomaly", "score": 9.0,
-             "window": {"new_flows": 120, "distinct_dst_ports": 1, "top_port": 23, "lateral_peers": 9}}
+    brute = alert(kind="anomaly", score=9.0,
+                  window={"new_flows": 120, "distinct_dst_ports": 1, "top_port": 23, "lateral_peers": 9})
     assert [p.name for p in matching(books, brute, cam)] == ["honeypot-bruteforce", "block-lateral-iot"]
-    burst = {"kind": "new_flow_burst", "score": 300.0,
-             "features": [{"feature": "new_flows_per_s", "observed": 300, "top_port": 22}]}
+    burst = alert(kind="new_flow_burst", score=300.0,
+                  features=[{"feature": "new_flows_per_s", "observed": 300, "top_port": 22}])
     assert [p.name for p in matching(books, burst, cam)] == ["quarantine-scanner-burst"]
-    outbreak = {"kind": "outbreak", "score": 3.0, "devices": ["camera", "camera-2", "camera-3"]}
+    outbreak = alert(kind="outbreak", score=3.0, devices=["camera", "camera-2", "camera-3"])
     assert [p.name for p in matching(books, outbreak, cam)] == ["block-c2-outbreak"]
 
 
@@ -172,7 +175,7 @@ def test_directory_loads_yaml_files_in_name_order(tmp_path: Path) -> None:
 
 def test_alert_kinds_are_the_detectors() -> None:
     src = (REPO / "controller" / "detection" / "detector.py").read_text(encoding="utf-8")
-    declared = re.search(r"kind: str\s+# (.*)", src).group(1).split(" | ")
+    declared = [k.value for k in DETECTED_KINDS]
     assert tuple(declared) == pb.ALERT_KINDS
     assert pb.CONDITION_FEATURES == FEATURES + ("new_flows_per_s",)
     assert '"feature": "new_flows_per_s"' in src   # the burst's measure, as conditions name it
@@ -180,11 +183,16 @@ def test_alert_kinds_are_the_detectors() -> None:
 
 # --------------------------------------------------------------------------- matching
 
-DEVICE = {"name": "cam", "mac": "00:00:00:00:00:11", "ips": ["10.0.0.11", "fd00::11"], "tags": ["camera", "iot"]}
-ALERT = {"kind": "anomaly", "score": 12.5,
-         "features": [{"feature": "tx_packets", "observed": 1623.0, "low": 0, "high": 21.6},
-                      {"feature": "new_flows", "observed": 3.0}],
-         "window": {"distinct_dst_ports": 80, "lateral_peers": 0}}
+def alert(**fields) -> Alert:
+    """An alert carrying only what a test gives (a score of NaN: no score)."""
+    return Alert(**{"id": "t1", "time": 0.0, "device": None, "mac": None, **fields})
+
+
+DEVICE = Device("cam", "00:00:00:00:00:11", ("10.0.0.11", "fd00::11"), ("camera", "iot"))
+ALERT = alert(kind="anomaly", score=12.5,
+              features=[{"feature": "tx_packets", "observed": 1623.0, "low": 0, "high": 21.6},
+                        {"feature": "new_flows", "observed": 3.0}],
+              window={"distinct_dst_ports": 80, "lateral_peers": 0})
 
 
 @pytest.mark.parametrize(("trigger", "expected"), [
@@ -222,22 +230,22 @@ def test_trigger_matches(trigger: Trigger, expected: bool) -> None:
 
 def test_trigger_edge_cases() -> None:
     t = Trigger(kinds=("new_flow_burst",), dst_ports=(22, 23), conditions=(Condition("new_flows_per_s", ">", 40),))
-    burst = {"kind": "new_flow_burst", "score": 64.0,
-             "features": [{"feature": "new_flows_per_s", "observed": 64, "top_port": 23}]}
+    burst = alert(kind="new_flow_burst", score=64.0,
+                  features=[{"feature": "new_flows_per_s", "observed": 64, "top_port": 23}])
     assert t.matches(burst, DEVICE)
-    assert not t.matches({**burst, "window": {"top_port": 80}}, DEVICE)          # window comes first
-    assert not t.matches({**burst, "features": [{"feature": "new_flows_per_s", "observed": True}]}, DEVICE)
-    nan = {**burst, "features": [{"feature": "new_flows_per_s", "observed": float("nan"), "top_port": 22}]}
+    assert not t.matches(replace(burst, window={"top_port": 80}), DEVICE)          # window comes first
+    assert not t.matches(replace(burst, features=[{"feature": "new_flows_per_s", "observed": True}]), DEVICE)
+    nan = replace(burst, features=[{"feature": "new_flows_per_s", "observed": float("nan"), "top_port": 22}])
     assert not t.matches(nan, DEVICE)
     unclassified = Trigger(kinds=("anomaly",), classes=("unclassified",))
-    assert unclassified.matches(ALERT, {"name": "x", "mac": None, "ips": [], "tags": []})
+    assert unclassified.matches(ALERT, Device("x", None, (), ()))
     assert not unclassified.matches(ALERT, DEVICE)
     by_mac = Trigger(kinds=("anomaly",), macs=("00:00:00:00:00:11",))
-    assert by_mac.matches(ALERT, {**DEVICE, "mac": "00-00-00-00-00-11"})
-    assert not by_mac.matches(ALERT, {**DEVICE, "mac": None})
-    assert not Trigger(kinds=("anomaly",), subnets=("10.0.0.0/8",)).matches(ALERT, {**DEVICE, "ips": ["junk"]})
-    assert not Trigger(kinds=("anomaly",), min_score=1).matches({"kind": "anomaly"}, DEVICE)
-    assert alert_value({"features": "garbage", "window": []}, "tx_bytes") is None
+    assert by_mac.matches(ALERT, replace(DEVICE, mac="00-00-00-00-00-11"))
+    assert not by_mac.matches(ALERT, replace(DEVICE, mac=None))
+    assert not Trigger(kinds=("anomaly",), subnets=("10.0.0.0/8",)).matches(ALERT, replace(DEVICE, ips=("junk",)))
+    assert not Trigger(kinds=("anomaly",), min_score=1).matches(alert(kind="anomaly", score=float("nan")), DEVICE)
+    assert alert(kind="anomaly", score=1.0).value("tx_bytes") is None
     assert str(Condition("tx_bytes", ">=", 1e6)) == "tx_bytes >= 1e+06"
 
 
