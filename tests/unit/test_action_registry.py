@@ -108,27 +108,27 @@ def test_tarpit_compiles_is_stored_listed_survives_a_restart_and_is_released(tar
     assert flow.match == (("eth_src", CAM),) and flow.instructions == (("meter", meters[0].meter_id), ("goto", 1))
     assert REGISTRY.by_kind(rules.cookie_kind(flow.cookie)) is tarpit    # where the rule comes from
 
-    (view,) = c.responder.responses_view()                   # GET /api/v1/responses
+    (view,) = c.responses_view()                   # GET /api/v1/responses
     assert view["action"] == "tarpit" and view["params"] == {"pps": 1} and view["device"] == "camera"
     assert view["cookie"] == f"{rules.cookie(TARPIT_KIND, view['id']):#018x}"
 
-    c.responder.close()                                      # a restart: a new controller, same state
+    c.shutdown()                                             # a restart: a new controller, same state
     c2 = Core(c.config, clock=clock, wall=clock)
     c2.enable_responses(pb.parse_playbooks(TARPIT_BOOK))
     again = c2.switch_connected(2)
     assert [m for _, m in again if isinstance(m, FlowSpec) and rules.cookie_kind(m.cookie) == TARPIT_KIND] \
         == [flow]                                            # the same rule, from the stored plan
-    assert [r["action"] for r in c2.responder.responses_view()] == ["tarpit"]
+    assert [r["action"] for r in c2.responses_view()] == ["tarpit"]
 
-    removed = c2.responder.release(view["id"], "test")
+    removed = c2.release_response(view["id"], "test")
     assert (2, rules.delete_response(view["id"], TARPIT_KIND)) in removed
     assert (2, rules.delete_meter(meters[0].meter_id)) in removed
-    assert c2.responder.responses_view() == []
+    assert c2.responses_view() == []
 
 
 def test_a_manual_tarpit_goes_through_the_api_body(tarpit, tmp_path):
     c, _ = make(tmp_path)
-    done = c.responder.manual({"action": "tarpit", "device": "camera", "params": {"pps": 2}}, c.wall())
+    done = c.manual_response({"action": "tarpit", "device": "camera", "params": {"pps": 2}})
     assert [a["action"] for a in done["actions"]] == ["tarpit"]
     assert any(isinstance(m, MeterSpec) and m.rate == 2 and m.unit == "pktps" for _, m in done["messages"])
 
@@ -137,7 +137,7 @@ def test_the_cli_offers_and_lists_tarpit(tarpit, tmp_path, fake, capsys):  # noq
     assert "tarpit" in cli.response_actions()
     c, _ = make(tmp_path, books=TARPIT_BOOK)
     c.inject_alert({"kind": "new_flow_burst", "device": "camera", "score": 40})
-    fake.answer("GET", "/api/v1/responses", 200, {"responses": c.responder.responses_view()})
+    fake.answer("GET", "/api/v1/responses", 200, {"responses": c.responses_view()})
     status, out, _ = api_cli(fake, capsys, "responses")
     assert status == 0 and out.splitlines()[1].split()[1:3] == ["tarpit", CAM]
     fake.answer("POST", "/api/v1/responses", 201, {"responses": [], "actions": []})
