@@ -131,10 +131,10 @@ class IoTGuard(compat.BaseApp):
         if not isinstance(body, dict):
             raise ApiError(400, "bad_request", "the body must be a JSON object: "
                                                '{"device": ..., "action": ..., "ttl": ..., "params": {...}}')
-        unknown = sorted(set(body) - {"device", "action", "ttl", "params", "reason", "dry_run"})
+        unknown = sorted(set(body) - {"device", "action", "ttl", "params", "reason", "dry_run", "force"})
         if unknown:
             raise ApiError(400, "bad_request", f"unknown field {unknown[0]!r}; allowed: action, device, "
-                                               "dry_run, params, reason, ttl")
+                                               "dry_run, force, params, reason, ttl")
 
         try:
             done = self._locked(self.core.manual_response, body)

@@ -103,6 +103,10 @@ class Config:
     playbooks: tuple[str, ...] = (DEFAULT_PLAYBOOKS,)
     dry_run: bool = False
     dns_servers: tuple[str, ...] = ()
+    # protected devices and addresses (controller/response/protection.py, docs/config.md)
+    protected_names: tuple[str, ...] = ()
+    protected_tags: tuple[str, ...] = ("infra", "gateway")
+    protected_subnets: tuple[str, ...] = ()
     # metrics (issue 5): see docs/metrics.md; port 0 disables the exporter
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
@@ -150,7 +154,8 @@ _NAME_RE = yamlnodes.NAME_RE
 _TAG_RE = yamlnodes.TAG_RE
 
 _TOP_KEYS = ("openflow", "api", "poll_interval", "state_dir", "internal_subnets",
-             "forwarding", "lldp_interval", "devices", "detection", "responses", "metrics")
+             "forwarding", "lldp_interval", "devices", "detection", "responses", "protected", "metrics")
+_PROTECTED_KEYS = ("names", "tags", "subnets")
 _OFP_KEYS = ("listen_host", "port")
 _API_KEYS = ("listen_host", "port", "token")
 _FWD_KEYS = ("idle_timeout", "packet_in_rate", "packet_in_burst")
@@ -231,6 +236,16 @@ def _build(doc: _Doc, root: Node | None) -> Config:
         out["dns_servers"] = tuple(doc.host(n, f"responses.dns_servers[{i}]")
                                    for i, n in enumerate(doc.sequence(resp["dns_servers"],
                                                                       "responses.dns_servers")))
+    prot = doc.mapping(top["protected"], "protected", _PROTECTED_KEYS) if "protected" in top else {}
+    if "names" in prot and prot["names"].tag != _NULL:
+        out["protected_names"] = tuple(doc.text(n, f"protected.names[{i}]")
+                                       for i, n in enumerate(doc.sequence(prot["names"], "protected.names")))
+    if "tags" in prot and prot["tags"].tag != _NULL:
+        out["protected_tags"] = _tags(doc, prot["tags"], "protected.tags")
+    if "subnets" in prot and prot["subnets"].tag != _NULL:
+        out["protected_subnets"] = tuple(doc.cidr(n, f"protected.subnets[{i}]") if "/" in doc.text(n, "")
+                                         else doc.host(n, f"protected.subnets[{i}]")
+                                         for i, n in enumerate(doc.sequence(prot["subnets"], "protected.subnets")))
     met = doc.mapping(top["metrics"], "metrics", _METRICS_KEYS) if "metrics" in top else {}
     doc.optional(met, "listen_host", "metrics", doc.host, out, "metrics_host")
     doc.optional(met, "port", "metrics", lambda n, p: doc.integer(n, p, 0, 65535), out, "metrics_port")

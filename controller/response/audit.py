@@ -37,7 +37,8 @@ from typing import Any, Iterable
 from controller.detection.alert import Alert
 from controller.openflow.rules import FlowSpec, MeterSpec
 
-EVENTS = ("decision", "installed", "failed", "dry-run", "released", "expired", "reconciled")
+EVENTS = ("decision", "installed", "failed", "dry-run", "released", "expired", "reconciled", "refused",
+          "pending", "approved", "denied")
 FIELDS = ("time", "event", "alert", "playbook", "action", "mode", "response_id", "rules",
           "outcome", "error", "detail")
 READ_LIMIT = 1000

@@ -70,6 +70,8 @@ from controller.response.audit import AuditLog
 from controller.response import codec
 from controller.response.actions import REGISTRY, ResponseAction
 from controller.response.actions.base import Context, is_ipv4
+from controller.addresses import Subnets
+from controller.response.protection import Protection, refusal
 from controller.response.records import Entity, Response, ResponseError, compile_response, release_response
 from controller.openflow.rules import FlowSpec, MeterSpec
 from controller.network.topology import Location
@@ -424,6 +426,7 @@ class _Group:
     key: str
     entity: Entity
     params: Any
+    force: bool = False
     members: list[tuple[pb.Playbook, pb.Action]] = field(default_factory=list)
 
 
@@ -447,7 +450,8 @@ class Engine:
                  dns_servers: Sequence[str] | Callable[[], Sequence[str]] = (),
                  hosts: HostLookup = lambda name: None,
                  locate: Callable[[str], Location | None] = lambda mac: None,
-                 switches: Callable[[], Iterable[int]] = lambda: (), dry_run: bool = False) -> None:
+                 switches: Callable[[], Iterable[int]] = lambda: (), dry_run: bool = False,
+                 protection: Protection | None = None) -> None:
         self.playbooks = list(playbooks)
         self.store = store
         self.audit = audit
@@ -458,6 +462,11 @@ class Engine:
         self.locate = locate
         self.switches = switches
         self.dry_run = dry_run
+        self.protection = protection if protection is not None else Protection(
+            internal=Subnets(self.internal_subnets), gateway=gateway, dns_servers=self._dns)
+
+    def _dns(self) -> tuple[str, ...]:
+        return tuple(self.dns_servers() if callable(self.dns_servers) else self.dns_servers)
 
     def set_playbooks(self, playbooks: Sequence[pb.Playbook]) -> None:
         """A reloaded set; active responses are kept as they are."""
@@ -465,14 +474,18 @@ class Engine:
 
     # ------------------------------------------------------------ alerts
     def on_alert(self, alert: Alert, device: Device | None, now: float,
-                 playbooks: Sequence[pb.Playbook] | None = None) -> Applied:
+                 playbooks: Sequence[pb.Playbook] | None = None, *, force: bool = False) -> Applied:
         """Decide, store and audit the responses `alert` about `device` calls for.
 
         `device` is None for an outbreak handed over as a whole (its playbooks then
         match without device selectors, and device actions fail: call once per
         device of `alert.devices` to act on them).  `playbooks` replaces the
         loaded set for this call (a manual response is a one-action playbook).
-        The audit log and the notify jobs get `alert.to_dict()`."""
+        The audit log and the notify jobs get `alert.to_dict()`.
+
+        A response about a protected device or address (controller/response/protection.py)
+        is refused and audited as refused; `force` (an operator's explicit request)
+        overrides the protection of devices and internal prefixes, and is audited."""
         dev = _device(device)
         groups: dict[tuple[str, str], _Group] = {}
         jobs: dict[str, dict] = {}
@@ -492,8 +505,16 @@ class Engine:
                     summary.append(Decision(action=act.kind, playbook=book.name, mode=mode,
                                             outcome="failed", error=str(e)))
                     continue
+                reason = refusal(self.protection, entity, dev, force=force)
+                if reason is not None:
+                    LOG.warning("refused %s of playbook %s: %s", act.kind, book.name, reason)
+                    self.audit.write("refused", time=now, alert=alert, playbook=book.name, action=act.kind,
+                                     mode=mode, outcome="refused", error=reason)
+                    summary.append(Decision(action=act.kind, playbook=book.name, mode=mode,
+                                            outcome="refused", error=reason))
+                    continue
                 key = response_key(act.kind, entity, params)
-                group = groups.setdefault((mode, key), _Group(mode, key, entity, params))
+                group = groups.setdefault((mode, key), _Group(mode, key, entity, params, force))
                 group.members.append((book, act))
         for group in groups.values():
             out, decision = self._apply(group, alert, dev, now)
@@ -557,6 +578,8 @@ class Engine:
                 ttl, repeats = t, n
         detail: dict[str, Any] = {"ttl": ttl, "repeats": repeats,
                                   "playbooks": [b.name for b, _ in g.members]}
+        if g.force:
+            detail["force"] = True
         if ttl > rules.MAX_HARD_TIMEOUT:
             detail["capped"] = f"ttl {ttl} s capped at {rules.MAX_HARD_TIMEOUT} s (OpenFlow hard_timeout)"
             ttl = rules.MAX_HARD_TIMEOUT
@@ -646,6 +669,8 @@ class Engine:
 
     # ------------------------------------------------------------ lifecycle
     def _get_active(self, rid: int) -> Stored:
+        if isinstance(rid, bool) or not isinstance(rid, int) or not 0 < rid <= rules.COOKIE_ID_MASK:
+            raise KeyError(f"no response with id {rid}")
         r = self.store.get(rid)
         if r is None:
             raise KeyError(f"no response with id {rid}")

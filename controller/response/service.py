@@ -10,6 +10,7 @@ confirms.  Pure like `Core`: it returns messages as data, and `Core` holds it.
 from __future__ import annotations
 
 import collections
+import json
 import dataclasses
 import ipaddress
 import logging
@@ -21,6 +22,7 @@ import numpy as np
 import yaml
 
 from controller.addresses import Subnets
+from controller.response.protection import Protection
 from controller.response import playbook as pb
 from controller.openflow import rules
 from controller.response.audit import AuditLog
@@ -47,6 +49,28 @@ def is_response_message(spec: object) -> bool:
     if isinstance(spec, MeterSpec):
         return spec.command != "delete" and rules.METER_RESPONSE_MIN <= spec.meter_id <= rules.METER_RESPONSE_MAX
     return False
+
+
+def _json(value: Any) -> str:
+    """A request value in an error message: short JSON, as the client sent it."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def own_addresses(config: Config) -> tuple[str, ...]:
+    """The controller's own addresses, as configured (a listener on a specific address)."""
+    out = []
+    for host in (config.ofp_host, config.api_host, config.metrics_host):
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not (ip.is_unspecified or ip.is_loopback):
+            out.append(str(ip))
+    return tuple(dict.fromkeys(out))
 
 
 class RequestError(ValueError):
@@ -125,7 +149,12 @@ class Responder:
         self.audit = AuditLog(os.path.join(config.state_dir, "audit.jsonl"))
         self.engine = Engine([], store, self.audit, internal_subnets=config.internal_subnets,
                              gateway=self.gateway, dns_servers=self.dns_servers, hosts=self.host,
-                             locate=topology.location, switches=switches, dry_run=config.dry_run)
+                             locate=topology.location, switches=switches, dry_run=config.dry_run,
+                             protection=Protection(
+                                 names=frozenset(config.protected_names), tags=frozenset(config.protected_tags),
+                                 subnets=Subnets(config.protected_subnets), internal=self._nets,
+                                 gateway=self.gateway, dns_servers=self.dns_servers,
+                                 own_addresses=own_addresses(config)))
         self.playbook_files: list[str] = []
         if playbooks is None:
             self.reload()
@@ -253,11 +282,24 @@ class Responder:
         action = body.get("action")
         names = [a.name for a in REGISTRY.installing()]
         if not isinstance(action, str) or action not in names:
-            raise RequestError(f"field 'action' must be one of {', '.join(names)}, got {action!r}")
-        params = dict(body.get("params") or {})
+            raise RequestError(f"field 'action' must be one of {', '.join(names)}, got {_json(action)}")
+        raw = body.get("params")
+        if raw is not None and not isinstance(raw, dict):
+            raise RequestError(f"field 'params' must be an object like {{\"kbps\": 1000}}, got {_json(raw)}")
+        for name in ("dry_run", "force"):
+            if body.get(name) is not None and not isinstance(body[name], bool):
+                raise RequestError(f"field {name!r} must be true or false, got {_json(body[name])}")
+        for name in ("device", "reason"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise RequestError(f"field {name!r} must be a string, got {_json(body[name])}")
+        params = dict(raw or {})
         ttl = body.get("ttl")
         if ttl is not None:    # seconds as a number, or a duration like 10m
-            params["ttl"] = f"{ttl}s" if isinstance(ttl, int) and not isinstance(ttl, bool) else ttl
+            if "ttl" in params:
+                raise RequestError("ttl is given twice: as field 'ttl' and as 'params.ttl'; give one")
+            if isinstance(ttl, bool) or not isinstance(ttl, (int, str)):
+                raise RequestError(f"field 'ttl' must be whole seconds or a duration like \"10m\", got {_json(ttl)}")
+            params["ttl"] = f"{ttl}s" if isinstance(ttl, int) else ttl
         ref = body.get("device")
         dev = None
         if REGISTRY.get(action).needs_device or ref not in (None, "", "-"):
@@ -281,7 +323,7 @@ class Responder:
                       device=dev.name if dev else None, mac=dev.mac if dev else None, score=0.0, threshold=0.0,
                       explanation=f"manual {action} requested by an operator" + (f": {reason}" if reason else ""),
                       remote=remote if isinstance(remote, str) else None)
-        applied = self.engine.on_alert(alert, dev, now, playbooks=[book])
+        applied = self.engine.on_alert(alert, dev, now, playbooks=[book], force=body.get("force") is True)
         self._note(applied.messages, alert)
         self._count(applied.decisions)
         keys = ("action", "playbook", "mode", "response_id", "outcome", "error")
