@@ -20,7 +20,7 @@ from controller.openflow import compat
 
 from controller.response import notify
 from controller.api.metrics import Metrics
-from controller.api.rest import Api, ApiError, load_or_create_token, make_handler, query_float, serve_connection
+from controller.api.rest import Api, ApiError, body_fields, load_or_create_token, make_handler, query_float, serve_connection
 from controller.config import Config, load_config
 from controller.core import Core
 from controller.response.playbook import PlaybookError
@@ -85,6 +85,9 @@ class IoTGuard(compat.BaseApp):
             ("GET", "/api/v1/responses"): lambda q: {"responses": self._locked(self.core.responses_view)},
             ("POST", "/api/v1/responses"): self._manual,
             ("DELETE", "/api/v1/responses/{id}"): self._release,
+            ("GET", "/api/v1/responses/pending"): lambda q: {"pending": self._locked(self.core.pending_view)},
+            ("POST", "/api/v1/responses/{id}/approve"): self._approve,
+            ("POST", "/api/v1/responses/{id}/deny"): self._deny,
             ("GET", "/api/v1/audit"): lambda q: {"events": self._locked(
                 self.core.audit_view, query_float(q["query"], "since"))},
             ("GET", "/api/v1/playbooks"): lambda q: {"playbooks": self._locked(self.core.playbooks_view)},
@@ -148,6 +151,23 @@ class IoTGuard(compat.BaseApp):
         if failed and not mine:
             raise ApiError(422, "response_failed", failed[0].get("error") or "the response failed")
         return 201, {"responses": mine, "actions": acts}
+
+    def _approve(self, q: dict):
+        rid, by, _ = _decision_request(q)
+        try:
+            out = self._locked(self.core.approve_response, rid, by)
+        except KeyError as e:
+            raise ApiError(404, "not_found", str(e.args[0])) from None
+        self._send(out)
+        return {"approved": rid, "by": by, "rules_sent": len(out)}
+
+    def _deny(self, q: dict):
+        rid, by, reason = _decision_request(q)
+        try:
+            self._locked(self.core.deny_response, rid, by, reason)
+        except KeyError as e:
+            raise ApiError(404, "not_found", str(e.args[0])) from None
+        return {"denied": rid, "by": by}
 
     def _release(self, q: dict):
         raw = q["params"]["id"]
@@ -364,3 +384,13 @@ class IoTGuard(compat.BaseApp):
                  for p in msg.body if p.port_no < ofp.OFPP_MAX]
         self._locked(self.core.port_stats_part, msg.datapath.id, msg.xid, ports,
                      bool(msg.flags & ofp.OFPMPF_REPLY_MORE))
+
+
+def _decision_request(q: dict) -> tuple[int, str, str]:
+    """(response id, who, reason) of an approve or deny request: {"by": NAME, "reason": TEXT}."""
+    raw = q["params"]["id"]
+    if not raw.isdigit() or len(raw) > 15:
+        raise ApiError(400, "bad_request", f"response id must be a number, got {raw[:40]!r}")
+    body = body_fields(q.get("body"), {}, {"by": str, "reason": str})
+    by = (body["by"] or "api").strip()[:64] or "api"
+    return int(raw), by, (body["reason"] or "")[:500]

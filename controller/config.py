@@ -103,6 +103,7 @@ class Config:
     playbooks: tuple[str, ...] = (DEFAULT_PLAYBOOKS,)
     dry_run: bool = False
     dns_servers: tuple[str, ...] = ()
+    approve_within: float = 900.0   # seconds a pending (mode: approve) response waits; then it is denied
     # protected devices and addresses (controller/response/protection.py, docs/config.md)
     protected_names: tuple[str, ...] = ()
     protected_tags: tuple[str, ...] = ("infra", "gateway")
@@ -162,7 +163,7 @@ _FWD_KEYS = ("idle_timeout", "packet_in_rate", "packet_in_burst")
 _DEVICE_KEYS = ("name", "mac", "ip", "ips", "tags")
 _DETECT_KEYS = ("learn_seconds", "false_alarm_rate", "burst_floor", "outbreak_devices",
                 "outbreak_seconds", "max_shift_per_day", "exclude_tags")
-_RESP_KEYS = ("playbooks", "dry_run", "dns_servers")
+_RESP_KEYS = ("playbooks", "dry_run", "dns_servers", "approve_within")
 _METRICS_KEYS = ("listen_host", "port")
 
 
@@ -232,6 +233,8 @@ def _build(doc: _Doc, root: Node | None) -> Config:
         out["playbooks"] = _paths(doc, resp["playbooks"], "responses.playbooks")
     if "dry_run" in resp:
         out["dry_run"] = doc.boolean(resp["dry_run"], "responses.dry_run")
+    doc.optional(resp, "approve_within", "responses", lambda n, p: doc.number(n, p, 10, 86400), out,
+                 "approve_within")
     if "dns_servers" in resp and resp["dns_servers"].tag != _NULL:
         out["dns_servers"] = tuple(doc.host(n, f"responses.dns_servers[{i}]")
                                    for i, n in enumerate(doc.sequence(resp["dns_servers"],

@@ -143,6 +143,14 @@ class Core:
         """DELETE /api/v1/responses/{id}: the messages removing it (KeyError: no such response)."""
         return self._responses().release(rid, reason)
 
+    def approve_response(self, rid: int, by: str) -> Out:
+        """POST /api/v1/responses/{id}/approve: a pending response's rules (KeyError: none pending)."""
+        return self._responses().approve(rid, by)
+
+    def deny_response(self, rid: int, by: str, reason: str) -> None:
+        """POST /api/v1/responses/{id}/deny: a pending response is dropped (KeyError: none pending)."""
+        self._responses().deny(rid, by, reason)
+
     def reload_playbooks(self) -> dict:
         """SIGHUP or POST /api/v1/playbooks/reload; PlaybookError leaves the active set as it was."""
         return self._responses().reload()
@@ -521,6 +529,9 @@ class Core:
 
     def responses_view(self) -> list[dict]:
         return self.responder.responses_view() if self.responder is not None else []
+
+    def pending_view(self) -> list[dict]:
+        return self.responder.pending_view() if self.responder is not None else []
 
     def audit_view(self, since: float | None = None) -> list[dict]:
         return self.responder.audit_view(since) if self.responder is not None else []

@@ -44,6 +44,7 @@ commands:
 commands for a running controller (through its REST API):
 {shortcuts}  respond     apply any response action ('respond ACTION DEVICE --param KEY=VALUE')
   release     end a response early ('release ID')
+  pending     list the responses awaiting approval; 'approve ID' or 'deny ID' decides
   responses   list the active responses
   audit       show the response audit log
 
@@ -206,6 +207,21 @@ def _response_parsers(sub, common: argparse.ArgumentParser) -> None:
                     "(DELETE /api/v1/responses/ID). 'iotguard responses' lists the ids.")
     rel.add_argument("id", metavar="ID", help="the response id")
     rel.add_argument("--reason", metavar="TEXT", help="why; recorded in the audit log")
+
+    sub.add_parser(
+        "pending", parents=[common], help="list the responses awaiting approval",
+        description="List the responses that playbooks in 'mode: approve' decided and that wait for an "
+                    "operator (GET /api/v1/responses/pending), with the time left to approve each; "
+                    "unapproved ones are denied when it runs out (responses.approve_within).")
+    for verb, what in (("approve", "install a pending response now; its ttl starts then"),
+                       ("deny", "drop a pending response; nothing is installed")):
+        d = sub.add_parser(verb, parents=[common], help=what,
+                           description=f"{verb.capitalize()} the pending response ID "
+                                       f"(POST /api/v1/responses/ID/{verb}): {what}. The audit log records "
+                                       "who and when.")
+        d.add_argument("id", metavar="ID", help="the response id ('iotguard pending' lists them)")
+        d.add_argument("--by", metavar="NAME", help="who decides, for the audit log (default: your user name)")
+        d.add_argument("--reason", metavar="TEXT", help="why; recorded in the audit log")
 
     sub.add_parser(
         "responses", parents=[common], help="list the active responses",
@@ -402,8 +418,10 @@ def human_duration(seconds: Any) -> str:
 
 
 def _device(r: dict) -> str:
+    """The device's name when the controller knows it, else its MAC (or the blocked address)."""
     entity = r.get("entity") or {}
-    return entity.get("prefix") or entity.get("mac") or entity.get("ip") or r.get("mac") or "-"
+    return (entity.get("prefix") or r.get("device") or entity.get("mac") or entity.get("ip") or r.get("mac")
+            or "-")
 
 
 def _number(text: str) -> int | float | str:
@@ -505,6 +523,37 @@ def cmd_responses(args) -> int:
         rows.append([r.get("id"), r.get("action"), _device(r), r.get("mode"),
                      human_duration(r.get("remaining")), r.get("playbook"), switches.strip()])
     _table(["ID", "ACTION", "DEVICE", "MODE", "REMAINING", "PLAYBOOK", "CONFIRMED"], rows)
+    return 0
+
+
+def cmd_pending(args) -> int:
+    answer = _api(args, "GET", "/api/v1/responses/pending")
+    if args.json:
+        _print_json(answer)
+        return 0
+    pending = answer.get("pending") or []
+    if not pending:
+        print("no responses awaiting approval")
+        return 0
+    rows = [[r.get("id"), r.get("action"), _device(r), human_duration(r.get("ttl")),
+             human_duration(r.get("approve_within")), r.get("playbook"), r.get("summary") or ""] for r in pending]
+    _table(["ID", "ACTION", "DEVICE", "TTL", "APPROVE WITHIN", "PLAYBOOK", "WHAT"], rows)
+    return 0
+
+
+def cmd_decide(args) -> int:
+    """`iotguard approve ID` / `iotguard deny ID`."""
+    body: dict[str, Any] = {"by": args.by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "cli"}
+    if args.reason is not None:
+        body["reason"] = args.reason
+    answer = _api(args, "POST", f"/api/v1/responses/{quote(args.id, safe='')}/{args.command}", body)
+    if args.json:
+        _print_json(answer)
+    elif args.command == "approve":
+        print(f"approved response {answer.get('approved')} as {answer.get('by')}: "
+              f"{answer.get('rules_sent')} rules sent")
+    else:
+        print(f"denied response {answer.get('denied')} as {answer.get('by')}")
     return 0
 
 
@@ -620,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "shortcut", None):
             return cmd_shortcut(args)
         return {"run": cmd_run, "replay": cmd_replay, "playbook": cmd_playbook, "config": cmd_config,
-                "respond": cmd_respond, "release": cmd_release,
+                "respond": cmd_respond, "release": cmd_release, "pending": cmd_pending,
+                "approve": cmd_decide, "deny": cmd_decide,
                 "responses": cmd_responses, "audit": cmd_audit, "report": cmd_report}[args.command](args)
     except ConfigError as e:
         print(f"iotguard: configuration error: {e}", file=sys.stderr)

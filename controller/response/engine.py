@@ -78,7 +78,8 @@ from controller.network.topology import Location
 
 LOG = logging.getLogger("iotguard.engine")
 
-STATES = ("active", "released", "expired", "failed")
+STATES = ("active", "released", "expired", "failed", "pending", "denied")
+APPROVE_WITHIN = 900.0       # seconds a pending response waits for an operator; then it is denied
 MODES = ("enforce", "dry-run")
 Spec = FlowSpec | MeterSpec
 Messages = list[tuple[int, Spec]]
@@ -333,7 +334,12 @@ class ResponseStore:
 
     def lingering(self, now: float) -> list[Stored]:
         """Ended responses whose switch backstop (hard_timeout) may still be running."""
-        return self._select("WHERE state != 'active' AND expires > ? ORDER BY id", (now,))
+        return self._select("WHERE state IN ('released', 'expired', 'failed') AND expires > ? ORDER BY id",
+                            (now,))
+
+    def pending(self) -> list[Stored]:
+        """Responses decided by an approve-mode playbook, waiting for an operator.  By id."""
+        return self._select("WHERE state = 'pending' ORDER BY id")
 
     def by_key(self, key: str, mode: str, now: float) -> Stored | None:
         rows = self._select("WHERE key = ? AND mode = ? AND state = 'active' AND expires > ? "
@@ -341,13 +347,14 @@ class ResponseStore:
         return next((r for r in rows if r.key == key), None)
 
     def meters_in_use(self) -> set[int]:
-        return {r.meter_id for r in self.active() if r.meter_id is not None}
+        return {r.meter_id for r in self.active() + self.pending() if r.meter_id is not None}
 
     def offences(self, subject: str, action: str, since: float, mode: str = "enforce") -> int:
         """Responses with this action for this subject (a device's MAC, or block_ip's
         prefix) created at or after `since`, in any state: the escalation history."""
         return self.db.execute("SELECT count(*) FROM responses WHERE subject = ? AND action = ? "
-                               "AND mode = ? AND created >= ?", (subject, action, mode, since)).fetchone()[0]
+                               "AND mode = ? AND created >= ? AND state NOT IN ('pending', 'denied')",
+                               (subject, action, mode, since)).fetchone()[0]
 
     def _select(self, where: str, args: tuple = ()) -> list[Stored]:
         cur = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM responses {where}", args)
@@ -451,7 +458,7 @@ class Engine:
                  hosts: HostLookup = lambda name: None,
                  locate: Callable[[str], Location | None] = lambda mac: None,
                  switches: Callable[[], Iterable[int]] = lambda: (), dry_run: bool = False,
-                 protection: Protection | None = None) -> None:
+                 protection: Protection | None = None, approve_within: float = APPROVE_WITHIN) -> None:
         self.playbooks = list(playbooks)
         self.store = store
         self.audit = audit
@@ -462,6 +469,7 @@ class Engine:
         self.locate = locate
         self.switches = switches
         self.dry_run = dry_run
+        self.approve_within = approve_within
         self.protection = protection if protection is not None else Protection(
             internal=Subnets(self.internal_subnets), gateway=gateway, dns_servers=self._dns)
 
@@ -492,7 +500,7 @@ class Engine:
         summary: list[Decision] = []
         messages: Messages = []
         for book in pb.matching(self.playbooks if playbooks is None else playbooks, alert, device):
-            mode = "dry-run" if book.dry_run or self.dry_run else "enforce"
+            mode = "dry-run" if book.dry_run or self.dry_run else "approve" if book.mode == "approve" else "enforce"
             for act in book.do:
                 action = REGISTRY.get(act.kind)
                 if action.Plan is None:
@@ -564,13 +572,14 @@ class Engine:
         first_book, first_act = g.members[0]
         action = REGISTRY.get(first_act.kind)
         subject = action.subject(g.entity)
-        existing = self.store.by_key(g.key, g.mode, now)
+        mode = "enforce" if g.mode == "approve" else g.mode     # what it becomes once approved
+        existing = self.store.by_key(g.key, mode, now)
         ttl, repeats = 0, 0
         for _book, act in g.members:
             n = 0
             if act.escalate is not None:
                 since = now - act.escalate.within
-                n = self.store.offences(subject, act.kind, since, g.mode)
+                n = self.store.offences(subject, act.kind, since, mode)
                 if existing is not None and existing.created >= since:
                     n -= 1          # re-applying the active response is not a new offence
             t = act.ttl_for(n) or pb.DEFAULT_TTL
@@ -586,6 +595,14 @@ class Engine:
         event = "dry-run" if g.mode == "dry-run" else "decision"
         decided = functools.partial(Decision, action=first_act.kind, playbook=first_book.name, mode=g.mode,
                                     ttl=ttl)
+        if g.mode == "approve":
+            waiting = next((p for p in self.store.pending() if p.key == g.key), None)
+            if existing is not None or waiting is not None:   # never extended without an operator
+                known = existing or waiting
+                self.audit.write("pending", time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
+                                 mode=mode, response_id=known.id, outcome="unchanged",  # type: ignore[union-attr]
+                                 detail={**detail, "state": known.state})  # type: ignore[union-attr]
+                return [], decided(response_id=known.id, outcome="unchanged")  # type: ignore[union-attr]
         if existing is not None:
             if now + ttl <= existing.expires:
                 self.audit.write(event, time=now, alert=alert, playbook=first_book.name,
@@ -603,7 +620,7 @@ class Engine:
         try:
             meter = self._meter() if action.uses_meter else None
             r = Stored(id=self.store.next_id(), action=first_act.kind, entity=g.entity, params=g.params,
-                       playbook=first_book.name, mode=g.mode, created=now, expires=now + ttl, repeats=repeats,
+                       playbook=first_book.name, mode=mode, created=now, expires=now + ttl, repeats=repeats,
                        priority=first_book.priority - 1, meter_id=meter, alert_id=alert.id,
                        mac=dev.get("mac"), reason=alert.explanation or "", device=_text(dev.get("name")))
             r.response()
@@ -611,6 +628,15 @@ class Engine:
         except ResponseError as e:
             self._audit_failed(now, alert, first_book.name, first_act.kind, g.mode, str(e), detail)
             return [], decided(outcome="failed", error=str(e))
+        if g.mode == "approve":
+            r = replace(r, state="pending")
+            self.store.put(r)
+            self.audit.write("pending", time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
+                             mode=mode, response_id=r.id, rules=out, outcome="awaiting-approval",
+                             detail={**detail, "approve_by": now + self.approve_within})
+            LOG.warning("response %d (%s of %s) awaits approval until %.0f: iotguard approve %d", r.id,
+                        r.action, r.playbook, now + self.approve_within, r.id)
+            return [], decided(response_id=r.id, outcome="awaiting-approval")
         if g.mode == "dry-run":
             self.store.put(r)
             self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
@@ -687,8 +713,58 @@ class Engine:
                          response_id=rid, rules=out, outcome="released", detail={"reason": reason})
         return out
 
+    # ------------------------------------------------------------ approval
+    def _get_pending(self, rid: int) -> Stored:
+        if isinstance(rid, bool) or not isinstance(rid, int) or not 0 < rid <= rules.COOKIE_ID_MASK:
+            raise KeyError(f"no response with id {rid}")
+        r = self.store.get(rid)
+        if r is None:
+            raise KeyError(f"no response with id {rid}")
+        if r.state != "pending":
+            raise KeyError(f"response {rid} is not awaiting approval (it is {r.state})")
+        return r
+
+    def approve(self, rid: int, by: str, now: float) -> Messages:
+        """An operator approves a pending response: its ttl starts now and its rules go out."""
+        r = self._get_pending(rid)
+        if now >= r.created + self.approve_within:
+            self._deny(r, "the approval window ended", "timeout", now)
+            raise KeyError(f"response {rid} was not approved within {self.approve_within:.0f} s; it is denied")
+        r = replace(r, state="active", created=now, expires=now + r.ttl)
+        try:
+            out = self._compile(r, now)
+        except ResponseError as e:
+            self.store.mark(r.id, "failed", now)
+            self._audit_failed(now, None, r.playbook, r.action, r.mode, str(e), {"approved_by": by})
+            raise
+        r = replace(r, dpids=tuple(sorted({d for d, _ in out})))
+        self.store.put(r)
+        self.audit.write("approved", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
+                         response_id=r.id, rules=out, outcome="sent" if out else "pending",
+                         detail={"by": by, "expires": r.expires})
+        return out
+
+    def deny(self, rid: int, by: str, now: float, reason: str = "") -> None:
+        """An operator refuses a pending response: nothing is installed, ever."""
+        self._deny(self._get_pending(rid), reason, by, now)
+
+    def _deny(self, r: Stored, reason: str, by: str, now: float) -> None:
+        self.store.mark(r.id, "denied", now)
+        self.audit.write("denied", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
+                         response_id=r.id, outcome="denied", detail={"by": by, "reason": reason})
+
+    def pending_view(self, now: float) -> list[dict]:
+        """Responses awaiting approval, with the time left to approve them."""
+        return [{**r.view(now), "approve_by": r.created + self.approve_within,
+                 "approve_within": max(0.0, round(r.created + self.approve_within - now, 3))}
+                for r in self.store.pending()]
+
     def expire(self, now: float) -> Messages:
-        """End every active response whose ttl has run out (the switch's hard_timeout is the backstop)."""
+        """End every active response whose ttl has run out (the switch's hard_timeout is the
+        backstop), and deny every pending one whose approval window has ended."""
+        for r in self.store.pending():
+            if now >= r.created + self.approve_within:
+                self._deny(r, f"not approved within {self.approve_within:.0f} s", "timeout", now)
         out: Messages = []
         for r in self.store.due(now):
             msgs = self._removal(r)

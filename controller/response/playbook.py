@@ -56,7 +56,7 @@ _duration, _fmt, _host_name, _mac, _name, _port, _tag = (duration, fmt_duration,
 # one-action playbook, so no loaded playbook could ever fire for kind manual)
 ALERT_KINDS: tuple[str, ...] = tuple(k.value for k in DETECTED_KINDS)
 CONDITION_FEATURES: tuple[str, ...] = FEATURES + ("new_flows_per_s",)   # the burst's own measure
-MODES: tuple[str, ...] = ("enforce", "dry-run")
+MODES: tuple[str, ...] = ("enforce", "dry-run", "approve")
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
 DEFAULT_PRIORITY = 500

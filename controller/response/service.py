@@ -154,7 +154,8 @@ class Responder:
                                  names=frozenset(config.protected_names), tags=frozenset(config.protected_tags),
                                  subnets=Subnets(config.protected_subnets), internal=self._nets,
                                  gateway=self.gateway, dns_servers=self.dns_servers,
-                                 own_addresses=own_addresses(config)))
+                                 own_addresses=own_addresses(config)),
+                             approve_within=config.approve_within)
         self.playbook_files: list[str] = []
         if playbooks is None:
             self.reload()
@@ -387,6 +388,15 @@ class Responder:
     # ------------------------------------------------------------ lifecycle
     def release(self, rid: int, reason: str) -> Out:
         return self.engine.release(rid, self.wall(), reason)
+
+    def approve(self, rid: int, by: str) -> Out:
+        return self.engine.approve(rid, by, self.wall())
+
+    def deny(self, rid: int, by: str, reason: str) -> None:
+        self.engine.deny(rid, by, self.wall(), reason)
+
+    def pending_view(self) -> list[dict]:
+        return self.engine.pending_view(self.wall())
 
     def expire(self) -> Out:
         return self.engine.expire(self.wall())

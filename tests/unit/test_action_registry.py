@@ -139,7 +139,7 @@ def test_the_cli_offers_and_lists_tarpit(tarpit, tmp_path, fake, capsys):  # noq
     c.inject_alert({"kind": "new_flow_burst", "device": "camera", "score": 40})
     fake.answer("GET", "/api/v1/responses", 200, {"responses": c.responses_view()})
     status, out, _ = api_cli(fake, capsys, "responses")
-    assert status == 0 and out.splitlines()[1].split()[1:3] == ["tarpit", CAM]
+    assert status == 0 and out.splitlines()[1].split()[1:3] == ["tarpit", "camera"]   # the list names the device
     fake.answer("POST", "/api/v1/responses", 201, {"responses": [], "actions": []})
     assert api_cli(fake, capsys, "respond", "tarpit", "camera", "--param", "pps=3")[0] == 0
     assert fake.requests[-1]["body"] == {"device": "camera", "action": "tarpit", "params": {"pps": 3}}
