@@ -287,7 +287,7 @@ def check_playbooks(config: Config) -> str | None:
     tags = {t for d in config.devices for t in d.tags}
     try:
         pb.load_playbooks(config.playbooks, known_hosts=hosts if config.devices else None,
-                          known_tags=tags if config.devices else None)
+                          known_tags=tags if config.devices else None, strict=False)
     except pb.PlaybookError as e:
         return str(e)
     return None

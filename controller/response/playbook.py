@@ -16,12 +16,15 @@ pure and the response engine consumes its frozen dataclasses.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import errno
 import ipaddress
 import math
 import operator
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -181,10 +184,11 @@ class Playbook:
     when: Trigger
     do: tuple[Action, ...]
     description: str = ""
-    mode: str = "enforce"          # enforce | dry-run
+    mode: str = "enforce"          # enforce | dry-run | approve
     priority: int = DEFAULT_PRIORITY
     source: str = field(default="<string>", compare=False, repr=False)
     line: int = field(default=0, compare=False, repr=False)
+    disabled: str = field(default="", compare=False)   # why it never fires (it names what the inventory lacks)
 
     @property
     def dry_run(self) -> bool:
@@ -192,8 +196,9 @@ class Playbook:
 
 
 def matching(playbooks: Iterable[Playbook], alert: Alert, device: Device | None) -> list[Playbook]:
-    """The playbooks `alert` fires for `device`, in execution order: priority desc, then name."""
-    return sorted((p for p in playbooks if p.when.matches(alert, device)),
+    """The playbooks `alert` fires for `device`, in execution order: priority desc, then name.
+    A disabled playbook never fires."""
+    return sorted((p for p in playbooks if not p.disabled and p.when.matches(alert, device)),
                   key=lambda p: (-p.priority, p.name))
 
 
@@ -303,9 +308,13 @@ def _playbook(c: _Checker, node: Node, path: str) -> Playbook:
 
 
 def _parse(text: str, source: str, problems: list[Problem], names: dict[str, tuple[str, int]],
-           known_hosts: set[str] | None, known_tags: set[str] | None) -> list[Playbook]:
-    """Playbooks of one file; problems are appended, names (name -> file, line) are shared across files."""
-    c = _Checker(source, problems, known_hosts, known_tags)
+           known_hosts: set[str] | None, known_tags: set[str] | None, strict: bool = True,
+           warnings: list[Problem] | None = None) -> list[Playbook]:
+    """Playbooks of one file; problems are appended, names (name -> file, line) are shared across files.
+
+    Not `strict`: a host or tag the inventory lacks is a warning (appended to
+    `warnings`) and disables that playbook instead of failing the file."""
+    c = _Checker(source, problems, known_hosts, known_tags, strict)
     try:
         root = yamlnodes.compose(text)
     except yamlnodes.YamlProblem as e:
@@ -331,14 +340,20 @@ def _parse(text: str, source: str, problems: list[Problem], names: dict[str, tup
         for i, pnode in enumerate(c.sequence(top["playbooks"], "playbooks")):
             path = f"playbooks[{i}]"
             unique = _claim_name(c, names, pnode, path)  # even if the playbook is otherwise invalid
+            seen = len(c.warnings)
             try:
                 playbook = _playbook(c, pnode, path)
             except _Skip:
                 continue
+            if len(c.warnings) > seen:
+                why = "; ".join(w.message.split(":", 1)[0] for w in c.warnings[seen:])
+                playbook = dataclasses.replace(playbook, disabled=why)
             if unique:
                 out.append(playbook)
     except _Skip:
         pass
+    if warnings is not None:
+        warnings += c.warnings
     return out
 
 
@@ -360,15 +375,59 @@ def _claim_name(c: _Checker, names: dict[str, tuple[str, int]], pnode: Node, pat
 
 
 def playbook_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Each path as given; a directory stands for its *.yaml and *.yml files, sorted."""
-    out: list[str] = []
+    """Each path as given; a directory stands for its *.yaml and *.yml entries, sorted."""
+    return _listing(paths)[0]
+
+
+def _listing(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], list[Problem], list[Problem]]:
+    """(files to read, problems, warnings): every entry of a directory is read or reported.
+
+    A *.yaml or *.yml entry that is not a readable regular file (a dangling or looping
+    link, a FIFO, a device, a directory) is a problem; any other entry is a warning
+    ("ignored"), so nothing is skipped silently."""
+    files: list[str] = []
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
     for p in map(os.fspath, paths):
-        if os.path.isdir(p):
-            out += sorted(os.path.join(p, f) for f in os.listdir(p)
-                          if f.endswith((".yaml", ".yml")) and os.path.isfile(os.path.join(p, f)))
-        else:
-            out.append(p)
-    return out
+        if not os.path.isdir(p):
+            files.append(p)
+            continue
+        try:
+            entries = sorted(os.listdir(p))
+        except OSError as e:
+            problems.append(Problem(p, None, None, None, f"cannot list the directory: {e.strerror}"))
+            continue
+        for name in entries:
+            full = os.path.join(p, name)
+            playbook = name.endswith((".yaml", ".yml"))
+            kind = _entry_kind(full)
+            if playbook and kind == "file":
+                files.append(full)
+            elif playbook:
+                problems.append(Problem(full, None, None, None, f"not a playbook file: {kind}"))
+            elif not (name.startswith(".") or kind == "file" and name.endswith(_COMPANIONS)):
+                warnings.append(Problem(full, None, None, None, f"ignored: {kind}, not a *.yaml or *.yml file"
+                                        if kind != "file" else "ignored: not a *.yaml or *.yml file"))
+    return files, problems, warnings
+
+
+_COMPANIONS = (".json", ".md", ".txt", ".rst")   # a schema or notes beside the playbooks: not reported
+
+
+def _entry_kind(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "a dangling symbolic link" if os.path.islink(path) else "gone"
+    except OSError as e:
+        return "a symbolic link loop" if e.errno == errno.ELOOP else f"unreadable ({e.strerror})"
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    if stat.S_ISDIR(st.st_mode):
+        return "a sub-directory (its files are not read)"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO"
+    return "a device or socket"
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
@@ -376,29 +435,35 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
 
 
 def _load(paths: Iterable[str | os.PathLike[str]], known_hosts: set[str] | None,
-          known_tags: set[str] | None) -> tuple[dict[str, list[Playbook]], list[Problem]]:
+          known_tags: set[str] | None, strict: bool = True,
+          warnings: list[Problem] | None = None) -> tuple[dict[str, list[Playbook]], list[Problem]]:
     names: dict[str, tuple[str, int]] = {}
     by_file: dict[str, list[Playbook]] = {}
-    problems: list[Problem] = []
-    for source in playbook_files(paths):
+    files, problems, ignored = _listing(paths)
+    if warnings is not None:
+        warnings += ignored
+    for source in files:
         found: list[Problem] = []
         try:
             text = yamlnodes.read_text(source)
         except yamlnodes.YamlProblem as e:
             found.append(Problem(source, e.line, e.column, None, e.message))
         else:
-            by_file[source] = _parse(text, source, found, names, known_hosts, known_tags)
+            by_file[source] = _parse(text, source, found, names, known_hosts, known_tags, strict, warnings)
         problems += _sorted(found)
     return by_file, problems
 
 
 def load_playbooks(paths: Sequence[str | os.PathLike[str]], known_hosts: set[str] | None = None,
-                   known_tags: set[str] | None = None) -> list[Playbook]:
+                   known_tags: set[str] | None = None, *, strict: bool = True,
+                   warnings: list[Problem] | None = None) -> list[Playbook]:
     """Every playbook in `paths` (files or directories), in file order; PlaybookError lists all problems.
 
-    With `known_hosts` / `known_tags`, host names and tags must be among them.
+    With `known_hosts` / `known_tags`, host names and tags must be among them: with
+    `strict` an unknown one is a problem; without, it is a warning (appended to
+    `warnings`) and that playbook is returned `disabled`.
     """
-    by_file, problems = _load(paths, known_hosts, known_tags)
+    by_file, problems = _load(paths, known_hosts, known_tags, strict, warnings)
     if problems:
         raise PlaybookError(problems)
     return [p for ps in by_file.values() for p in ps]
@@ -415,9 +480,16 @@ def parse_playbooks(text: str, source: str = "<string>", known_hosts: set[str] |
 
 
 def cmd_playbook_validate(files: Sequence[str], known_hosts: set[str] | None = None,
-                          known_tags: set[str] | None = None) -> int:
-    """`iotguard playbook validate FILE...`: 0 and a line per file, or 2 and every problem."""
-    by_file, problems = _load(files, known_hosts, known_tags)
+                          known_tags: set[str] | None = None, strict: bool = False) -> int:
+    """`iotguard playbook validate FILE...`: 0 and a line per file, or 2 and every problem.
+
+    Warnings (hosts or tags the inventory lacks, ignored directory entries) are printed
+    to stderr; a playbook with one is disabled.  `strict` makes them problems."""
+    warnings: list[Problem] = []
+    by_file, problems = _load(files, known_hosts, known_tags, strict, warnings)
+    if strict:
+        problems = sorted(problems + warnings, key=lambda q: (q.file, q.line or 0, q.column or 0))
+        warnings = []
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
@@ -428,9 +500,12 @@ def cmd_playbook_validate(files: Sequence[str], known_hosts: set[str] | None = N
     if not by_file:
         print("iotguard: no playbook files found", file=sys.stderr)
         return 2
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for source, playbooks in by_file.items():
         listed = ", ".join(f"{p.name} ({p.mode}, priority {p.priority}, {len(p.do)} "
-                           f"action{'s' * (len(p.do) != 1)})" for p in playbooks)
+                           f"action{'s' * (len(p.do) != 1)}" + (f"; DISABLED: {p.disabled}" if p.disabled else "")
+                           + ")" for p in playbooks)
         print(f"{source}: ok, {len(playbooks)} playbook{'s' * (len(playbooks) != 1)}"
               + (f": {listed}" if listed else ""))
     return 0
@@ -447,6 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     val.add_argument("files", nargs="+", metavar="FILE")
     val.add_argument("--config", metavar="FILE",
                      help="iotguard config whose device inventory names the known hosts and tags")
+    val.add_argument("--strict", action="store_true",
+                     help="treat warnings as problems: a host or tag the inventory lacks (which "
+                          "otherwise disables that playbook) and ignored directory entries")
     args = parser.parse_args(argv)
     hosts = tags = None
     if args.config:
@@ -458,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         hosts = {d.name for d in config.devices}
         tags = {t for d in config.devices for t in d.tags}
-    return cmd_playbook_validate(args.files, hosts, tags)
+    return cmd_playbook_validate(args.files, hosts, tags, args.strict)
 
 
 if __name__ == "__main__":

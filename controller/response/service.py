@@ -181,11 +181,19 @@ class Responder:
             raise pb.PlaybookError([pb.Problem(p, None, None, "responses.playbooks", "no such file or directory")
                                     for p in missing])
         hosts, tags = self._known()
-        books = pb.load_playbooks(files, known_hosts=hosts, known_tags=tags)
+        warnings: list[pb.Problem] = []
+        books = pb.load_playbooks(self.config.playbooks, known_hosts=hosts, known_tags=tags, strict=False,
+                                  warnings=warnings)
         self.engine.set_playbooks(books)
         self.playbook_files = files
+        for w in warnings:
+            LOG.warning("playbooks: %s", w)
+        disabled = {b.name: b.disabled for b in books if b.disabled}
+        for name, why in disabled.items():
+            LOG.warning("playbook %s is disabled: %s (add it to the inventory, or edit the playbook)", name, why)
         LOG.info("playbooks: %d loaded from %s", len(books), ", ".join(files) or "(no files)")
-        return {"loaded": [b.name for b in books], "files": files}
+        return {"loaded": [b.name for b in books], "files": files, "disabled": disabled,
+                "warnings": [str(w) for w in warnings]}
 
     def _known(self) -> tuple[set[str] | None, set[str] | None]:
         """With an inventory in the config, host names and tags must come from it."""
@@ -479,7 +487,8 @@ class Responder:
 
     def playbooks_view(self) -> list[dict]:
         return [{"name": b.name, "mode": b.mode, "priority": b.priority, "source": b.source,
-                 "kinds": list(b.when.kinds), "actions": [a.kind for a in b.do]}
+                 "kinds": list(b.when.kinds), "actions": [a.kind for a in b.do],
+                 "enabled": not b.disabled, **({"disabled": b.disabled} if b.disabled else {})}
                 for b in self.engine.playbooks]
 
 

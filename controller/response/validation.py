@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from controller import yamlnodes
-from controller.yamlnodes import NAME_RE, TAG_RE, join, normalise_mac, short
+from controller.yamlnodes import NAME_RE, TAG_RE, join, normalise_mac, position, short
 
 PROTOS: tuple[str, ...] = ("tcp", "udp", "any")
 DEFAULT_TTL = 3600            # seconds, when an action gives no ttl
@@ -73,11 +73,13 @@ class Checker(yamlnodes.Nodes):
     """Accessors that record each problem (with its column) and go on with the next field."""
 
     def __init__(self, source: str, problems: list[Problem],
-                 known_hosts: set[str] | None, known_tags: set[str] | None) -> None:
+                 known_hosts: set[str] | None, known_tags: set[str] | None, strict: bool = True) -> None:
         super().__init__(source)
         self.problems = problems
         self.known_hosts = known_hosts
         self.known_tags = known_tags
+        self.strict = strict
+        self.warnings: list[Problem] = []   # unknown hosts and tags when not strict: the playbook is disabled
 
     def soft(self, node: Node | None, field: str, message: str, offset: int = 0) -> None:
         line, col = (None, None) if node is None else yamlnodes.position(node)
@@ -161,7 +163,11 @@ def known_value(c: Checker, node: Node, path: str, value: str, known: set[str] |
     if known is not None and value not in known:
         close = difflib.get_close_matches(value, sorted(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        c.fail(node, path, f"unknown {what} {short(value)}{hint}")
+        if c.strict:
+            c.fail(node, path, f"unknown {what} {short(value)}{hint}")
+        line, col = position(node)
+        c.warnings.append(Problem(c.source, line, col, path or None,
+                                  f"unknown {what} {short(value)}{hint}: the inventory has no such {what}"))
     return value
 
 

@@ -648,12 +648,22 @@ def test_cli_reports_every_problem(tmp_path: Path) -> None:
 
 
 def test_cli_checks_hosts_and_tags_against_a_config(tmp_path: Path) -> None:
-    done = run_cli("validate", "--config", "iotguard.example.yaml", "playbooks")
+    done = run_cli("validate", "--strict", "--config", "iotguard.example.yaml", "playbooks")
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "playbooks/block-lateral-iot.yaml:9:14: playbooks[0].when.tags[0]: unknown tag 'iot'",
         "playbooks/honeypot-bruteforce.yaml:17:15: playbooks[0].do[0].redirect.to: unknown host 'honeypot'",
         "iotguard: 2 problems in 2 files"]
+    # without --strict the same references disable those two playbooks, with a warning each
+    done = run_cli("validate", "--config", "iotguard.example.yaml", "playbooks")
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [
+        "warning: playbooks/block-lateral-iot.yaml:9:14: playbooks[0].when.tags[0]: unknown tag 'iot': "
+        "the inventory has no such tag",
+        "warning: playbooks/honeypot-bruteforce.yaml:17:15: playbooks[0].do[0].redirect.to: unknown host "
+        "'honeypot': the inventory has no such host"]
+    assert "honeypot-bruteforce (enforce, priority 700, 2 actions; DISABLED: unknown host 'honeypot')" \
+        in done.stdout
     config = write(tmp_path, "devices:\n  - {name: honeypot, ip: 10.0.0.66, tags: [iot]}\n", "site.yaml")
     assert run_cli("validate", "--config", str(config), "playbooks").returncode == 0
     broken = write(tmp_path, "poll_interval: 0\n", "broken.yaml")
@@ -693,3 +703,41 @@ def test_docs_action_table_is_generated_from_the_registry() -> None:
     from controller.response import schema
     docs = (REPO / "docs" / "playbooks.md").read_text(encoding="utf-8")
     assert schema.action_table() in docs
+
+
+def test_shipped_playbooks_stay_usable_with_an_inventory_that_lacks_honeypot_and_iot(tmp_path: Path) -> None:
+    warnings: list[Problem] = []
+    books = {b.name: b for b in load_playbooks([str(SHIPPED)], known_hosts={"gw", "cam"}, known_tags={"camera"},
+                                              strict=False, warnings=warnings)}
+    assert len(books) == 7
+    assert books["honeypot-bruteforce"].disabled == "unknown host 'honeypot'"
+    assert books["block-lateral-iot"].disabled == "unknown tag 'iot'"
+    assert {n for n, b in books.items() if b.disabled} == {"honeypot-bruteforce", "block-lateral-iot"}
+    assert sorted(w.field for w in warnings) == ["playbooks[0].do[0].redirect.to", "playbooks[0].when.tags[0]"]
+    from controller.detection.alert import Alert
+    alert = Alert(id="a", time=0.0, kind="anomaly", device="cam", mac=None, score=99.0, threshold=1.0,
+                  explanation="", window={"lateral_peers": 50.0})
+    assert "block-lateral-iot" not in [b.name for b in matching(books.values(), alert, None)]
+
+
+def test_every_entry_of_a_playbook_directory_is_loaded_or_reported(tmp_path: Path) -> None:
+    import os
+    d = tmp_path / "books"
+    d.mkdir()
+    (d / "good.yaml").write_text(act("notify: {log: true}"), encoding="utf-8")
+    os.symlink(d / "missing.yaml", d / "dangling.yaml")
+    os.symlink(d / "loop.yaml", d / "loop.yaml")
+    os.mkfifo(d / "fifo.yml")
+    (d / "sub.yaml").mkdir()
+    (d / "notes.ini").write_text("x", encoding="utf-8")
+    (d / "schema.json").write_text("{}", encoding="utf-8")
+    problems = problems_of([d])
+    assert sorted((Path(p.file).name, p.message) for p in problems) == [
+        ("dangling.yaml", "not a playbook file: a dangling symbolic link"),
+        ("fifo.yml", "not a playbook file: a FIFO"),
+        ("loop.yaml", "not a playbook file: a symbolic link loop"),
+        ("sub.yaml", "not a playbook file: a sub-directory (its files are not read)")]
+    (d / "dangling.yaml").unlink(), (d / "loop.yaml").unlink(), (d / "fifo.yml").unlink(), (d / "sub.yaml").rmdir()
+    warnings: list[Problem] = []
+    assert [b.name for b in load_playbooks([d], warnings=warnings)] == ["p"]
+    assert [(Path(w.file).name, w.message) for w in warnings] == [("notes.ini", "ignored: not a *.yaml or *.yml file")]
