@@ -252,7 +252,25 @@ def _build(doc: _Doc, root: Node | None) -> Config:
     met = doc.mapping(top["metrics"], "metrics", _METRICS_KEYS) if "metrics" in top else {}
     doc.optional(met, "listen_host", "metrics", doc.host, out, "metrics_host")
     doc.optional(met, "port", "metrics", lambda n, p: doc.integer(n, p, 0, 65535), out, "metrics_port")
-    return Config(**out)  # type: ignore[arg-type]
+    config = Config(**out)  # type: ignore[arg-type]
+    _distinct_listeners(doc, config, {"openflow": ofp, "api": api, "metrics": met})
+    return config
+
+
+def _distinct_listeners(doc: _Doc, config: Config, sections: dict[str, dict[str, Node]]) -> None:
+    """Two listeners on one port would leave a half-started controller: refuse it here,
+    where `iotguard config` and `iotguard run` both see it."""
+    listeners = [("openflow", config.ofp_host, config.ofp_port), ("api", config.api_host, config.api_port)]
+    if config.metrics_port:
+        listeners.append(("metrics", config.metrics_host, config.metrics_port))
+    for i, (name, host, port) in enumerate(listeners):
+        for other, ohost, oport in listeners[:i]:
+            shared = host == ohost or "0.0.0.0" in (host, ohost) or "::" in (host, ohost)
+            if port == oport and shared:
+                node = sections[name].get("port") or sections[other].get("port")
+                where = name if sections[name].get("port") is not None else other
+                doc.fail(node, f"{where}.port", f"port {port} is also {other if where == name else name}.port "
+                                                f"({ohost if where == name else host}); each listener needs its own")
 
 
 def _paths(doc: _Doc, node: Node, path: str) -> tuple[str, ...]:

@@ -309,7 +309,12 @@ def cmd_run(args) -> int:
     from controller import app  # the framework loads only when we run
     from controller.openflow import compat
 
+    stopping: list[int] = []
+
     def shutdown(signum, _frame):
+        if stopping:        # a second signal while the first one shuts down: nothing more to do
+            return
+        stopping.append(signum)
         logging.getLogger("iotguard").info("%s: shutting down", signal.Signals(signum).name)
         if app.INSTANCE is not None:
             app.INSTANCE.stop_serving()
@@ -351,8 +356,14 @@ def cmd_playbook(args) -> int:
 
 
 def cmd_config(args) -> int:
+    """Validate a config as `iotguard run` would: the file, then the playbooks it names."""
     import json
     config = load_config(args.file)
+    problems = check_playbooks(config)
+    if problems:
+        print(f"iotguard: the playbooks this configuration loads are invalid (run would refuse to "
+              f"start):\n{problems}", file=sys.stderr)
+        return 2
     print(json.dumps(dataclasses.asdict(config), indent=1, default=str))
     return 0
 

@@ -376,3 +376,52 @@ def test_report_help_explains_every_option():
 def test_report_on_a_missing_state_dir_exits_1(tmp_path):
     r = run_cli("report", "--last", "--state-dir", str(tmp_path / "none"))
     assert r.returncode == 1 and r.stderr.startswith("iotguard: no state directory")
+
+
+def test_two_listeners_on_one_port_are_a_config_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("api: {port: 9100}\nmetrics: {port: 9100}\n")
+    for command in (["config", str(cfg)], ["run", "--config", str(cfg)]):
+        r = run_cli(*command)
+        assert r.returncode == 2
+        assert r.stderr.strip() == (f"iotguard: configuration error: {cfg}:2: metrics.port: port 9100 is also "
+                                    "api.port (127.0.0.1); each listener needs its own")
+
+
+def test_config_refuses_what_run_refuses(tmp_path):
+    bad = tmp_path / "books"
+    bad.mkdir()
+    (bad / "x.yaml").write_text("playbooks:\n  - name: x\n    when: {kinds: [bogus]}\n    do: []\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"responses: {{playbooks: [{bad}]}}\n")
+    r = run_cli("config", str(cfg))
+    assert r.returncode == 2 and "run would refuse to start" in r.stderr
+    assert "unknown alert kind 'bogus'" in r.stderr
+
+
+def test_two_sigterms_in_a_row_still_exit_cleanly(tmp_path):
+    import os
+    import signal
+    import time
+    ofp, api = free_port(), free_port()
+    p = subprocess.Popen([sys.executable, "-m", "controller.api.cli", "run", "--ofp-port", str(ofp),
+                          "--api-port", str(api), "--state-dir", str(tmp_path / "state")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and p.poll() is None:
+            import socket
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", api)) == 0:
+                    break
+            time.sleep(0.2)
+        assert p.poll() is None, p.stderr.read()
+        p.send_signal(signal.SIGTERM)
+        time.sleep(0.002)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=20) == 0
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
