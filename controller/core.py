@@ -335,7 +335,7 @@ class Core:
         addr = ip_int(ip)
         if self.recorder is not None:
             self.recorder.event(wall, pkt.eth_src, proto, addr, port)
-        alerts = self.detector.on_new_flow(pkt.eth_src, proto, addr, port, wall)
+        alerts = self.detector.on_new_flow(pkt.eth_src, proto, addr, port, wall, answer=is_reply(pkt))
         if alerts:
             self._raised(alerts)
 
