@@ -23,7 +23,7 @@ from controller.detection.attribution import Attribution
 from controller.detection.detector import Detector
 from controller.telemetry.features import FEATURES, FeatureExtractor, KnownDestinations
 from controller.detection.incidents import Incidents, band_of
-from controller.network.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo
+from controller.network.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo, is_group_mac, is_reply
 from controller.network.inventory import Inventory
 from controller.openflow.wire import flow_stats_heads
 from controller.openflow.packets import LldpSigner, fix_l4_checksum, ip_int, parse_frame
@@ -304,14 +304,28 @@ class Core:
         for f in decision.flows:
             if f.command == "add" and rules.cookie_kind(f.cookie) == rules.Kind.FORWARD:
                 self.extractor.new_flow(rules.cookie_id(f.cookie))
-        if local and self.topology.edge_dpid(pkt.eth_src) == dpid:
+        at_src = local and self.topology.edge_dpid(pkt.eth_src) == dpid
+        if at_src:
             self._event(pkt)
         out: Out = [(dpid, f) for f in decision.flows]
         if decision.out_port is None:
             return out
+        self._count_frame(dpid, pkt, len(data), at_src)
         port: int | str = "flood" if decision.out_port == FLOOD else decision.out_port
         out.append((dpid, PacketOut(fix_l4_checksum(data), port, in_port)))
         return out
+
+    def _count_frame(self, dpid: int, pkt: PacketInfo, size: int, at_src: bool) -> None:
+        """The frame goes on as a packet-out, which no flow counter sees: count it in the
+        window, by the edge rule (tx at its source's switch, rx at its destination's)."""
+        at_dst = not is_group_mac(pkt.eth_dst) and self.topology.edge_dpid(pkt.eth_dst) == dpid
+        if not (at_src or at_dst):
+            return
+        ip = ip_int(pkt.ipv4_dst) if pkt.ipv4_dst is not None else 0
+        proto = pkt.ip_proto if pkt.ip_proto is not None else -1
+        port = pkt.tp_dst if pkt.tp_dst is not None and not is_reply(pkt) else -1
+        self.extractor.packet_in(pkt.eth_src if at_src else None, pkt.eth_dst if at_dst else None,
+                                 size, ip, proto, port)
 
     def _event(self, pkt: PacketInfo) -> None:
         """Feed the event path: a device starting a conversation, seen at its own edge."""
@@ -329,7 +343,7 @@ class Core:
         addr = ip_int(ip)
         if self.recorder is not None:
             self.recorder.event(wall, pkt.eth_src, proto, addr, port)
-        alerts = self.detector.on_new_flow(pkt.eth_src, proto, addr, port, wall)
+        alerts = self.detector.on_new_flow(pkt.eth_src, proto, addr, port, wall, answer=is_reply(pkt))
         if alerts:
             self._raised(alerts)
 

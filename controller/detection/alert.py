@@ -25,6 +25,9 @@ class AlertKind(str, Enum):
     ANOMALY = "anomaly"                 # a poll window scored above the device's threshold
     NEW_FLOW_BURST = "new_flow_burst"   # more new conversations within 1 s than its burst threshold
     OUTBREAK = "outbreak"               # several devices of one class anomalous on one feature
+    LATERAL_PROBE = "lateral_probe"     # new internal peers over 10 s / 60 s / 10 min beyond its churn
+    PORT_PROBE = "port_probe"           # new ports on one host over 10 s / 60 s / 10 min beyond its churn
+    NEW_SERVICE = "new_service"         # an appliance used a (protocol, port) it never used while learning
     MANUAL = "manual"                   # an operator's response (POST /api/v1/responses)
 
     def __str__(self) -> str:
@@ -32,7 +35,8 @@ class AlertKind(str, Enum):
 
 
 # The kinds the detector raises (and POST /api/v1/alerts may inject, playbooks may name).
-DETECTED_KINDS: tuple[AlertKind, ...] = (AlertKind.ANOMALY, AlertKind.NEW_FLOW_BURST, AlertKind.OUTBREAK)
+DETECTED_KINDS: tuple[AlertKind, ...] = (AlertKind.ANOMALY, AlertKind.NEW_FLOW_BURST, AlertKind.OUTBREAK,
+                                         AlertKind.LATERAL_PROBE, AlertKind.PORT_PROBE, AlertKind.NEW_SERVICE)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

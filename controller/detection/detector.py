@@ -28,6 +28,7 @@ import numpy as np
 from controller.telemetry.features import FEATURES, WindowFeatures, shrink_tx_mix
 from controller.detection.alert import Alert, AlertKind
 from controller.detection.attribution import Attribution
+from controller.detection.novelty import HORIZONS, Novelty, NoveltyMemory, service_name
 from controller.detection.profiles import BaselineStore
 
 CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
@@ -35,6 +36,10 @@ BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
 ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
 MAX_ALERTS = 10000
+NOVELTY_GRACE = 1.0      # s a new item waits before novelty decides on it: a burst (1 s) speaks first
+NOVELTY_QUIET = 60.0     # s without new items still over the allowance before a novelty alert closes
+NOVELTY_PENDING = 64     # event snapshots kept per device between two decisions
+_NOVELTY_ALERTS = {"new_internal_peers": AlertKind.LATERAL_PROBE, "new_ports_one_host": AlertKind.PORT_PROBE}
 
 
 # ------------------------------------------------------------------ words
@@ -104,6 +109,47 @@ def describe(name: str, c, window: float, port: int = -1, port_hosts: int = 0,
     return f"{proto} made up {pct(v)} of {name}'s packets; its baseline is {pct(lo)}–{pct(hi)}"
 
 
+def _h(h: float) -> str:
+    return f"{h / 60:g}min" if h >= 600 else f"{h:g}s"
+
+
+def _dotted(ip: int) -> str:
+    return ".".join(str((ip >> s) & 255) for s in (24, 16, 8, 0))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _examples(items, most: int = 3) -> str:
+    items = list(dict.fromkeys(items))
+    return ", ".join(items[:most]) + (", …" if len(items) > most else "")
+
+
+def _services_evidence(entries, r) -> dict:
+    used = sorted({(e[2], e[3]) for e in entries})
+    return {"feature": "new_services", "observed": len(used), "low": 0, "high": 0,
+            "services": [service_name(p, q) for p, q in used],
+            "learned_services": [service_name(p, q) for p, q in r.learned_services]}
+
+
+def _lateral_words(name: str, hits, count: int, h: float, r) -> str:
+    # The first sight of a new neighbour is often the ARP before the SYN: the services
+    # are those tried on these hosts (pairs new to the device), whatever came first.
+    hosts_hit = {e[1] for e in hits}
+    services = sorted({service_name(e[2], e[3]) for e in hits + r.recent("new_ports_one_host", h)
+                       if e[3] >= 0 and e[1] in hosts_hit})
+    if not services:
+        how = "looked for"
+        tail = " with ARP requests"
+    else:
+        how = f"tried {' or '.join(services)} on" if len(services) <= 3 else f"tried {len(services)} services on"
+        tail = ""
+    hosts = _examples([_dotted(e[1]) for e in reversed(hits)][::-1])
+    return (f"{name} {how} {_plural(count, 'internal host')} it had never talked to{tail} in the last "
+            f"{_num(h)} s ({hosts}); while learning it talked to {r.learned_peers}")
+
+
 # ------------------------------------------------------------------ detector
 
 def _observed(wf: WindowFeatures, i: int) -> dict[str, float]:
@@ -139,6 +185,9 @@ class Detector:
         self.escalated: list[Alert] = []     # open alerts that grew worse; the core drains it
         self._internal = Subnets(config.internal_subnets)
         self.windows_scored = 0
+        self.novelty = NoveltyMemory(config.internal_subnets, config.learn_seconds)
+        self._pending: dict[str, deque[Novelty]] = {}      # novelty snapshots not yet decided on
+        self._decided: dict[str, float] = {}               # time of the last snapshot decided on
 
     def excluded(self, tags: tuple[str, ...]) -> bool:
         return any(t in self.config.exclude_tags for t in tags)
@@ -236,6 +285,7 @@ class Detector:
                                    attribute=True)
         for key in [k for k in self._open if k[1] == "anomaly" and k[0] not in active]:
             self._quiet(key)
+        out += self.decide_novelty(now)
         self.store.fit_pending(now)
         return out
 
@@ -247,13 +297,21 @@ class Detector:
                 del self._open[key]
 
     # -------------------------------------------------------------- event path
-    def on_new_flow(self, mac: str, proto: int, ip: int, port: int, now: float) -> list[Alert]:
+    def on_new_flow(self, mac: str, proto: int, ip: int, port: int, now: float,
+                    answer: bool = False) -> list[Alert]:
         """A device started a conversation (TCP SYN, UDP to a service port, ARP request).
 
-        Returns the alerts raised: a burst, and the outbreak it may complete."""
+        Returns the alerts raised: a burst, and the outbreak it may complete.  The novelty
+        memory learns it too (not an `answer`: UDP from a service port); what is new to
+        the device is decided on at the next window (`decide_novelty`)."""
         name, tags = self.who(mac)
         if self.excluded(tags):
             return []
+        if not answer:
+            p = self.store.profiles.get(mac)
+            report = self.novelty.observe(mac, proto, ip, port, now, learning=p is None or p.learning)
+            if report is not None:
+                self._pending.setdefault(mac, deque(maxlen=NOVELTY_PENDING)).append(report)
         seen = self._bursts.setdefault(mac, {})
         seen[(proto, ip, port)] = now
         if len(seen) > 64:   # prune lazily: only devices that are busy pay for it
@@ -297,6 +355,99 @@ class Detector:
 
     def _is_internal(self, ip: int) -> bool:
         return ip in self._internal
+
+    # -------------------------------------------------------------- novelty
+    def decide_novelty(self, now: float) -> list[Alert]:
+        """Raise or update lateral_probe, port_probe and new_service alerts from what the
+        event path found new, once it is NOVELTY_GRACE old (a burst alert, decided within
+        1 s, speaks for a fast scan; a device with a burst open gets no novelty alert)."""
+        out: list[Alert] = []
+        for mac in list(self._pending):
+            q = self._pending[mac]
+            report = None
+            while q and now - q[0].time >= NOVELTY_GRACE:
+                report = q.popleft()
+            if not q:
+                del self._pending[mac]
+            if report is not None:
+                out += self._novel(mac, report, now)
+                self._decided[mac] = report.time
+        for key in [k for k, o in self._open.items()
+                    if k[1] in ("lateral_probe", "port_probe", "new_service")
+                    and now - o.alert.last_time > NOVELTY_QUIET]:
+            del self._open[key]
+        return out
+
+    def _novel(self, mac: str, r: Novelty, now: float) -> list[Alert]:
+        name, tags = self.who(mac)
+        if self.excluded(tags):
+            return []
+        burst = self._open.get((mac, "new_flow_burst"))
+        if burst is not None and now - burst.alert.last_time <= BURST_QUIET:
+            return []                   # a fast scan: the burst alert already says it
+        since = self._decided.get(mac, -math.inf)
+        fresh = [e for e in r.examples["new_services"] if e[0] > since]
+        appliance = ("iot" in tags or self.novelty.appliance(mac)) and self.novelty.stable_services(mac)
+        out: list[Alert] = []
+        for feature, kind in _NOVELTY_ALERTS.items():
+            if feature in r.tripped:
+                out += self._novelty_alert(mac, name, tags, kind, feature, r, appliance, now)
+        if appliance and fresh and not any((mac, k.value) in self._open for k in _NOVELTY_ALERTS.values()):
+            out += self._novelty_alert(mac, name, tags, AlertKind.NEW_SERVICE, "new_services", r, appliance,
+                                       now, fresh=fresh)
+        return out
+
+    def _novelty_alert(self, mac: str, name: str, tags: tuple[str, ...], kind: AlertKind, feature: str,
+                       r: Novelty, appliance: bool, now: float, fresh=()) -> list[Alert]:
+        if kind == AlertKind.NEW_SERVICE:
+            i = 1
+            count, allowed = len({(e[2], e[3]) for e in fresh}), 1
+        else:
+            i = r.horizon(feature)
+            count, allowed = r.counts[feature][i], r.allowance[feature][i]
+        key = (mac, kind.value)
+        opened = self._open.get(key)
+        if opened is not None:
+            self._update(opened, count=opened.alert.count + 1, last_time=now,
+                         score=max(opened.alert.score, float(count)),
+                         window={**opened.alert.window, **r.values()})
+            return []
+        h = HORIZONS[i]
+        evidence = [{"feature": f"{feature}_{_h(h)}", "observed": count, "low": 0, "high": max(allowed - 1, 0),
+                     "horizon_s": h}]
+        services = [e for e in r.recent("new_services", h)]
+        if services and kind != AlertKind.NEW_SERVICE and appliance:
+            evidence.append(_services_evidence(services, r))
+        if kind == AlertKind.LATERAL_PROBE:
+            hits = r.recent(feature, h)
+            text = _lateral_words(name, hits, count, h, r)
+            ports = Counter(e[3] for e in hits if e[3] >= 0)
+            evidence[0].update(hosts=[_dotted(e[1]) for e in hits], learned_peers=r.learned_peers)
+        elif kind == AlertKind.PORT_PROBE:
+            hits = [e for e in r.recent(feature, h) if e[1] == r.scanned_host]
+            ports = Counter(e[3] for e in hits)
+            text = (f"{name} tried {count} new ports on {_dotted(r.scanned_host)} in the last {_num(h)} s "
+                    f"({_examples([service_name(e[2], e[3]) for e in hits])}); while learning it used "
+                    f"{_plural(len(r.learned_services), 'service')}")
+            evidence[0].update(host=_dotted(r.scanned_host), ports=sorted(ports))
+        else:
+            ports = Counter(e[3] for e in fresh)
+            used = sorted({service_name(e[2], e[3]) for e in fresh})
+            where = sorted({_dotted(e[1]) for e in fresh if e[1]})
+            learned = [service_name(p, q) for p, q in r.learned_services]
+            text = (f"{name} used {' and '.join(used) if len(used) <= 3 else f'{len(used)} services'}, "
+                    f"{'a service' if len(used) == 1 else 'services'} it never used"
+                    f"{' (to ' + _examples(where) + ')' if where else ''}; while learning it used "
+                    f"{_plural(len(learned), 'service')}{': ' + _examples(learned) if learned else ''}")
+            evidence = [_services_evidence(fresh, r)]
+        if ports:
+            evidence[0]["top_port"] = ports.most_common(1)[0][0]
+        alert = self._emit(Alert(
+            id=uuid.uuid4().hex[:12], time=now, kind=kind, device=name, mac=mac, score=float(count),
+            threshold=float(allowed), explanation=text, baseline="novelty", features=evidence, tags=tags,
+            last_time=now, window=r.values(), remote=None))
+        self._open[key] = _Open(alert)
+        return [alert] + self._correlate(now, mac, tags, (kind.value,))
 
     # -------------------------------------------------------------- correlation
     def _correlate(self, now: float, mac: str, tags: tuple[str, ...], leads: tuple[str, ...],

@@ -36,6 +36,7 @@ from controller import yamlnodes
 from controller.addresses import Subnets, ip_address
 from controller.config import Device
 from controller.detection.alert import DETECTED_KINDS, Alert, finite
+from controller.detection.novelty import NOVELTY_VALUES
 from controller.response.actions import REGISTRY
 from controller.response.validation import (DEFAULT_TTL, MAX_TTL, PROTOS, REQUIRED, Checker, PlaybookError,
                                             Problem, Skip, child, duration, fmt_duration, host_name,
@@ -58,7 +59,9 @@ _duration, _fmt, _host_name, _mac, _name, _port, _tag = (duration, fmt_duration,
 # what `when.kinds` may name: the kinds the detector raises (a manual response is its own
 # one-action playbook, so no loaded playbook could ever fire for kind manual)
 ALERT_KINDS: tuple[str, ...] = tuple(k.value for k in DETECTED_KINDS)
-CONDITION_FEATURES: tuple[str, ...] = FEATURES + ("new_flows_per_s",)   # the burst's own measure
+# The window features, the burst's own measure, and the novelty counts per horizon
+# (new_internal_peers_60s, ...) that lateral_probe, port_probe and new_service alerts carry.
+CONDITION_FEATURES: tuple[str, ...] = FEATURES + ("new_flows_per_s",) + NOVELTY_VALUES
 MODES: tuple[str, ...] = ("enforce", "dry-run", "approve")
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}

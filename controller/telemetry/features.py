@@ -65,6 +65,7 @@ _ID_MASK = np.uint64(rules.COOKIE_ID_MASK)
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _COMPACT_ROWS = 1 << 18         # pending tx rows before they are summed per flow id
 _MAX_NEW_FLOWS = 1 << 20        # distinct installs remembered per window
+_MAX_PACKET_INS = 1 << 20       # packet-in frames counted per window
 
 
 # ---------------------------------------------------------------- output
@@ -308,6 +309,8 @@ class FeatureExtractor:
         self.known = known
         self._nets, self._masks = _parse_subnets(internal_subnets)
         self.dropped_new_flows = 0      # installs past _MAX_NEW_FLOWS in the last window
+        self.dropped_packet_ins = 0     # frames past _MAX_PACKET_INS in the last window
+        self._dropped_pin = 0
         self._last_pairs = np.zeros(0, dtype=np.uint64)     # (mac index << 32 | ip), sorted
         self._last_rows: dict[str, int] = {}
         self._reset()
@@ -320,6 +323,10 @@ class FeatureExtractor:
         self._rx_p = np.zeros(0, dtype=np.int64)
         self._new: dict[int, tuple[int, int, int, int]] = {}
         self._dropped = 0
+        # Frames that reached the controller (packet-in, then packet-out): no flow counter
+        # sees them.  One row each: (source index or -1, destination index or -1, bytes,
+        # IPv4 destination, protocol, destination port or -1).
+        self._pin: list[tuple[int, int, int, int, int, int]] = []
 
     # -------------------------------------------------------- inputs
     def new_flow(self, fid: int) -> None:
@@ -335,6 +342,26 @@ class FeatureExtractor:
             return
         self._new[fid] = (int(reg.src_dev[fid]), int(reg.ip_dst[fid]), int(reg.proto[fid]),
                           int(reg.tp_dst[fid]))
+
+    def packet_in(self, src: str | None, dst: str | None, nbytes: int, ip: int = 0,
+                  proto: int = -1, port: int = -1) -> None:
+        """A frame the controller forwarded itself (packet-in, then packet-out).
+
+        `src` is given when this is the source's edge switch (the frame counts in its tx),
+        `dst` when it is the destination's (rx); None otherwise, as the edge rule says.
+        `ip` is the IPv4 destination (0: none), `proto` the IP protocol (-1: not IP),
+        `port` the TCP/UDP destination port, -1 for none and for an answer
+        (`forwarding.is_reply`), as in the flow it travels beside.  Cost: one tuple.
+        """
+        if (src is None and dst is None) or nbytes <= 0:
+            return
+        if len(self._pin) >= _MAX_PACKET_INS:
+            self._dropped_pin += 1
+            return
+        reg = self.registry
+        s = reg.mac_index(src) if src is not None else -1
+        d = reg.mac_index(dst) if dst is not None else -1
+        self._pin.append((s, d, int(nbytes), int(ip), int(proto), int(port)))
 
     def add(self, deltas: FlowDeltas, edges: np.ndarray) -> None:
         """One switch's poll deltas (or a flow-removed tail) in this window.
@@ -402,7 +429,9 @@ class FeatureExtractor:
         tx = _per_fid(_concat(self._tx))
         new = self._new
         rx_b, rx_p = self._rx_b, self._rx_p
+        pin = np.array(self._pin, dtype=np.int64).reshape(-1, 6)
         self.dropped_new_flows = self._dropped
+        self.dropped_packet_ins, self._dropped_pin = self._dropped_pin, 0
         self._reset()
 
         n = len(self.registry.macs)
@@ -411,31 +440,44 @@ class FeatureExtractor:
         src, pk, by = tx["src"], tx["pk"], tx["by"]
         ip, proto, port = tx["ip"], tx["proto"], tx["port"]
 
-        tx_b = np.bincount(src, weights=by, minlength=n)
-        tx_p = np.bincount(src, weights=pk, minlength=n)
+        # Packet-in frames: rx where the destination is plugged in, and beside the flows'
+        # tx rows (one packet each, no flow id) where the source is.
+        prx = pin[:, 1] >= 0
+        rx_b = rx_b + np.bincount(pin[prx, 1], weights=pin[prx, 2], minlength=n).astype(np.int64)
+        rx_p = rx_p + np.bincount(pin[prx, 1], minlength=n).astype(np.int64)
+        ptx = pin[pin[:, 0] >= 0]
+        m_src = np.concatenate([src, ptx[:, 0]])
+        m_pk = np.concatenate([pk, np.ones(len(ptx), dtype=np.int64)])
+        m_by = np.concatenate([by, ptx[:, 2]])
+        m_ip = np.concatenate([ip.astype(np.int64), ptx[:, 3]])
+        m_proto = np.concatenate([proto.astype(np.int64), ptx[:, 4]])
+        m_port = np.concatenate([port.astype(np.int64), ptx[:, 5]])
+
+        tx_b = np.bincount(m_src, weights=m_by, minlength=n)
+        tx_p = np.bincount(m_src, weights=m_pk, minlength=n)
 
         # Protocol mix of tx packets: tcp, udp, icmp, other (L2 and other IP protocols).
-        cls = np.full(len(src), 3, dtype=np.int64)
-        cls[proto == rules.IPPROTO_TCP] = 0
-        cls[proto == rules.IPPROTO_UDP] = 1
-        cls[proto == rules.IPPROTO_ICMP] = 2
-        mix = np.bincount(src * 4 + cls, weights=pk, minlength=4 * n).reshape(n, 4)
+        cls = np.full(len(m_src), 3, dtype=np.int64)
+        cls[m_proto == rules.IPPROTO_TCP] = 0
+        cls[m_proto == rules.IPPROTO_UDP] = 1
+        cls[m_proto == rules.IPPROTO_ICMP] = 2
+        mix = np.bincount(m_src * 4 + cls, weights=m_pk, minlength=4 * n).reshape(n, 4)
         has_p = tx_p > 0
         safe_p = np.where(has_p, tx_p, 1.0)
         shares = np.where(has_p[:, None], mix / safe_p[:, None], 0.0)
         mean_size = np.where(has_p, tx_b / safe_p, 0.0)
-        dns = (proto == rules.IPPROTO_UDP) & (port == 53)
-        dns_q = np.bincount(src[dns], weights=pk[dns], minlength=n)
+        dns = (m_proto == rules.IPPROTO_UDP) & (m_port == 53)
+        dns_q = np.bincount(m_src[dns], weights=m_pk[dns], minlength=n)
 
         # Bytes to destinations the device did not talk to while learning.
         new_share = np.zeros(n)
-        if self.known is not None and len(src):
+        if self.known is not None and len(m_src):
             _, learned, _ = self.known._state(self.registry)
-            answers = ((proto == rules.IPPROTO_TCP) | (proto == rules.IPPROTO_UDP)) & (port < 0)
-            ipf = (ip != 0) & (by > 0) & ~answers     # answering a peer is not talking to a new host
-            unknown = ~self.known.contains(src[ipf], ip[ipf], self.registry)
-            s = src[ipf][unknown]
-            new_b = np.bincount(s, weights=by[ipf][unknown], minlength=n)
+            answers = ((m_proto == rules.IPPROTO_TCP) | (m_proto == rules.IPPROTO_UDP)) & (m_port < 0)
+            ipf = (m_ip != 0) & (m_by > 0) & ~answers     # answering a peer is not talking to a new host
+            unknown = ~self.known.contains(m_src[ipf], m_ip[ipf], self.registry)
+            s = m_src[ipf][unknown]
+            new_b = np.bincount(s, weights=m_by[ipf][unknown], minlength=n)
             ok = learned[:n] if len(learned) >= n else np.concatenate(
                 [learned, np.zeros(n - len(learned), dtype=bool)])
             ok = ok & (tx_b > 0)

@@ -204,3 +204,22 @@ def test_a_gateway_does_not_learn_destinations_so_it_cannot_vouch_for_a_drop_zon
     c.poll_sent([1])
     c.flow_stats(1, body([(k, 10, 10000, 1) for k in cookies]))
     assert gw not in c.known, "an excluded device learns no destinations"
+
+
+def test_the_packet_in_frame_counts_in_its_window():
+    """The first packet of a conversation goes packet-in, packet-out: it counts once, at
+    its source's edge switch (tx) and its destination's (rx)."""
+    from controller.telemetry.features import INDEX
+    c, clock = core()
+    c.switch_connected(1)
+    c.packet_in(1, 1, arp(CAM, "10.0.0.11", "10.0.0.12"))      # flooded broadcast: tx only
+    c.packet_in(1, 2, arp(HUB, "10.0.0.12", "10.0.0.11"))
+    frame = tcp(CAM, HUB, "10.0.0.11", "10.0.0.12", 22)
+    out = c.packet_in(1, 1, frame)
+    assert any(isinstance(m, PacketOut) for _, m in out)
+    wf = c.extractor.close(clock.t + 1, 1.0)
+    cam, hub = wf.row(CAM), wf.row(HUB)
+    assert cam[INDEX["tx_packets"]] == 2 and cam[INDEX["tx_bytes"]] == len(frame) + 42
+    assert cam[INDEX["tcp_share"]] == 0.5 and cam[INDEX["other_share"]] == 0.5
+    assert hub[INDEX["rx_packets"]] == 1 and hub[INDEX["rx_bytes"]] == len(frame)
+    assert hub[INDEX["tx_packets"]] == 1, "its own ARP broadcast"

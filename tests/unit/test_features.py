@@ -505,3 +505,59 @@ def test_a_scanned_device_answering_its_scanner_is_not_contacting_anyone():
     assert val(wf, HUB, "lateral_peers") == 0 and val(wf, HUB, "distinct_dst_ips") == 1
     assert val(wf, HUB, "distinct_dst_ports") == 1
     assert list(fx.last_destinations(HUB)) == [int(ipaddress.IPv4Address(CLOUD))]
+
+
+# ---------------------------------------------------------------- packet-in frames
+
+
+def test_packet_in_frames_count_in_bytes_packets_mix_and_dns():
+    """The first packet of each conversation travels as packet-in + packet-out: no flow
+    counter sees it, so the extractor counts it from the frame itself."""
+    reg = FlowRegistry()
+    dns = flow(reg, CAM, GW, ip="10.0.0.1", proto=17, port=53)
+    fx = FeatureExtractor(reg, SUBNETS)
+    e = edges(reg, {CAM: 1, GW: 1})
+    fx.add(deltas(1, [(fwd(dns), 2, 200)]), e)          # two more queries through the flow
+    fx.packet_in(CAM, GW, 100, int(ipaddress.IPv4Address("10.0.0.1")), 17, 53)    # the first one
+    fx.packet_in(CAM, None, 60)                         # an ARP broadcast: tx only, no IP
+    fx.packet_in(None, CAM, 80, int(ipaddress.IPv4Address("10.0.0.11")), 17, -1)  # the answer: rx
+    wf = fx.close(10.0, 2.0)
+    assert val(wf, CAM, "tx_packets") == 4 / 2 and val(wf, CAM, "tx_bytes") == 360 / 2
+    assert val(wf, CAM, "rx_packets") == 1 / 2 and val(wf, CAM, "rx_bytes") == 80 / 2
+    assert val(wf, CAM, "dns_queries") == 3
+    assert val(wf, CAM, "udp_share") == 0.75 and val(wf, CAM, "other_share") == 0.25
+    assert val(wf, CAM, "mean_pkt_size") == 90
+    assert val(wf, CAM, "distinct_dst_ips") == 1, "a frame adds no conversation"
+    again = fx.close(11.0, 1.0)
+    assert CAM not in again.macs, "frames belong to their window only"
+
+
+def test_a_device_seen_only_in_packet_ins_is_active():
+    reg = FlowRegistry()
+    fx = FeatureExtractor(reg, SUBNETS)
+    fx.packet_in(HUB, None, 42)          # a broadcast from a MAC with no flow yet
+    fx.packet_in(None, None, 42)         # counted nowhere (not an edge of either end)
+    wf = fx.close(1.0, 1.0)
+    assert wf.macs == [HUB] and val(wf, HUB, "other_share") == 1 and val(wf, HUB, "tx_bytes") == 42
+
+
+def test_packet_in_bytes_to_new_destinations_count_in_new_dst_share():
+    reg = FlowRegistry()
+    known = KnownDestinations()
+    known.learn(CAM, [int(ipaddress.IPv4Address(CLOUD))])
+    fx = FeatureExtractor(reg, SUBNETS, known)
+    cloud = flow(reg, CAM, GW, ip=CLOUD, proto=6, port=443)
+    fx.add(deltas(1, [(fwd(cloud), 3, 300)]), edges(reg, {CAM: 1}))
+    fx.packet_in(CAM, GW, 100, int(ipaddress.IPv4Address("198.51.100.7")), 6, 443)
+    fx.packet_in(CAM, GW, 100, int(ipaddress.IPv4Address("198.51.100.8")), 6, -1)   # an answer
+    wf = fx.close(1.0, 1.0)
+    assert val(wf, CAM, "new_dst_share") == pytest.approx(100 / 500)
+
+
+def test_packet_in_rows_are_bounded_per_window(monkeypatch):
+    monkeypatch.setattr(features, "_MAX_PACKET_INS", 3)
+    fx = FeatureExtractor(FlowRegistry(), SUBNETS)
+    for _ in range(5):
+        fx.packet_in(CAM, None, 10)
+    wf = fx.close(1.0, 1.0)
+    assert val(wf, CAM, "tx_packets") == 3 and fx.dropped_packet_ins == 2

@@ -60,8 +60,8 @@ def problems_of(paths: list[Path], **known: set[str]) -> list[Problem]:
 def test_shipped_playbooks_load() -> None:
     books = {p.name: p for p in load_playbooks([str(SHIPPED)], known_hosts=HOSTS, known_tags=TAGS)}
     assert sorted(books) == ["block-c2-outbreak", "block-exfiltration", "block-lateral-iot",
-                             "honeypot-bruteforce", "quarantine-scanner-burst", "quarantine-scanner-ports",
-                             "ratelimit-flood"]
+                             "block-lateral-iot-slow", "honeypot-bruteforce", "quarantine-scanner-burst",
+                             "quarantine-scanner-ports", "quarantine-scanner-slow", "ratelimit-flood"]
     assert all(p.mode == "enforce" and p.description for p in books.values())
 
     burst, ports = books["quarantine-scanner-burst"], books["quarantine-scanner-ports"]
@@ -108,6 +108,12 @@ def test_shipped_playbooks_fire_on_the_alerts_they_are_for() -> None:
     assert [p.name for p in matching(books, burst, cam)] == ["quarantine-scanner-burst"]
     outbreak = alert(kind="outbreak", score=3.0, devices=["camera", "camera-2", "camera-3"])
     assert [p.name for p in matching(books, outbreak, cam)] == ["block-c2-outbreak"]
+    slow = alert(kind="lateral_probe", score=6.0, window={"new_internal_peers_60s": 6})
+    assert [p.name for p in matching(books, slow, cam)] == ["block-lateral-iot-slow"]
+    probe = alert(kind="port_probe", score=31.0, window={"new_ports_one_host_10s": 31})
+    assert [p.name for p in matching(books, probe, cam)] == ["quarantine-scanner-slow"]
+    fact = alert(kind="new_service", score=1.0, window={"new_services_60s": 1})
+    assert matching(books, fact, cam) == [], "a new service alone is a fact to look at, not to act on"
 
 
 def test_docs_example_parses_to_every_field() -> None:
@@ -177,7 +183,8 @@ def test_alert_kinds_are_the_detectors() -> None:
     src = (REPO / "controller" / "detection" / "detector.py").read_text(encoding="utf-8")
     declared = [k.value for k in DETECTED_KINDS]
     assert tuple(declared) == pb.ALERT_KINDS
-    assert pb.CONDITION_FEATURES == FEATURES + ("new_flows_per_s",)
+    assert pb.CONDITION_FEATURES[:len(FEATURES) + 1] == FEATURES + ("new_flows_per_s",)
+    assert "new_internal_peers_60s" in pb.CONDITION_FEATURES    # the novelty counts per horizon
     assert '"feature": "new_flows_per_s"' in src   # the burst's measure, as conditions name it
 
 
@@ -629,8 +636,9 @@ def test_cli_validates_shipped_playbooks() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 6 and done.stderr == ""
-    assert "playbooks/quarantine-scanner.yaml: ok, 2 playbooks: quarantine-scanner-burst (enforce, " \
-           "priority 800, 2 actions), quarantine-scanner-ports (enforce, priority 800, 2 actions)" in lines
+    assert "playbooks/quarantine-scanner.yaml: ok, 3 playbooks: quarantine-scanner-burst (enforce, " \
+           "priority 800, 2 actions), quarantine-scanner-ports (enforce, priority 800, 2 actions), " \
+           "quarantine-scanner-slow (enforce, priority 800, 2 actions)" in lines
     assert "playbooks/ratelimit-flood.yaml: ok, 1 playbook: ratelimit-flood (enforce, priority 400, 2 actions)" \
         in lines
 
@@ -641,7 +649,7 @@ def test_cli_reports_every_problem(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
         f"{bad}:4:15: playbooks[0].when.kinds[0]: unknown alert kind 'scan'; expected one of: anomaly, "
-        "new_flow_burst, outbreak",
+        "new_flow_burst, outbreak, lateral_probe, port_probe, new_service",
         f"{bad}:6:27: playbooks[0].do[0].quarantine.ttl: a duration needs a unit (s, m, h or d): write 600s "
         "for seconds",
         "iotguard: 2 problems in 1 file"]
@@ -652,13 +660,16 @@ def test_cli_checks_hosts_and_tags_against_a_config(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "playbooks/block-lateral-iot.yaml:9:14: playbooks[0].when.tags[0]: unknown tag 'iot'",
+        "playbooks/block-lateral-iot.yaml:28:14: playbooks[1].when.tags[0]: unknown tag 'iot'",
         "playbooks/honeypot-bruteforce.yaml:17:15: playbooks[0].do[0].redirect.to: unknown host 'honeypot'",
-        "iotguard: 2 problems in 2 files"]
-    # without --strict the same references disable those two playbooks, with a warning each
+        "iotguard: 3 problems in 2 files"]
+    # without --strict the same references disable those playbooks, with a warning each
     done = run_cli("validate", "--config", "iotguard.example.yaml", "playbooks")
     assert done.returncode == 0
     assert done.stderr.splitlines() == [
         "warning: playbooks/block-lateral-iot.yaml:9:14: playbooks[0].when.tags[0]: unknown tag 'iot': "
+        "the inventory has no such tag",
+        "warning: playbooks/block-lateral-iot.yaml:28:14: playbooks[1].when.tags[0]: unknown tag 'iot': "
         "the inventory has no such tag",
         "warning: playbooks/honeypot-bruteforce.yaml:17:15: playbooks[0].do[0].redirect.to: unknown host "
         "'honeypot': the inventory has no such host"]
@@ -709,11 +720,14 @@ def test_shipped_playbooks_stay_usable_with_an_inventory_that_lacks_honeypot_and
     warnings: list[Problem] = []
     books = {b.name: b for b in load_playbooks([str(SHIPPED)], known_hosts={"gw", "cam"}, known_tags={"camera"},
                                               strict=False, warnings=warnings)}
-    assert len(books) == 7
+    assert len(books) == 9
     assert books["honeypot-bruteforce"].disabled == "unknown host 'honeypot'"
     assert books["block-lateral-iot"].disabled == "unknown tag 'iot'"
-    assert {n for n, b in books.items() if b.disabled} == {"honeypot-bruteforce", "block-lateral-iot"}
-    assert sorted(w.field for w in warnings) == ["playbooks[0].do[0].redirect.to", "playbooks[0].when.tags[0]"]
+    assert {n for n, b in books.items() if b.disabled} == {"honeypot-bruteforce", "block-lateral-iot",
+                                                            "block-lateral-iot-slow"}
+    assert sorted(w.field for w in warnings) == ["playbooks[0].do[0].redirect.to", "playbooks[0].when.tags[0]",
+                                                 "playbooks[1].when.tags[0]"]
+    assert not books["quarantine-scanner-burst"].disabled                  # the rest still answer
     from controller.detection.alert import Alert
     alert = Alert(id="a", time=0.0, kind="anomaly", device="cam", mac=None, score=99.0, threshold=1.0,
                   explanation="", window={"lateral_peers": 50.0})

@@ -1,0 +1,354 @@
+"""What each device usually talks to, and how much of what it does now is new.
+
+The poll windows see one second at a time, so an attacker who tries one host
+every two seconds never shows more than one new peer in a window.  This module
+keeps, per device, the memory that a window cannot: the internal peers, the
+external destinations and the (protocol, destination port) services it used
+while it learned, and counts what it does that is outside that memory over
+sliding horizons of 10 s, 60 s and 10 min.  It is fed from the event path (each
+new conversation a device starts, seen as a packet-in at its edge switch), so it
+does not depend on the window length.
+
+Counted per device and horizon (`KINDS`):
+
+* `new_internal_peers`: internal addresses it never talked to while learning
+  (TCP SYN, UDP, or an ARP request for them);
+* `new_services`: (protocol, port) pairs it never used while learning;
+* `new_external`: external addresses it never talked to while learning;
+* `new_ports_one_host`: the most (host, service) pairs new to it on any one host,
+  i.e. a port scan of one host.
+
+Each new item counts once per `MAX_HORIZON` (a peer contacted again a minute
+later is not new twice).  A device's normal churn is learned too: the most new
+items it showed within each horizon during the second part of its warm-up (the
+first third is the device settling in: everything is new then), or its warm-up
+rate times the horizon if that is more.  `allowance` is a floor plus that churn,
+so a hub or a laptop that always meets new hosts is allowed proportionally more.
+
+Bounded: at most `MAX_PEERS` internal peers, `MAX_EXTERNAL` external addresses
+and `MAX_SERVICES` services are learned per device (the least recently used is
+evicted while learning; after warm-up the memory is frozen, so an attack cannot
+evict a device's habits), `MAX_NOVEL` recently new items are remembered, and the
+per-host scan counts cover the `MAX_HOSTS` most recent hosts.  Counts are kept
+in time buckets (1 s, 5 s and 60 s wide for the three horizons), so a horizon's
+count may include up to one bucket more of history.
+
+Pure Python: one event costs a few dictionary operations; no numpy, no
+scikit-learn on this path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterable, Mapping
+
+import ipaddress
+
+__all__ = ["HORIZONS", "KINDS", "NOVELTY_VALUES", "FLOORS", "Novelty", "NoveltyMemory", "value_name",
+           "service_name"]
+
+HORIZONS: tuple[float, ...] = (10.0, 60.0, 600.0)
+_WIDTHS: tuple[float, ...] = (1.0, 5.0, 60.0)       # bucket width per horizon
+MAX_HORIZON = HORIZONS[-1]
+KINDS: tuple[str, ...] = ("new_internal_peers", "new_services", "new_external", "new_ports_one_host")
+
+# The least a horizon's count must reach before it says anything, per kind (before churn).
+FLOORS: Mapping[str, tuple[int, int, int]] = MappingProxyType({
+    "new_internal_peers": (5, 5, 10),
+    "new_services": (5, 8, 16),
+    "new_external": (10, 20, 50),
+    "new_ports_one_host": (10, 20, 40),
+})
+
+MAX_PEERS = 256
+MAX_EXTERNAL = 256
+MAX_SERVICES = 64
+MAX_NOVEL = 1024
+MAX_HOSTS = 16
+RECENT = 16                  # examples kept per kind, for the words
+SETTLE = 1.0 / 3.0           # share of the warm-up in which everything is new anyway
+IOT_SERVICES = 8             # a device whose warm-up used at most this many services is an appliance
+
+TCP, UDP = 6, 17
+_EPHEMERAL = 32768           # UDP to a port this high is almost always an answer, not a service
+_EXEMPT = frozenset({(UDP, 67), (UDP, 68)})   # DHCP: a renewal may come hours after warm-up
+
+
+def _horizon_label(h: float) -> str:
+    return f"{h / 60:g}min" if h >= 600 else f"{h:g}s"
+
+
+def value_name(kind: str, h: float) -> str:
+    """The alert window value of one kind and horizon, e.g. new_internal_peers_60s."""
+    return f"{kind}_{_horizon_label(h)}"
+
+
+# Every value a novelty alert carries in its window (playbook conditions may name them).
+NOVELTY_VALUES: tuple[str, ...] = tuple(value_name(k, h) for k in KINDS for h in HORIZONS)
+
+_NAMES = {(TCP, 21): "FTP", (TCP, 22): "SSH", (TCP, 23): "Telnet", (TCP, 2323): "Telnet",
+          (TCP, 25): "SMTP", (UDP, 53): "DNS", (TCP, 53): "DNS", (TCP, 80): "HTTP", (TCP, 8080): "HTTP",
+          (UDP, 123): "NTP", (TCP, 139): "NetBIOS", (TCP, 443): "HTTPS", (TCP, 445): "SMB",
+          (TCP, 554): "RTSP", (UDP, 1900): "SSDP", (TCP, 1883): "MQTT", (TCP, 8883): "MQTT over TLS",
+          (TCP, 3389): "RDP", (UDP, 5353): "mDNS", (UDP, 5683): "CoAP", (TCP, 5900): "VNC"}
+
+
+def service_name(proto: int, port: int) -> str:
+    """TCP/22 as "SSH", others as "TCP/8081"."""
+    return _NAMES.get((proto, port)) or f"{ {TCP: 'TCP', UDP: 'UDP'}.get(proto, str(proto)) }/{port}"
+
+
+def _ip(ip: int) -> str:
+    return str(ipaddress.IPv4Address(ip))
+
+
+class _Sliding:
+    """Counts over the three horizons, in buckets (running sums, amortised O(1))."""
+
+    __slots__ = ("_b", "_sum")
+
+    def __init__(self) -> None:
+        self._b: list[deque] = [deque() for _ in HORIZONS]
+        self._sum = [0] * len(HORIZONS)
+
+    def add(self, t: float, n: int = 1) -> None:
+        self.counts(t)                  # prune first: memory stays within the horizons
+        for i, w in enumerate(_WIDTHS):
+            start = math.floor(t / w) * w
+            b = self._b[i]
+            if b and b[-1][0] == start:
+                b[-1][1] += n
+            else:
+                b.append([start, n])
+            self._sum[i] += n
+
+    def counts(self, now: float) -> tuple[int, ...]:
+        for i, (h, w) in enumerate(zip(HORIZONS, _WIDTHS)):
+            b = self._b[i]
+            while b and b[0][0] + w <= now - h:     # the bucket ended before the horizon began
+                self._sum[i] -= b.popleft()[1]
+        return tuple(self._sum)
+
+    def clear(self) -> None:
+        for b in self._b:
+            b.clear()
+        self._sum = [0] * len(HORIZONS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Novelty:
+    """One device's novelty after an event: counts, allowances and examples per kind.
+
+    `counts[kind]` and `allowance[kind]` are per horizon (HORIZONS order); `tripped`
+    lists the kinds with some horizon at or over its allowance.  `examples[kind]` are the
+    newest new items, newest last, each (time, IPv4 int or 0, protocol, port).
+    """
+
+    mac: str
+    time: float
+    counts: Mapping[str, tuple[int, ...]]
+    allowance: Mapping[str, tuple[int, ...]]
+    examples: Mapping[str, tuple[tuple[float, int, int, int], ...]]
+    learned_peers: int
+    learned_services: tuple[tuple[int, int], ...]
+    learned_external: int
+    scanned_host: int = 0                # the host of new_ports_one_host (0: none)
+    tripped: tuple[str, ...] = ()
+
+    def horizon(self, kind: str) -> int:
+        """Index of the horizon that is furthest over its allowance (the longest on a tie:
+        the same count over a longer time is the same news, and lasts)."""
+        c, a = self.counts[kind], self.allowance[kind]
+        return max(range(len(HORIZONS)), key=lambda i: (c[i] / max(a[i], 1), i))
+
+    def values(self) -> dict[str, int]:
+        """The alert window values: every kind at every horizon."""
+        return {value_name(k, h): self.counts[k][i] for k in KINDS for i, h in enumerate(HORIZONS)}
+
+    def recent(self, kind: str, within: float) -> list[tuple[float, int, int, int]]:
+        return [e for e in self.examples[kind] if self.time - e[0] <= within]
+
+
+@dataclass
+class _Device:
+    started: float
+    learning: bool = True
+    learned_at: float | None = None
+    peers: OrderedDict = field(default_factory=OrderedDict)       # ip -> None (LRU while learning)
+    external: OrderedDict = field(default_factory=OrderedDict)
+    services: OrderedDict = field(default_factory=OrderedDict)    # (proto, port) -> None
+    pairs: OrderedDict = field(default_factory=OrderedDict)       # (ip, proto, port) learned, bounded
+    novel: OrderedDict = field(default_factory=OrderedDict)       # item -> time it last counted
+    sliding: dict = field(default_factory=lambda: {k: _Sliding() for k in KINDS})
+    hosts: OrderedDict = field(default_factory=OrderedDict)       # ip -> _Sliding (scan counts)
+    examples: dict = field(default_factory=lambda: {k: deque(maxlen=RECENT) for k in KINDS})
+    peaks: dict = field(default_factory=lambda: {k: [0] * len(HORIZONS) for k in KINDS})
+    settled_new: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    allowance: dict = field(default_factory=dict)
+
+
+def _remember(d: OrderedDict, key, bound: int) -> None:
+    d[key] = None
+    d.move_to_end(key)
+    while len(d) > bound:
+        d.popitem(last=False)
+
+
+class NoveltyMemory:
+    """Every device's memory; `observe` is the per-event entry point."""
+
+    def __init__(self, internal_subnets: Iterable[str], learn_seconds: float) -> None:
+        self.learn_seconds = float(learn_seconds)
+        nets = []
+        for s in internal_subnets:
+            n = ipaddress.ip_network(s)
+            if n.version == 4:
+                nets.append((int(n.network_address), int(n.netmask)))
+        self._nets = tuple(nets)
+        self.devices: dict[str, _Device] = {}
+
+    def _internal(self, ip: int) -> bool:
+        return any(ip & mask == net for net, mask in self._nets)
+
+    def learning(self, mac: str) -> bool:
+        d = self.devices.get(mac)
+        return d is None or d.learning
+
+    def observe(self, mac: str, proto: int, ip: int, port: int, now: float,
+                learning: bool) -> Novelty | None:
+        """A conversation the device started: TCP SYN, UDP, or ARP request (proto 0).
+
+        `learning` says whether its baselines still learn; the memory learns at least
+        `learn_seconds` from the device's first event as well (after a restart the
+        memory learns anew).  Returns its novelty if this event was new to it after
+        warm-up, else None.
+        """
+        d = self.devices.get(mac)
+        if d is None:
+            d = self.devices[mac] = _Device(started=now)
+        if d.learning and not learning and now - d.started >= self.learn_seconds:
+            self._finish(d, now)
+        if ip >= 0xE0000000:          # multicast and broadcast are nobody's peer
+            ip = 0
+        service = (proto, port) if proto in (TCP, UDP) and 0 <= port and (proto, port) not in _EXEMPT \
+            and not (proto == UDP and port >= _EPHEMERAL) else None
+        internal = ip != 0 and self._internal(ip)
+        if d.learning:
+            self._learn(d, ip, internal, service, now)
+            return None
+        new = []
+        if ip:
+            kind, known = ("new_internal_peers", d.peers) if internal else ("new_external", d.external)
+            if ip not in known and self._first(d, (kind, ip), now):
+                new.append(kind)
+        if service is not None and service not in d.services and self._first(d, service, now):
+            new.append("new_services")
+        scanned = 0
+        if service is not None and ip and (ip, proto, port) not in d.pairs \
+                and self._first(d, (ip, proto, port), now):
+            new.append("new_ports_one_host")
+            scanned = ip
+        if not new:
+            return None
+        for kind in new:
+            if kind != "new_ports_one_host":      # counted per host, below
+                d.sliding[kind].add(now)
+            d.examples[kind].append((now, ip, proto, port))
+        if scanned:
+            host = d.hosts.get(scanned)
+            if host is None:
+                host = d.hosts[scanned] = _Sliding()
+                while len(d.hosts) > MAX_HOSTS:
+                    d.hosts.popitem(last=False)
+            d.hosts.move_to_end(scanned)
+            host.add(now)
+        return self._report(mac, d, now)
+
+    def _first(self, d: _Device, item, now: float) -> bool:
+        """Is `item` new within the last MAX_HORIZON (so it counts)?  Remembers it."""
+        t = d.novel.get(item)
+        d.novel[item] = now
+        d.novel.move_to_end(item)
+        while len(d.novel) > MAX_NOVEL:
+            d.novel.popitem(last=False)
+        return t is None or now - t > MAX_HORIZON
+
+    def _learn(self, d: _Device, ip: int, internal: bool, service, now: float) -> None:
+        firsts = []
+        if ip:
+            kind, known, bound = (("new_internal_peers", d.peers, MAX_PEERS) if internal
+                                  else ("new_external", d.external, MAX_EXTERNAL))
+            if ip not in known:
+                firsts.append(kind)
+            _remember(known, ip, bound)
+        if service is not None:
+            if service not in d.services:
+                firsts.append("new_services")
+            _remember(d.services, service, MAX_SERVICES)
+            if ip:
+                pair = (ip, service[0], service[1])
+                if pair not in d.pairs:
+                    firsts.append("new_ports_one_host")
+                _remember(d.pairs, pair, MAX_PEERS + MAX_EXTERNAL)
+        if now - d.started < SETTLE * self.learn_seconds:
+            return                    # settling in: everything is new
+        for kind in firsts:
+            if kind == "new_ports_one_host":
+                host = d.hosts.get(ip)
+                if host is None:
+                    host = d.hosts[ip] = _Sliding()
+                    while len(d.hosts) > MAX_HOSTS:
+                        d.hosts.popitem(last=False)
+                host.add(now)
+                c = host.counts(now)
+            else:
+                d.sliding[kind].add(now)
+                c = d.sliding[kind].counts(now)
+            d.settled_new[kind] += 1
+            d.peaks[kind] = [max(p, x) for p, x in zip(d.peaks[kind], c)]
+
+    def _finish(self, d: _Device, now: float) -> None:
+        """Warm-up over: the churn it showed becomes its allowance; counting starts afresh."""
+        span = max(now - d.started - SETTLE * self.learn_seconds, 1.0)
+        for kind in KINDS:
+            rate = d.settled_new[kind] / span
+            d.allowance[kind] = tuple(
+                FLOORS[kind][i] + math.ceil(max(d.peaks[kind][i], rate * h))
+                for i, h in enumerate(HORIZONS))
+            d.sliding[kind].clear()
+        d.hosts.clear()
+        d.learning = False
+        d.learned_at = now
+
+    def _report(self, mac: str, d: _Device, now: float) -> Novelty:
+        counts = {k: d.sliding[k].counts(now) for k in KINDS if k != "new_ports_one_host"}
+        best, best_c = 0, (0,) * len(HORIZONS)
+        for ip, host in d.hosts.items():
+            c = host.counts(now)
+            if c > best_c:
+                best, best_c = ip, c
+        counts["new_ports_one_host"] = best_c
+        tripped = tuple(k for k in KINDS if any(c >= a for c, a in zip(counts[k], d.allowance[k])))
+        return Novelty(mac=mac, time=now, counts=MappingProxyType(counts),
+                       allowance=MappingProxyType(dict(d.allowance)),
+                       examples=MappingProxyType({k: tuple(d.examples[k]) for k in KINDS}),
+                       learned_peers=len(d.peers), learned_services=tuple(d.services),
+                       learned_external=len(d.external), scanned_host=best, tripped=tripped)
+
+    def appliance(self, mac: str) -> bool:
+        """Did the device's warm-up use at most IOT_SERVICES services?"""
+        d = self.devices.get(mac)
+        return d is not None and not d.learning and len(d.services) <= IOT_SERVICES
+
+    def stable_services(self, mac: str) -> bool:
+        """Was its set of services closed: nothing new after the warm-up's settling part?
+        (A device whose services churned while learning gets no new-service facts.)"""
+        d = self.devices.get(mac)
+        return d is not None and not d.learning and d.settled_new["new_services"] == 0
+
+    def knows_service(self, mac: str, proto: int, port: int) -> bool:
+        d = self.devices.get(mac)
+        return d is not None and (proto, port) in d.services
