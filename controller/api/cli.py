@@ -38,6 +38,7 @@ commands:
              running controller reload them ('playbook reload')
   config     validate a configuration file and print the effective settings
   report     write an HTML incident report from the state directory ('report --last')
+  state      check the response store against the audit log, or repair it ('state check')
   demo       watch iotguard catch and isolate a compromised device in Mininet (root;
              from a checkout: 'iotguard demo --help')
 
@@ -122,6 +123,17 @@ def _parser() -> argparse.ArgumentParser:
                          description="Validate FILE and print the effective settings as JSON. "
                                      "Exit status 2 and a file:line: field: message error if invalid.")
     cfg.add_argument("file", metavar="FILE")
+
+    st = sub.add_parser(
+        "state", help="check or repair the response state against the audit log",
+        description="'state check' compares the response store (<state_dir>/responses.sqlite) with the "
+                    "audit log (<state_dir>/audit.jsonl): exit 0 when every response the audit log shows "
+                    "as active is in the store, 1 with each one the store lacks. 'state repair' rebuilds "
+                    "those from the audit log's records (an unreadable store is moved aside, never "
+                    "deleted). Run it with the controller stopped.")
+    st.add_argument("state_command", metavar="ACTION", choices=("check", "repair"), help="check or repair")
+    st.add_argument("--state-dir", metavar="DIR", help="the state directory (default: the config's state_dir)")
+    st.add_argument("--config", metavar="FILE", help="the controller's YAML configuration, for its state_dir")
 
     rp = sub.add_parser(
         "report", help="write an HTML incident report",
@@ -300,6 +312,12 @@ def cmd_run(args) -> int:
         print(f"iotguard: the playbooks are invalid; not starting:\n{problems}", file=sys.stderr)
         return 2
     prepare_state(config)
+    from controller.response.state import StateError, guard
+    try:
+        guard(config.state_dir)
+    except StateError as e:
+        print(f"iotguard: {e}", file=sys.stderr)
+        return 2
     _check_listen(config.ofp_host, config.ofp_port, "OpenFlow switches")
     _check_listen(config.api_host, config.api_port, "the REST API")
     if config.metrics_port:
@@ -366,6 +384,21 @@ def cmd_config(args) -> int:
         return 2
     print(json.dumps(dataclasses.asdict(config), indent=1, default=str))
     return 0
+
+
+def cmd_state(args) -> int:
+    from controller.response import state
+    config = load_config(args.config) if args.config else Config()
+    state_dir = os.path.abspath(args.state_dir) if args.state_dir else config.state_dir
+    if args.state_command == "repair":
+        for line in state.repair(state_dir):
+            print(line)
+    report = state.check(state_dir)
+    for line in report.lines():
+        print(line)
+    print("ok: the store has every active response the audit log shows" if report.ok else
+          f"not ok: run 'iotguard state repair --state-dir {state_dir}' with the controller stopped")
+    return 0 if report.ok else 1
 
 
 def cmd_report(args) -> int:
@@ -682,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": cmd_run, "replay": cmd_replay, "playbook": cmd_playbook, "config": cmd_config,
                 "respond": cmd_respond, "release": cmd_release, "pending": cmd_pending,
                 "approve": cmd_decide, "deny": cmd_decide,
-                "responses": cmd_responses, "audit": cmd_audit, "report": cmd_report}[args.command](args)
+                "responses": cmd_responses, "audit": cmd_audit, "report": cmd_report,
+                "state": cmd_state}[args.command](args)
     except ConfigError as e:
         print(f"iotguard: configuration error: {e}", file=sys.stderr)
         return 2

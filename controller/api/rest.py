@@ -369,8 +369,12 @@ def load_or_create_token(configured: str | None, state_dir: str) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        with open(path) as f:
-            token = f.read().strip()
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read(4096).strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: the API token file is not UTF-8 text; delete it to regenerate it, "
+                             "or set api.token in the config") from None
         if len(token) < 16:
             raise ValueError(f"{path}: token is shorter than 16 characters; delete the file to regenerate it")
         return token

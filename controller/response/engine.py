@@ -163,6 +163,29 @@ class Stored:
         return Response(self.id, self.action, self.entity, self.params, ttl=min(left, rules.MAX_HARD_TIMEOUT),
                         priority=self.priority, created=now, playbook=self.playbook, reason=self.reason)
 
+    def record(self) -> dict:
+        """The stored record as plain JSON: the audit log keeps it, so `iotguard state repair`
+        can rebuild a store that was lost or emptied."""
+        return {"id": self.id, "action": self.action, "entity": codec.encode(self.entity),
+                "params": codec.encode(self.params), "playbook": self.playbook, "mode": self.mode,
+                "created": self.created, "expires": self.expires, "repeats": self.repeats,
+                "priority": self.priority, "meter_id": self.meter_id, "alert_id": self.alert_id,
+                "mac": self.mac, "reason": self.reason, "device": self.device}
+
+    @classmethod
+    def from_record(cls, rec: dict, state: str = "active") -> "Stored":
+        """The inverse of `record` (ValueError naming what does not fit)."""
+        definition = REGISTRY.get(rec["action"]) if rec.get("action") in REGISTRY else None
+        if definition is None or definition.Plan is None:
+            raise ValueError(f"unknown action {rec.get('action')!r}")
+        r = cls(id=rec["id"], action=rec["action"], entity=codec.decode(Entity, rec["entity"], "entity"),
+                params=codec.decode(definition.Plan, rec["params"], "params"), playbook=rec["playbook"],
+                mode=rec["mode"], created=float(rec["created"]), expires=float(rec["expires"]),
+                repeats=rec["repeats"], state=state, priority=rec["priority"], meter_id=rec["meter_id"],
+                alert_id=rec["alert_id"], mac=rec["mac"], reason=rec["reason"], device=rec.get("device"))
+        r.response()
+        return r
+
     def view(self, now: float) -> dict:
         return {"id": self.id, "action": self.action, "mode": self.mode, "playbook": self.playbook,
                 "entity": codec.encode(self.entity), "params": codec.encode(self.params),
@@ -615,7 +638,8 @@ class Engine:
             self.store.put(r)
             self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
                              mode=g.mode, response_id=r.id, rules=out, outcome="refreshed",
-                             detail={**detail, "expires": r.expires, "previous_expires": existing.expires})
+                             detail={**detail, "expires": r.expires, "previous_expires": existing.expires,
+                                     "record": r.record()})
             return out, decided(response_id=r.id, outcome="refreshed")
         try:
             meter = self._meter() if action.uses_meter else None
@@ -648,7 +672,7 @@ class Engine:
         outcome = "sent" if out else "pending"   # pending: no switch yet; reconcile installs it
         self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
                          mode=g.mode, response_id=r.id, rules=out, outcome=outcome,
-                         detail={**detail, "expires": r.expires})
+                         detail={**detail, "expires": r.expires, "record": r.record()})
         return out, decided(response_id=r.id, outcome=outcome)
 
     def _audit_failed(self, now: float, alert: dict | None, playbook: str, action: str, mode: str,
@@ -741,7 +765,7 @@ class Engine:
         self.store.put(r)
         self.audit.write("approved", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
                          response_id=r.id, rules=out, outcome="sent" if out else "pending",
-                         detail={"by": by, "expires": r.expires})
+                         detail={"by": by, "expires": r.expires, "record": r.record()})
         return out
 
     def deny(self, rid: int, by: str, now: float, reason: str = "") -> None:

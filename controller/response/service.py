@@ -145,6 +145,8 @@ class Responder:
         self.topology = topology
         self.wall = wall
         self._nets = Subnets(config.internal_subnets)
+        from controller.response import state
+        state.guard(config.state_dir, wall())       # never start with active responses forgotten
         store = ResponseStore(os.path.join(config.state_dir, "responses.sqlite"))
         self.audit = AuditLog(os.path.join(config.state_dir, "audit.jsonl"))
         self.engine = Engine([], store, self.audit, internal_subnets=config.internal_subnets,
