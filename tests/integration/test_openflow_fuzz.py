@@ -120,6 +120,7 @@ def controller(request):
         yield c
     finally:
         c.stop()
+        c.cleanup()
 
 
 def alive(c: r.ControllerProcess, sw: r.RawSwitch, n: int) -> None:
