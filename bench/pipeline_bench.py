@@ -298,6 +298,9 @@ def timed_round(core: Core, clock: Clock, polls: dict[int, list[bytes]], dps: di
     """One polling round through the app's path; the last reply closes the window."""
     windows, scored, alerts = core.counters["windows"], core.detector.windows_scored, core.counters["alerts"]
     core.poll_sent(list(polls))
+    for dpid, msgs in polls.items():     # the app registers each request's xid before sending it
+        for xid in {ofproto_parser.header(m)[3] for m in msgs}:
+            core.request_sent(dpid, xid)
     meter.reset()
     t_parse = meter.t
     gc.collect()

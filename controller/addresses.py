@@ -11,7 +11,8 @@ import ipaddress
 import re
 from typing import Iterable, Iterator, Union
 
-__all__ = ["MAC_RE", "Address", "Network", "normalise_mac", "is_mac", "ip_address", "Subnets"]
+__all__ = ["MAC_RE", "Address", "Network", "normalise_mac", "is_mac", "is_group_mac", "is_zero_mac",
+           "is_unicast_mac", "ip_address", "Subnets"]
 
 # ':' or '-' separated, the same separator throughout, either case
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
@@ -30,6 +31,21 @@ def normalise_mac(text: object) -> str | None:
 
 def is_mac(text: object) -> bool:
     return normalise_mac(text) is not None
+
+
+def is_group_mac(mac: str) -> bool:
+    """Broadcast or multicast (the I/G bit of the first octet): ff:ff:ff:ff:ff:ff, 01:00:5e:...,
+    33:33:...  Such a MAC is an address many listen on, never one device's source."""
+    return bool(int(mac[:2], 16) & 1)
+
+
+def is_zero_mac(mac: str) -> bool:
+    return mac.replace(":", "").replace("-", "").strip("0") == ""
+
+
+def is_unicast_mac(mac: str) -> bool:
+    """A MAC that can be one device's: not group (broadcast, multicast) and not all zeros."""
+    return not is_group_mac(mac) and not is_zero_mac(mac)
 
 
 def ip_address(value: object) -> IP | None:

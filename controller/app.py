@@ -23,11 +23,12 @@ from controller.api.metrics import Metrics
 from controller.api.rest import Api, ApiError, body_fields, load_or_create_token, make_handler, query_float, serve_connection
 from controller.config import Config, load_config
 from controller.core import Core
+from controller.telemetry.stats import MultipartOverflow
 from controller.response.playbook import PlaybookError
 from controller.response.service import RequestError
 from controller.openflow.rules import Barrier
-from controller.openflow.compat import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, hub, ofp,
-                               ofp_event, set_ev_cls)
+from controller.openflow.compat import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, Malformed, hub,
+                                       ofp, ofp_event, on_event)
 
 LOG = logging.getLogger("iotguard.app")
 
@@ -35,6 +36,33 @@ _CONFIG: Config | None = None
 _RECORD: str | None = None
 INSTANCE: "IoTGuard | None" = None
 SAVE_EVERY = 60.0   # seconds between baseline saves
+TICK_EVERY = 1.0    # seconds between the event loop's liveness ticks
+
+
+class LogBudget:
+    """At most `burst` log lines per key every `period` seconds, then one line saying how many
+    were left out: a switch sending bad messages at line rate must not fill the disk."""
+
+    def __init__(self, burst: int = 5, period: float = 60.0, clock=time.monotonic,
+                 max_keys: int = 1024) -> None:
+        self.burst, self.period, self.clock, self.max_keys = burst, period, clock, max_keys
+        self._seen: dict[object, list] = {}   # key -> [window start, lines logged, lines left out]
+
+    def allow(self, key) -> tuple[bool, int]:
+        """(log this one?, how many were left out since the last logged line of `key`)."""
+        now = self.clock()
+        slot = self._seen.get(key)
+        if slot is None or now - slot[0] >= self.period:
+            if slot is None and len(self._seen) >= self.max_keys:
+                self._seen.clear()
+            skipped = slot[2] if slot is not None else 0
+            self._seen[key] = [now, 1, 0]
+            return True, skipped
+        if slot[1] < self.burst:
+            slot[1] += 1
+            return True, 0
+        slot[2] += 1
+        return False, 0
 
 
 def configure(config: Config, record: str | None = None) -> None:
@@ -50,7 +78,7 @@ def _config() -> Config:
     return load_config(path) if path else Config()
 
 
-class IoTGuard(compat.BaseApp):
+class IoTGuard(compat.GuardedApp):
     OFP_VERSIONS = [ofp.OFP_VERSION]
 
     def __init__(self, *args, **kwargs) -> None:
@@ -59,12 +87,14 @@ class IoTGuard(compat.BaseApp):
         INSTANCE = self
         self.config = _config()
         compat.install_raw_flow_stats()
+        compat.install_datapath_guards(on_bad_message=self.bad_message)
         os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
         self.core = Core(self.config, framework=compat.FRAMEWORK)
         self.lock = hub.Semaphore(1)
         self.datapaths: dict[int, object] = {}
         self._inflight: dict[int, float] = {}     # dpid -> time the flow poll was sent
         self.running = True
+        self.log_budget = LogBudget()
         token = load_or_create_token(self.config.api_token, self.config.state_dir)
         LOG.info(self.core.load_state())
         if _RECORD:
@@ -78,7 +108,7 @@ class IoTGuard(compat.BaseApp):
         self.metrics = Metrics(lambda: self._snapshot)
         self.core.set_hooks(score=self.metrics.observe_scoring, confirm=self.metrics.observe_confirm)
         self.api = Api(token, {
-            ("GET", "/api/v1/health"): lambda q: self._locked(self.core.health_view),
+            ("GET", "/api/v1/health"): self._health,
             ("GET", "/api/v1/devices"): lambda q: {"devices": self._locked(self.core.devices_view)},
             ("GET", "/api/v1/alerts"): self._alerts,
             ("POST", "/api/v1/alerts"): self._inject_alert,
@@ -103,6 +133,7 @@ class IoTGuard(compat.BaseApp):
         self.threads.append(hub.spawn(self._poll_loop))
         self.threads.append(hub.spawn(self._lldp_loop))
         self.threads.append(hub.spawn(self._notify_loop))
+        self.threads.append(hub.spawn(self._tick_loop))
         handler = make_handler(self.api)
         self._server = hub.StreamServer((self.config.api_host, self.config.api_port),
                                         lambda sock, addr: serve_connection(handler, sock, addr))
@@ -115,6 +146,48 @@ class IoTGuard(compat.BaseApp):
                  compat.FRAMEWORK, self.config.ofp_host, self.config.ofp_port,
                  self.config.api_host, self.config.api_port, self.config.poll_interval)
         return thread
+
+    # ------------------------------------------------------------ hostile input
+    def handler_failed(self, ev, exc: BaseException) -> None:
+        """Whatever an OpenFlow handler raised (`compat.guarded`): log it with the switch and
+        the message type, count it, and answer a malformed message with OFPT_ERROR."""
+        dpid, kind = compat.describe(ev)
+        where = "?" if dpid is None else f"{dpid:016x}"
+        if isinstance(exc, Malformed):
+            self._locked(self.core.count, "bad_messages")
+            msg = getattr(ev, "msg", None)
+            if msg is not None and getattr(msg, "datapath", None) is not None:
+                compat.send_error(msg.datapath, exc.err_type, exc.code, bytes(getattr(msg, "buf", b"") or b""))
+            ok, skipped = self.log_budget.allow(("bad", dpid, kind))
+            if ok:
+                LOG.warning("switch %s: refused %s: %s (answered %s)%s", where, kind, exc,
+                            compat.error_text(exc.err_type, exc.code),
+                            f"; {skipped} more left out of the log" if skipped else "")
+            return
+        self._locked(self.core.count, "handler_errors")
+        ok, skipped = self.log_budget.allow(("error", dpid, kind, type(exc).__name__))
+        if ok:
+            LOG.error("switch %s: handler failed on %s: %s: %s%s; event processing goes on", where, kind,
+                      type(exc).__name__, exc, f" ({skipped} more left out of the log)" if skipped else "",
+                      exc_info=(type(exc), exc, exc.__traceback__))
+
+    def bad_message(self, dp, kind: str, why: str) -> None:
+        """The framework could not parse a switch's message (`compat.install_datapath_guards`)."""
+        self._locked(self.core.count, "bad_messages")
+        dpid = getattr(dp, "id", None)
+        ok, skipped = self.log_budget.allow(("parse", dpid, kind))
+        if ok:
+            LOG.warning("switch %s: unparsable %s: %s%s", "?" if dpid is None else f"{dpid:016x}", kind, why,
+                        f" ({skipped} more left out of the log)" if skipped else "")
+
+    def _health(self, q: dict) -> dict:
+        return self._locked(self.core.health_view, self.loop_age(), compat.live_connections())
+
+    def _tick_loop(self) -> None:
+        """Liveness ticks for the event thread (health says "degraded" when they go unanswered)."""
+        while self.running:
+            self.post_tick()
+            hub.sleep(TICK_EVERY)
 
     def _alerts(self, q: dict) -> dict:
         since = query_float(q["query"], "since")
@@ -284,14 +357,19 @@ class IoTGuard(compat.BaseApp):
             self._flush()
             snap = self._locked(self.core.metrics_snapshot)
             snap["notify_dropped"] = self.notify_dropped
+            snap["event_loop_age"] = self.loop_age()
             self._snapshot = snap      # one reference swap: the exporter's thread reads it
             for dpid in polled:
                 dp = self.datapaths.get(dpid)
                 if dp is None:
                     continue
                 self._inflight[dpid] = start
-                dp.send_msg(compat.flow_stats_request(dp))
-                dp.send_msg(compat.port_stats_request(dp))
+                requests = [compat.flow_stats_request(dp), compat.port_stats_request(dp)]
+                for req in requests:
+                    dp.set_xid(req)
+                    self._locked(self.core.request_sent, dpid, req.xid)   # before: a fast reply must find it
+                for req in requests:
+                    dp.send_msg(req)
             hub.sleep(max(0.05, interval - (time.monotonic() - start)))
 
     def _lldp_loop(self) -> None:
@@ -300,7 +378,7 @@ class IoTGuard(compat.BaseApp):
             hub.sleep(self.config.lldp_interval)
 
     # ------------------------------------------------------------ switches
-    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    @on_event(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev) -> None:
         dp = ev.msg.datapath
         LOG.info("switch %016x connected", dp.id)
@@ -309,13 +387,13 @@ class IoTGuard(compat.BaseApp):
         self._send(self._locked(self.core.switch_connected, dp.id))
         dp.send_msg(compat.port_desc_request(dp))
 
-    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    @on_event(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def _port_desc(self, ev) -> None:
         dp = ev.msg.datapath
         ports = [p.port_no for p in ev.msg.body if not p.state & ofp.OFPPS_LINK_DOWN]
         self._send(self._locked(self.core.switch_ports, dp.id, ports))
 
-    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    @on_event(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev) -> None:
         dp = ev.datapath
         if ev.state == DEAD_DISPATCHER and dp.id is not None and self.datapaths.get(dp.id) is dp:
@@ -324,13 +402,13 @@ class IoTGuard(compat.BaseApp):
             self._inflight.pop(dp.id, None)
             self._locked(self.core.switch_disconnected, dp.id)
 
-    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    @on_event(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev) -> None:
         msg = ev.msg
         up = msg.reason != ofp.OFPPR_DELETE and not msg.desc.state & ofp.OFPPS_LINK_DOWN
         self._send(self._locked(self.core.port_status, msg.datapath.id, msg.desc.port_no, up))
 
-    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    @on_event(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _error(self, ev) -> None:
         msg = ev.msg
         if msg.type == ofp.OFPET_METER_MOD_FAILED and msg.code == ofp.OFPMMFC_UNKNOWN_METER:
@@ -343,26 +421,26 @@ class IoTGuard(compat.BaseApp):
             return
         self._send(removal)
 
-    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    @on_event(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev) -> None:
         self._locked(self.core.barrier_reply, ev.msg.datapath.id, ev.msg.xid)
 
     # ------------------------------------------------------------ traffic
-    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    @on_event(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev) -> None:
         msg = ev.msg
-        self._send(self._locked(self.core.packet_in, msg.datapath.id, msg.match["in_port"],
-                                bytes(msg.data)))
+        in_port = compat.packet_in_port(msg)     # Malformed without exactly one valid in_port
+        self._send(self._locked(self.core.packet_in, msg.datapath.id, in_port, bytes(msg.data)))
         if self.core.outbox_pending():   # a burst alert decided responses
             self._flush()
 
-    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    @on_event(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def _flow_removed(self, ev) -> None:
         m = ev.msg
         self._locked(self.core.flow_removed, m.datapath.id, m.cookie, m.packet_count,
                      m.byte_count, m.duration_sec + m.duration_nsec * 1e-9)
 
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @on_event(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev) -> None:
         msg = ev.msg
         dpid = msg.datapath.id
@@ -370,20 +448,27 @@ class IoTGuard(compat.BaseApp):
         more = bool(msg.flags & ofp.OFPMPF_REPLY_MORE)
         try:
             self._locked(self.core.flow_stats_part, dpid, msg.xid, body, more)
-        except ValueError as e:
-            LOG.error("switch %016x: bad flow stats reply: %s", dpid, e)
+        except ValueError as e:     # an overflowing reply, or entries that do not parse
+            raise Malformed(f"flow stats reply: {e}", ofp.OFPET_BAD_REQUEST,
+                            ofp.OFPBRC_MULTIPART_BUFFER_OVERFLOW if isinstance(e, MultipartOverflow)
+                            else ofp.OFPBRC_BAD_LEN) from None
+        finally:
+            if self.core.outbox_pending():   # the window closed with alerts
+                self._flush()
         if not more:
             self._inflight.pop(dpid, None)
-        if self.core.outbox_pending():   # the window closed with alerts
-            self._flush()
 
-    @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
+    @on_event(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
     def _port_stats(self, ev) -> None:
         msg = ev.msg
         ports = [(p.port_no, p.rx_bytes, p.tx_bytes, p.rx_packets, p.tx_packets)
                  for p in msg.body if p.port_no < ofp.OFPP_MAX]
-        self._locked(self.core.port_stats_part, msg.datapath.id, msg.xid, ports,
-                     bool(msg.flags & ofp.OFPMPF_REPLY_MORE))
+        try:
+            self._locked(self.core.port_stats_part, msg.datapath.id, msg.xid, ports,
+                         bool(msg.flags & ofp.OFPMPF_REPLY_MORE))
+        except MultipartOverflow as e:
+            raise Malformed(f"port stats reply: {e}", ofp.OFPET_BAD_REQUEST,
+                            ofp.OFPBRC_MULTIPART_BUFFER_OVERFLOW) from None
 
 
 def _decision_request(q: dict) -> tuple[int, str, str]:

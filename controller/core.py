@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
 import numpy as np
 
+from controller.addresses import is_unicast_mac
 from controller.openflow import rules
 from controller.config import Config, Device
 from controller.detection.alert import Alert
@@ -75,7 +77,10 @@ class Core:
         self._retire: set[int] = set()     # flow ids that vanished somewhere
         self._retired_at = 0.0
         self.counters = {"packet_in": 0, "lldp_in": 0, "flow_entries": 0, "polls": 0,
-                         "malformed": 0, "windows": 0, "alerts": 0}
+                         "malformed": 0, "windows": 0, "alerts": 0,
+                         "bad_messages": 0,       # OpenFlow messages refused (answered with OFPT_ERROR)
+                         "handler_errors": 0,     # handlers that raised (a bug, or input nobody foresaw)
+                         "state_write_errors": 0}   # the state disk refused a write
         self.alert_kinds: dict[str, int] = {}
         self.known = KnownDestinations()
         self.extractor = FeatureExtractor(self.registry, config.internal_subnets, self.known)
@@ -91,6 +96,18 @@ class Core:
         self.responder: Responder | None = None
         self.outbox: Out = []              # response messages decided outside a switch event
         self.notify_jobs: list[dict] = []
+
+    # Seconds without an event-loop tick before health says "degraded" (the app ticks every second).
+    STALL_AFTER = 5.0
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Bump one of `counters` (the app counts what only it sees: refused messages, handler errors)."""
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def request_sent(self, dpid: int, xid: int) -> None:
+        """A multipart request (flow or port stats) went to the switch under `xid`: only
+        replies to such requests are assembled."""
+        self.assembler.expect(dpid, xid)
 
     def enable_responses(self, playbooks=None) -> Responder:
         """Open the response store and audit log under the state directory and load the
@@ -229,7 +246,11 @@ class Core:
         out += [(dpid, f) for f in flows]
         out.append((dpid, Barrier()))
         if self.responder is not None:   # after the pipeline: active responses come back, with the time left
-            out += self.responder.reconcile(dpid)
+            try:
+                out += self.responder.reconcile(dpid)
+            except (OSError, sqlite3.Error) as e:   # the pipeline goes out whatever the disk says
+                self.counters["state_write_errors"] += 1
+                LOG.error("switch %016x: could not reconcile active responses: %s", dpid, e)
         return out
 
     def switch_ports(self, dpid: int, ports: Iterable[int]) -> Out:
@@ -294,7 +315,12 @@ class Core:
                     LOG.info("link: %016x:%d -> %016x:%d", origin[0], origin[1], dpid, in_port)
             return []
         self.counters["packet_in"] += 1
+        # A group or zero source MAC is nobody's (spoofed or broken): forwarded, never a device,
+        # never located, never an event for the detector.
         local = not self.topology.is_trunk(dpid, in_port)
+        if local and not is_unicast_mac(pkt.eth_src):
+            self.inventory.not_devices += 1
+            local = False
         if local:
             self.inventory.observe(pkt.eth_src, self.wall(), pkt.arp_spa)
             if self.topology.observe(pkt.eth_src, dpid, in_port, now):
@@ -508,9 +534,28 @@ class Core:
         return self.traffic.devices_view(self.inventory, self.topology, self.config.devices, self.clock(),
                                          stale=3 * self.config.poll_interval + 1)
 
-    def health_view(self) -> dict:
+    def bounds_view(self) -> dict[str, int]:
+        """How often each bound on hostile input was hit (docs/security.md)."""
+        return {"multipart_unsolicited": self.assembler.unsolicited,
+                "multipart_overflows": self.assembler.overflows,
+                "inventory_full": self.inventory.dropped,
+                "group_or_zero_src": self.inventory.not_devices,
+                "topology_full": self.topology.full,
+                "mac_table_full": self.forwarder.full}
+
+    def health_view(self, loop_age: float | None = None, connections: int | None = None) -> dict:
+        """GET /api/v1/health.  `loop_age`: seconds since the app's event thread last took an
+        event (it is sent a tick every second); past STALL_AFTER the status is "degraded",
+        since switch events (connects, packet-ins, barriers, errors) are no longer handled."""
+        reasons = []
+        if loop_age is not None and loop_age > self.STALL_AFTER:
+            reasons.append(f"the OpenFlow event loop has not run for {loop_age:.0f}s: switch events "
+                           "are not being handled")
         return {
-            "status": "ok",
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "event_loop_age_s": None if loop_age is None else round(loop_age, 3),
+            "openflow_connections": connections,
             "framework": self.framework,
             "uptime_s": round(self.wall() - self.started, 1),
             "switches": [{"dpid": f"{s.dpid:016x}", "ports": len(s.ports), "polls": s.polls,
@@ -519,7 +564,7 @@ class Core:
             "links": self.topology.links_view(),
             "devices": len(self.inventory.devices),
             "poll_interval_s": self.config.poll_interval,
-            "counters": dict(self.counters),
+            "counters": dict(self.counters) | self.bounds_view(),
             "detection": self.detector.health(),
             "responses": self.responder.health() if self.responder is not None else None,
         }
@@ -528,7 +573,9 @@ class Core:
         """Plain numbers for the Prometheus exporter (controller.api.metrics), taken under the
         app's lock and read later from the exporter's thread."""
         snap: dict = {k: self.counters[k] for k in ("polls", "flow_entries", "packet_in", "windows",
-                                                     "lldp_in", "malformed")}
+                                                     "lldp_in", "malformed", "bad_messages",
+                                                     "handler_errors", "state_write_errors")}
+        snap.update(self.bounds_view())
         detection = self.detector.health()
         snap.update(alerts=dict(self.alert_kinds), switches=len(self.switches),
                     devices=len(self.inventory.devices),

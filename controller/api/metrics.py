@@ -44,12 +44,26 @@ _COUNTERS = (
     ("lldp_in", "iotguard_lldp_in", "LLDP probes received back (topology discovery)."),
     ("malformed", "iotguard_malformed_packets", "Packet-ins that could not be parsed."),
     ("notify_dropped", "iotguard_notify_dropped", "Notifications dropped because the queue was full."),
+    ("bad_messages", "iotguard_openflow_bad_messages",
+     "OpenFlow messages from switches refused as malformed (answered with OFPT_ERROR)."),
+    ("handler_errors", "iotguard_handler_errors", "OpenFlow event handlers that raised (event processing went on)."),
+    ("state_write_errors", "iotguard_state_write_errors", "Writes the state directory refused (e.g. a full disk)."),
+    ("multipart_unsolicited", "iotguard_multipart_unsolicited",
+     "Multipart reply parts dropped: no request of ours had their xid."),
+    ("multipart_overflows", "iotguard_multipart_overflows", "Multipart replies dropped for exceeding their bounds."),
+    ("inventory_full", "iotguard_inventory_full", "New devices not recorded because the inventory was full."),
+    ("topology_full", "iotguard_topology_full", "New MACs not located because the location table was full."),
+    ("mac_table_full", "iotguard_mac_table_full", "New MACs not learned because a switch's MAC table was full."),
+    ("group_or_zero_src", "iotguard_group_or_zero_source",
+     "Frames with a broadcast, multicast or zero source MAC (never devices)."),
 )
 _GAUGES = (
     ("switches", "iotguard_switches_connected", "Switches currently connected."),
     ("devices", "iotguard_devices", "Devices known to the controller."),
     ("baselined", "iotguard_devices_baselined", "Devices scored against their own baseline."),
     ("learning", "iotguard_devices_learning", "Devices still in their learning period."),
+    ("event_loop_age", "iotguard_event_loop_age_seconds",
+     "Seconds since the OpenFlow event loop last took an event (ticked every second; > 5 is a stall)."),
 )
 SCORING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 CONFIRM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -167,6 +167,8 @@ class _Open:
 
 
 class Detector:
+    MAX_OUTBREAK_DEVICES = 50   # names an outbreak alert lists (its score and text give the full count)
+
     def __init__(self, config: Config, store: BaselineStore,
                  who: Callable[[str], tuple[str, tuple[str, ...]]],
                  attribution: Attribution | None = None) -> None:
@@ -472,6 +474,8 @@ class Detector:
         self._outbreaks[(cls, lead)] = now
         names = sorted(self.who(m)[0] for m in macs)
         feature = lead.replace("_", " ")
+        listed = names[:self.MAX_OUTBREAK_DEVICES]      # a MAC flood must not make an alert of megabytes
+        more = f" and {len(names) - len(listed)} more" if len(names) > len(listed) else ""
         remote = None
         if attribute and self.attribution is not None:
             remote = self.attribution.outbreak(list(self.alerts)[-500:], set(names), now, horizon)
@@ -479,7 +483,7 @@ class Detector:
             id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.OUTBREAK, device=f"{len(names)} {cls} devices",
             mac=None, score=float(len(names)), threshold=float(self.config.outbreak_devices),
             explanation=f"{len(names)} {cls} devices turned anomalous on {feature} within {_num(horizon)} s: "
-                        f"{', '.join(names)}", baseline="correlation", devices=names, tags=(cls,),
+                        f"{', '.join(listed)}{more}", baseline="correlation", devices=listed, tags=(cls,),
             last_time=now, remote=remote))
         return [alert]
 

@@ -9,10 +9,12 @@ pair without parsing any match.
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from controller.addresses import is_group_mac, is_zero_mac
 from controller.openflow import rules
 from controller.openflow.packets import PacketInfo
 from controller.openflow.rules import FlowKey, FlowSpec
@@ -20,8 +22,7 @@ from controller.openflow.rules import FlowKey, FlowSpec
 FLOOD = -1
 
 
-def is_group_mac(mac: str) -> bool:
-    return bool(int(mac[:2], 16) & 1)
+__all__ = ["FLOOD", "is_group_mac", "FlowRegistry", "PacketInfo", "is_reply", "Decision", "Forwarder"]
 
 
 class FlowRegistry:
@@ -122,22 +123,48 @@ class Decision:
 
 
 class Forwarder:
-    """Per-switch MAC learning; installs a FlowKey flow once both ends are known."""
+    """Per-switch MAC learning; installs a FlowKey flow once both ends are known.
 
-    def __init__(self, registry: FlowRegistry, idle_timeout: int = 10) -> None:
+    Bounded: at most `max_macs` MACs per switch.  When a switch's table is full, the MAC
+    heard from longest ago makes room if it has been silent `stale_after` seconds; otherwise
+    the new MAC is not learned (counted in `full`; frames to it are flooded), so a MAC flood
+    cannot push out devices that are talking."""
+
+    MAX_MACS = 8192
+    STALE_AFTER = 300.0
+
+    def __init__(self, registry: FlowRegistry, idle_timeout: int = 10, max_macs: int = MAX_MACS,
+                 stale_after: float = STALE_AFTER) -> None:
         self.registry = registry
         self.idle_timeout = idle_timeout
-        self.mac_to_port: dict[int, dict[str, int]] = {}
+        self.max_macs, self.stale_after = max_macs, stale_after
+        self.mac_to_port: dict[int, OrderedDict[str, int]] = {}   # least recently heard first
+        self._heard: dict[int, dict[str, float]] = {}
+        self.full = 0
+
+    def _learn(self, dpid: int, table: OrderedDict, mac: str, port: int, now: float) -> int | None | bool:
+        """Learn `mac` on `port`; returns its old port (None if new), or False if the table was full."""
+        heard = self._heard.setdefault(dpid, {})
+        old = table.get(mac)
+        if old is None and len(table) >= self.max_macs:
+            oldest = next(iter(table))
+            if now - heard.get(oldest, now) < self.stale_after:
+                self.full += 1
+                return False
+            del table[oldest]
+            heard.pop(oldest, None)
+        table[mac] = port
+        table.move_to_end(mac)
+        heard[mac] = now
+        return old
 
     def packet_in(self, dpid: int, in_port: int, pkt: PacketInfo, now: float = 0.0) -> Decision:
-        table = self.mac_to_port.setdefault(dpid, {})
+        table = self.mac_to_port.setdefault(dpid, OrderedDict())
         flows: list[FlowSpec] = []
-        if not is_group_mac(pkt.eth_src):
-            old = table.get(pkt.eth_src)
-            if old != in_port:
-                table[pkt.eth_src] = in_port
-                if old is not None:   # the MAC moved: flows toward it now blackhole
-                    flows.append(rules.delete_forwarding_to(pkt.eth_src))
+        if not is_group_mac(pkt.eth_src) and not is_zero_mac(pkt.eth_src):
+            old = self._learn(dpid, table, pkt.eth_src, in_port, now)
+            if old is not False and old is not None and old != in_port:
+                flows.append(rules.delete_forwarding_to(pkt.eth_src))   # it moved: flows toward it blackhole
         if is_group_mac(pkt.eth_dst):
             return Decision(FLOOD, flows)
         out = table.get(pkt.eth_dst)
@@ -157,7 +184,9 @@ class Forwarder:
         gone = [mac for mac, p in table.items() if p == port]
         for mac in gone:
             del table[mac]
+            self._heard.get(dpid, {}).pop(mac, None)
         return [rules.delete_forwarding_to(mac) for mac in gone]
 
     def switch_leave(self, dpid: int) -> None:
         self.mac_to_port.pop(dpid, None)
+        self._heard.pop(dpid, None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.addresses import normalise_mac
+from controller.addresses import is_unicast_mac, normalise_mac
 from controller.config import Config, Device
 
 
@@ -24,18 +24,25 @@ class Inventory:
 
     MAX_IPS_PER_DEVICE = 8
 
-    def __init__(self, config: Config, max_devices: int = 10000) -> None:
+    MAX_DEVICES = 10000
+
+    def __init__(self, config: Config, max_devices: int = MAX_DEVICES) -> None:
         self.config = config
         self.max_devices = max_devices
         self.devices: dict[str, DeviceRecord] = {}
         self.dropped = 0   # sightings refused because the table was full
+        self.not_devices = 0   # frames from group (broadcast, multicast) or zero MACs: never devices
 
     def observe(self, mac: str, now: float, arp_ip: str | None = None) -> DeviceRecord | None:
         """Record a frame from `mac`; `arp_ip` is the sender address of an ARP frame.
 
         Only ARP binds an address to a MAC: an IPv4 source is not evidence,
-        since a gateway forwards other hosts' packets under its own MAC.
+        since a gateway forwards other hosts' packets under its own MAC.  A broadcast,
+        multicast or all-zero source is nobody's: refused (None, counted in `not_devices`).
         """
+        if not is_unicast_mac(mac):
+            self.not_devices += 1
+            return None
         rec = self.devices.get(mac)
         if rec is None:
             if len(self.devices) >= self.max_devices:

@@ -7,6 +7,7 @@ there is somebody else's device, flooded or forwarded through, never local.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import networkx as nx
@@ -26,13 +27,23 @@ class _Sighting:
 
 
 class Topology:
-    def __init__(self, link_timeout: float = 3.5, move_grace: float = 3.0) -> None:
+    """Bounded: at most `max_devices` device locations.  When full, the location silent the
+    longest makes room if it has been silent `stale_after` seconds; otherwise the new MAC is
+    not located (counted in `full`), so a MAC flood cannot evict devices that are talking."""
+
+    MAX_DEVICES = 10000
+    STALE_AFTER = 300.0
+
+    def __init__(self, link_timeout: float = 3.5, move_grace: float = 3.0,
+                 max_devices: int = MAX_DEVICES, stale_after: float = STALE_AFTER) -> None:
         self.graph = nx.Graph()
         self.link_timeout = link_timeout
         self.move_grace = move_grace
         self._link_seen: dict[tuple[int, int, int, int], float] = {}
         self._trunks: set[tuple[int, int]] = set()
-        self._where: dict[str, _Sighting] = {}
+        self._where: OrderedDict[str, _Sighting] = OrderedDict()   # least recently seen first
+        self.max_devices, self.stale_after = max_devices, stale_after
+        self.full = 0      # new MACs not located because the table was full
         self.version = 0   # bumped whenever any device location may have changed
 
     # ------------------------------------------------------------ switches
@@ -124,9 +135,17 @@ class Topology:
         cur = self._where.get(mac)
         if cur is not None and cur.loc == loc:
             cur.last_seen = now
+            self._where.move_to_end(mac)
             return False
+        if cur is None and len(self._where) >= self.max_devices:
+            oldest = next(iter(self._where))
+            if now - self._where[oldest].last_seen < self.stale_after:
+                self.full += 1
+                return False
+            del self._where[oldest]
         if cur is None or now - cur.last_seen > self.move_grace:
             self._where[mac] = _Sighting(loc, now, now)
+            self._where.move_to_end(mac)
             self.version += 1
             return True
         return False

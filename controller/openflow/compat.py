@@ -8,13 +8,20 @@ framework messages, and installs a raw body parser for flow-stats replies.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import logging
+import socket
+import time
+import weakref
+
 from controller.openflow import rules
 from controller.openflow.rules import Barrier, FlowSpec, MeterSpec, PacketOut
 
 try:
     from os_ken import cfg
     from os_ken.base import app_manager
-    from os_ken.controller import ofp_event
+    from os_ken.controller import event, ofp_event
     from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
     from os_ken.lib import hub
     from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -24,7 +31,7 @@ try:
 except ImportError:  # pragma: no cover - exercised by the Ryu smoke test
     from ryu import cfg  # type: ignore[no-redef]
     from ryu.base import app_manager  # type: ignore[no-redef]
-    from ryu.controller import ofp_event  # type: ignore[no-redef]
+    from ryu.controller import event, ofp_event  # type: ignore[no-redef]
     from ryu.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER,  # type: ignore[no-redef]
                                         MAIN_DISPATCHER, set_ev_cls)
     from ryu.lib import hub  # type: ignore[no-redef]
@@ -36,7 +43,122 @@ except ImportError:  # pragma: no cover - exercised by the Ryu smoke test
 __all__ = ["cfg", "app_manager", "ofp_event", "set_ev_cls", "hub", "ofp", "parser", "BaseApp",
            "FRAMEWORK", "CONFIG_DISPATCHER", "MAIN_DISPATCHER", "DEAD_DISPATCHER",
            "to_message", "install_raw_flow_stats", "flow_stats_request", "port_stats_request",
-           "port_desc_request", "run_apps"]
+           "port_desc_request", "run_apps", "Malformed", "guarded", "on_event", "GuardedApp",
+           "EventTick", "send_error", "describe", "error_text"]
+
+LOG = logging.getLogger("iotguard.openflow")
+
+
+# ---------------------------------------------------------------- hostile input
+class Malformed(Exception):
+    """A switch's message the app cannot use.  The handler guard answers it with an
+    OFPT_ERROR of (err_type, code) and the message's first 64 bytes, as OpenFlow 1.3
+    section 7.4.4 has it, and counts it."""
+
+    def __init__(self, why: str, err_type: int = ofp.OFPET_BAD_REQUEST,
+                 code: int = ofp.OFPBRC_BAD_LEN) -> None:
+        super().__init__(why)
+        self.err_type, self.code = err_type, code
+
+
+def describe(ev) -> tuple[int | None, str]:
+    """The switch (dpid, None before FEATURES) and the message type an event carries."""
+    msg = getattr(ev, "msg", None)
+    dp = getattr(msg, "datapath", None) if msg is not None else getattr(ev, "datapath", None)
+    return getattr(dp, "id", None), type(msg).__name__ if msg is not None else type(ev).__name__
+
+
+def send_error(dp, err_type: int, code: int, data: bytes = b"") -> bool:
+    """Send OFPT_ERROR to `dp` (never raises: the switch may be gone already)."""
+    try:
+        return bool(dp.send_msg(parser.OFPErrorMsg(dp, type_=err_type, code=code, data=bytes(data[:64]))))
+    except Exception:  # noqa: BLE001 - a dead connection or a bad datapath: nothing to answer
+        return False
+
+
+def guarded(fn):
+    """Wrap an event handler so that nothing it raises (a BaseException included: the native
+    hub's TaskExit is a plain Exception, which os-ken's event loop re-raises and so ends the
+    app's only event thread without a log line) reaches the framework.  The app's
+    `handler_failed(ev, exc)` logs, counts and answers it."""
+
+    @functools.wraps(fn)
+    def wrapper(self, ev):
+        try:
+            return fn(self, ev)
+        except BaseException as e:  # noqa: BLE001 - see the docstring
+            try:
+                self.handler_failed(ev, e)
+            except BaseException:  # noqa: BLE001 - the report itself must not escape either
+                LOG.exception("handler %s failed, and so did its error report", fn.__name__)
+            return None
+    return wrapper
+
+
+def on_event(ev_cls, dispatchers=None):
+    """`set_ev_cls` for a `guarded` handler."""
+    def decorate(fn):
+        return set_ev_cls(ev_cls, dispatchers)(guarded(fn))
+    return decorate
+
+
+class EventTick(event.EventBase):
+    """Posted to the app's own queue so its event thread proves it is alive (`GuardedApp`)."""
+
+
+class GuardedApp(BaseApp):
+    """The framework's app with an event loop that cannot end while the app is active.
+
+    os-ken's `_event_loop` re-raises `hub.TaskExit`, which is `Exception` under the native
+    hub: any handler error ends event processing for good, silently.  This loop catches
+    everything per handler, and stamps `loop_beat` (monotonic) at each event, so that
+    `post_tick()` from another thread plus `loop_age()` tell a stalled loop from an idle one.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loop_beat = time.monotonic()
+        self.loop_errors = 0
+        self._tick_pending = False
+
+    def post_tick(self) -> None:
+        """Queue one tick unless one is still queued; never blocks (a stalled loop must not
+        stall the caller too)."""
+        if self._tick_pending:
+            return
+        if self._events_sem.acquire(blocking=False):
+            self._tick_pending = True
+            self.events.put((EventTick(), None))
+
+    def loop_age(self) -> float:
+        """Seconds since the event thread last took an event."""
+        return time.monotonic() - self.loop_beat
+
+    def _event_loop(self):  # overrides the framework's (see the class docstring)
+        while self.is_active or not self.events.empty():
+            try:
+                ev, state = self.events.get()
+                self._events_sem.release()
+                self.loop_beat = time.monotonic()
+                if isinstance(ev, EventTick):
+                    self._tick_pending = False
+                    continue
+                if ev == self._event_stop:
+                    continue
+                handlers = self.get_handlers(ev, state)
+            except BaseException:  # noqa: BLE001
+                if not self.is_active:
+                    raise   # stop() asked for it
+                self.loop_errors += 1
+                LOG.exception("%s: event loop error; the loop goes on", self.name)
+                continue
+            for handler in handlers:
+                try:
+                    handler(ev)
+                except BaseException:  # noqa: BLE001 - an unguarded handler: log, count, go on
+                    self.loop_errors += 1
+                    LOG.exception("%s: handler %s failed on %s; the event loop goes on", self.name,
+                                  getattr(handler, "__name__", handler), type(ev).__name__)
 
 _PORTS = {"controller": ofp.OFPP_CONTROLLER, "flood": ofp.OFPP_FLOOD, "any": ofp.OFPP_ANY,
           "in_port": ofp.OFPP_IN_PORT, "table": ofp.OFPP_TABLE}
@@ -170,3 +292,135 @@ def error_text(err_type: int, code: int) -> str:
     prefix = _ERROR_CODES[tname]
     cname = next((n for n in dir(ofp) if n.startswith(prefix) and getattr(ofp, n) == code), None)
     return f"{tname}/{cname or f'code={code}'}"
+
+
+# ---------------------------------------------------------------- hostile switches
+_VALID_IN_PORT = (1, ofp.OFPP_MAX)
+
+
+def packet_in_port(msg) -> int:
+    """A packet-in's in_port: exactly one in_port OXM naming a switch port (1..OFPP_MAX or
+    LOCAL).  Anything else raises Malformed (answered OFPET_BAD_MATCH)."""
+    ports = [v for k, v in getattr(msg.match, "_fields2", ()) if k == "in_port"]
+    if not ports:
+        raise Malformed("packet-in without an in_port match field", ofp.OFPET_BAD_MATCH, ofp.OFPBMC_BAD_FIELD)
+    if len(ports) > 1:
+        raise Malformed(f"packet-in with {len(ports)} in_port match fields", ofp.OFPET_BAD_MATCH,
+                        ofp.OFPBMC_DUP_FIELD)
+    port = ports[0]
+    if not isinstance(port, int) or not (_VALID_IN_PORT[0] <= port <= _VALID_IN_PORT[1]
+                                         or port == ofp.OFPP_LOCAL):
+        raise Malformed(f"packet-in from port {port!r}, not a switch port", ofp.OFPET_BAD_MATCH,
+                        ofp.OFPBMC_BAD_VALUE)
+    return port
+
+
+HANDSHAKE_TIMEOUT = 10.0   # seconds a connection may take from TCP accept to FEATURES_REPLY
+_live: "weakref.WeakSet | None" = None   # Datapaths being served (install_datapath_guards)
+_bad_message_hook = None
+
+
+def live_connections() -> int:
+    """OpenFlow connections being served now, handshaken or not."""
+    return 0 if _live is None else len(_live)
+
+
+def _classify_parse_error(msg_type: int, buf, exc: BaseException) -> tuple[int, int]:
+    if parser._MSG_PARSERS.get(msg_type) is None:
+        return ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE
+    if msg_type == ofp.OFPT_MULTIPART_REPLY and len(buf) >= 10:
+        mp_type = int.from_bytes(bytes(buf[8:10]), "big")
+        if mp_type not in parser.OFPMultipartReply._STATS_MSG_TYPES:
+            return ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_MULTIPART
+    return ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_LEN
+
+
+def install_datapath_guards(on_bad_message=None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    """Harden the framework's per-connection code against hostile switches (idempotent).
+
+    * Parsing: a message the framework's parser cannot read is dropped and answered with
+      OFPT_ERROR (BAD_TYPE, BAD_MULTIPART or BAD_LEN), logged once per budget by
+      `on_bad_message(dp, kind, why)`, instead of os-ken's full traceback and hex dump per
+      message (or, for a truncated one, the end of the connection).
+    * Teardown: os-ken's `Datapath.serve()` joins its send thread, which under the native
+      hub (where `hub.kill` does nothing) waits on an empty queue for ever: every connection
+      that closed before or during the handshake left two threads behind.  Here the send
+      loop is woken with a closing sentinel, so both threads end.
+    * A connection that has not finished the handshake after `handshake_timeout` seconds is
+      closed (a slow-loris of idle TCP connections would otherwise hold two threads each).
+    """
+    global _live, _bad_message_hook
+    package = app_manager.__name__.split(".")[0]          # os_ken, or ryu
+    ofp_controller = importlib.import_module(f"{package}.controller.controller")
+    ofproto_parser = importlib.import_module(f"{package}.ofproto.ofproto_parser")
+    HANDSHAKE_DISPATCHER = importlib.import_module(f"{package}.controller.handler").HANDSHAKE_DISPATCHER
+
+    _bad_message_hook = on_bad_message
+    if _live is not None:
+        return
+    _live = weakref.WeakSet()
+    original_msg = ofproto_parser.msg
+    Datapath = ofp_controller.Datapath
+
+    def safe_msg(datapath, version, msg_type, msg_len, xid, buf):
+        if version not in ofproto_parser._MSG_PARSERS:
+            return original_msg(datapath, version, msg_type, msg_len, xid, buf)   # raises: ends it
+        try:
+            return ofproto_parser._MSG_PARSERS[version](datapath, version, msg_type, msg_len, xid, buf)
+        except Exception as e:  # noqa: BLE001 - any parser failure is the message's fault
+            err_type, code = _classify_parse_error(msg_type, buf, e)
+            send_error(datapath, err_type, code, bytes(buf[:64]))
+            hook = _bad_message_hook
+            if hook is not None:
+                try:
+                    hook(datapath, f"message type {msg_type} ({msg_len} bytes)", f"{type(e).__name__}: {e}"
+                         f"; answered {error_text(err_type, code)}")
+                except Exception:  # noqa: BLE001
+                    LOG.exception("bad-message hook failed")
+            return None
+
+    def wake_send_loop(dp) -> None:
+        q, sem = dp.send_q, dp._send_q_sem
+        if q is None:
+            return
+        if sem.acquire(blocking=False):      # a free slot: the send loop may be waiting on get()
+            try:
+                q.put_nowait((b"", True))    # close_socket=True: the loop ends after it
+            except Exception:  # noqa: BLE001 - full after all: the loop is busy and will fail on the socket
+                sem.release()
+
+    def serve(self):
+        _live.add(self)
+        self._iotguard_accepted = time.monotonic()
+        send_thr = hub.spawn(self._send_loop)
+        self.send_msg(self.ofproto_parser.OFPHello(self))
+        echo_thr = hub.spawn(self._echo_request_loop)
+        try:
+            self._recv_loop()
+        finally:
+            self.set_state(DEAD_DISPATCHER)
+            wake_send_loop(self)
+            hub.kill(send_thr)
+            hub.kill(echo_thr)
+            hub.joinall([send_thr])   # the echo loop ends by itself at its next wake-up
+            self.is_active = False
+            _live.discard(self)
+
+    def watchdog():
+        while True:
+            hub.sleep(1.0)
+            now = time.monotonic()
+            for dp in list(_live):
+                if dp.state in (HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER) \
+                        and now - getattr(dp, "_iotguard_accepted", now) > handshake_timeout:
+                    LOG.info("closing the connection from %s: no handshake after %.0fs", dp.address,
+                             handshake_timeout)
+                    dp._iotguard_accepted = float("inf")   # once
+                    try:
+                        dp.socket.shutdown(socket.SHUT_RDWR)    # the receive loop sees the end
+                    except OSError:
+                        pass
+
+    ofproto_parser.msg = safe_msg
+    Datapath.serve = serve
+    hub.spawn(watchdog)

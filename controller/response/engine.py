@@ -485,6 +485,7 @@ class Engine:
         self.playbooks = list(playbooks)
         self.store = store
         self.audit = audit
+        self.write_errors = 0     # records reconcile could not write (a full disk); its rules went out
         self.internal_subnets = tuple(internal_subnets)
         self.gateway = gateway
         self.dns_servers = dns_servers if callable(dns_servers) else tuple(dns_servers)
@@ -803,15 +804,22 @@ class Engine:
         """A switch (re)connected: expire what is due, remove from it what ended
         while it may still hold it, and re-install there every active enforced
         response that belongs on it, with the time left.  Deletes are by exact
-        cookie: foreign rules, and other responses, are never touched."""
-        out = self.expire(now)
+        cookie: foreign rules, and other responses, are never touched.
+
+        The rules go out even when the state disk refuses the records (full): a switch
+        that reconnects must get its active responses back; the write is logged and counted."""
+        try:
+            out = self.expire(now)
+        except (OSError, sqlite3.Error) as e:      # retried at the next expiry; hard_timeout is the backstop
+            self._write_failed("expire", e)
+            out = []
         for r in self.store.lingering(now):
             if r.mode != "enforce" or dpid not in r.dpids:
                 continue
             msgs = release_response(r.response(), [dpid], meter_id=r.meter_id)
-            self.audit.write("reconciled", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
-                             response_id=r.id, rules=msgs, outcome="removed",
-                             detail={"dpid": dpid, "state": r.state})
+            self._best_effort(self.audit.write, "reconciled", time=now, playbook=r.playbook, action=r.action,
+                              mode=r.mode, response_id=r.id, rules=msgs, outcome="removed",
+                              detail={"dpid": dpid, "state": r.state})
             out += msgs
         for r in self.store.active(now):
             if r.mode != "enforce":
@@ -823,13 +831,23 @@ class Engine:
                 continue
             if not msgs:
                 continue
-            self.store.put(replace(r, dpids=tuple(sorted(set(r.dpids) | {dpid})),
-                                   confirmed=tuple(d for d in r.confirmed if d != dpid)))
-            self.audit.write("reconciled", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
-                             response_id=r.id, rules=msgs, outcome="sent",
-                             detail={"dpid": dpid, "remaining": round(r.expires - now, 3)})
+            self._best_effort(self.store.put, replace(r, dpids=tuple(sorted(set(r.dpids) | {dpid})),
+                                                     confirmed=tuple(d for d in r.confirmed if d != dpid)))
+            self._best_effort(self.audit.write, "reconciled", time=now, playbook=r.playbook, action=r.action,
+                              mode=r.mode, response_id=r.id, rules=msgs, outcome="sent",
+                              detail={"dpid": dpid, "remaining": round(r.expires - now, 3)})
             out += msgs
         return out
+
+    def _write_failed(self, what: str, e: BaseException) -> None:
+        self.write_errors += 1
+        LOG.error("reconcile: could not %s (the rules are sent anyway): %s", what, e)
+
+    def _best_effort(self, write, *args, **kwargs) -> None:
+        try:
+            write(*args, **kwargs)
+        except (OSError, sqlite3.Error) as e:
+            self._write_failed(f"write {getattr(write, '__name__', 'a record')}", e)
 
     # ------------------------------------------------------------ confirmation
     def response_id(self, spec: Spec) -> int | None:

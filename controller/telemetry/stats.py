@@ -23,30 +23,90 @@ from controller.openflow import rules
 from controller.network.forwarding import FlowRegistry
 
 
-class MultipartAssembler:
-    """Collects OFPMPF_REPLY_MORE parts per (dpid, xid) until the last one."""
+class MultipartOverflow(ValueError):
+    """A switch's reply exceeded the assembler's bounds; its parts were dropped."""
 
-    def __init__(self, max_parts: int = 4096) -> None:
+
+class MultipartAssembler:
+    """Collects OFPMPF_REPLY_MORE parts per (dpid, xid) until the last one.
+
+    Only replies to requests we sent are collected (`expect` each request's xid first):
+    a part with any other xid is dropped and counted in `unsolicited`, so a switch cannot
+    grow memory by sending REPLY_MORE parts under ever new xids.  Bounds, per switch:
+    `max_expected` outstanding requests (the oldest is forgotten), `max_parts` parts in
+    one reply, `max_bytes` bytes pending over all its replies (MultipartOverflow)."""
+
+    MAX_PARTS = 4096
+    MAX_BYTES = 32 * 1024 * 1024
+    MAX_EXPECTED = 8
+
+    def __init__(self, max_parts: int = MAX_PARTS, max_bytes: int = MAX_BYTES,
+                 max_expected: int = MAX_EXPECTED) -> None:
         self._parts: dict[tuple[int, int], list] = {}
-        self.max_parts = max_parts
+        self._expected: dict[int, dict[int, None]] = {}   # dpid -> xids, oldest first
+        self._bytes: dict[int, int] = {}
+        self._sizes: dict[tuple[int, int], int] = {}
+        self.max_parts, self.max_bytes, self.max_expected = max_parts, max_bytes, max_expected
+        self.unsolicited = 0     # parts dropped: no request of ours had their xid
+        self.overflows = 0       # replies dropped for exceeding max_parts or max_bytes
+
+    def expect(self, dpid: int, xid: int) -> None:
+        """A request with this xid was sent to the switch; its reply may come in parts."""
+        exp = self._expected.setdefault(dpid, {})
+        exp.pop(xid, None)
+        exp[xid] = None
+        while len(exp) > self.max_expected:
+            self._drop(dpid, next(iter(exp)))
+
+    def _drop(self, dpid: int, xid: int) -> None:
+        self._expected.get(dpid, {}).pop(xid, None)
+        self._parts.pop((dpid, xid), None)
+        size = self._sizes.pop((dpid, xid), 0)
+        if size:
+            self._bytes[dpid] = self._bytes.get(dpid, 0) - size
+
+    @staticmethod
+    def _size(body) -> int:
+        return len(body) if isinstance(body, (bytes, bytearray, memoryview)) else 64 * len(body)
 
     def add(self, dpid: int, xid: int, body, more: bool) -> list | None:
-        """Returns all parts' bodies in order once the reply is complete."""
-        parts = self._parts.setdefault((dpid, xid), [])
+        """Returns all parts' bodies in order once the reply is complete; None while parts
+        are missing, and for a part nobody asked for (counted in `unsolicited`)."""
+        if xid not in self._expected.get(dpid, ()):
+            self.unsolicited += 1
+            return None
+        key = (dpid, xid)
+        parts = self._parts.setdefault(key, [])
         parts.append(body)
-        if len(parts) > self.max_parts:
-            del self._parts[(dpid, xid)]
-            raise ValueError(f"switch {dpid:#x} sent more than {self.max_parts} parts for xid {xid}")
+        size = self._size(body)
+        self._sizes[key] = self._sizes.get(key, 0) + size
+        self._bytes[dpid] = self._bytes.get(dpid, 0) + size
+        if len(parts) > self.max_parts or self._bytes[dpid] > self.max_bytes:
+            pending = self._bytes[dpid]
+            self._drop(dpid, xid)
+            self.overflows += 1
+            if len(parts) > self.max_parts:
+                raise MultipartOverflow(f"switch {dpid:#x} sent more than {self.max_parts} parts for xid {xid}")
+            raise MultipartOverflow(f"switch {dpid:#x} has {pending} bytes of replies pending "
+                                    f"(at most {self.max_bytes})")
         if more:
             return None
-        return self._parts.pop((dpid, xid))
+        self._drop(dpid, xid)
+        return parts
 
     def forget(self, dpid: int) -> None:
         for k in [k for k in self._parts if k[0] == dpid]:
             del self._parts[k]
+        for k in [k for k in self._sizes if k[0] == dpid]:
+            del self._sizes[k]
+        self._expected.pop(dpid, None)
+        self._bytes.pop(dpid, None)
 
     def pending(self, dpid: int) -> int:
         return sum(1 for k in self._parts if k[0] == dpid)
+
+    def pending_bytes(self, dpid: int) -> int:
+        return self._bytes.get(dpid, 0)
 
 
 @dataclass
@@ -154,14 +214,25 @@ class _Snapshot:
 
 
 _NA = np.uint64(0xFFFFFFFFFFFFFFFF)
+_MAX_COUNT = 2 ** 63 - 1   # counters are int64 here; above it a counter is all-ones or a lie
+
+
+def counter(value: int) -> int:
+    """An OpenFlow counter as a count: all-ones means "unavailable" (OpenFlow 1.3, 7.2.2 and
+    OFPFF_NO_PKT_COUNTS/NO_BYT_COUNTS), and so does anything no real switch can have counted
+    (>= 2**63); both are 0, never 2**64-1 or a negative number."""
+    v = int(value)
+    return v if 0 <= v <= _MAX_COUNT else 0
 
 
 def _aggregate(entries: np.ndarray):
     """Sum entries sharing a cookie (response rules may share one)."""
     cookie = entries["cookie"].astype(np.uint64)
     # All-ones means "not counted" (OFPFF_NO_PKT_COUNTS/NO_BYT_COUNTS), not 2**64-1.
-    packets = np.where(entries["packet_count"] == _NA, 0, entries["packet_count"]).astype(np.int64)
-    nbytes = np.where(entries["byte_count"] == _NA, 0, entries["byte_count"]).astype(np.int64)
+    # Anything >= 2**63 is no count either: as int64 it would wrap to a negative number.
+    pc, bc = entries["packet_count"].astype(np.uint64), entries["byte_count"].astype(np.uint64)
+    packets = np.where(pc > np.uint64(_MAX_COUNT), np.uint64(0), pc).astype(np.int64)
+    nbytes = np.where(bc > np.uint64(_MAX_COUNT), np.uint64(0), bc).astype(np.int64)
     duration = entries["duration_sec"].astype(np.float64) + entries["duration_nsec"] * 1e-9
     uniq, inv = np.unique(cookie, return_inverse=True)
     if len(uniq) == len(cookie):
@@ -215,8 +286,12 @@ class FlowStatsTracker:
 
     def removed(self, dpid: int, cookie: int, packets: int, nbytes: int, duration: float,
                 now: float) -> FlowDeltas:
-        """A flow-removed message: count its tail since the last poll, once."""
+        """A flow-removed message: count its tail since the last poll, once.
+
+        A counter the switch does not have (all-ones) adds nothing: its tail is unknown."""
         prev = self._prev.get(dpid)
+        packets_known, bytes_known = counter(packets) == packets, counter(nbytes) == nbytes
+        packets, nbytes = counter(packets), counter(nbytes)
         d_p, d_b = packets, nbytes
         window = 0.0
         if prev is not None:
@@ -229,6 +304,10 @@ class FlowStatsTracker:
             else:
                 d_p = d_b = 0   # already counted by an earlier removal
             self._removed.setdefault(dpid, set()).add(cookie)
+        if not packets_known:
+            d_p = 0
+        if not bytes_known:
+            d_b = 0
         arr = lambda v, t: np.asarray([v], dtype=t)  # noqa: E731
         return FlowDeltas(dpid, now, window, arr(cookie, np.uint64), arr(d_p, np.int64),
                           arr(d_b, np.int64), arr(duration, np.float64), np.zeros(1, dtype=bool))
@@ -307,7 +386,7 @@ class PortStatsTracker:
         """ports: (port_no, rx_bytes, tx_bytes, rx_packets, tx_packets)."""
         out = []
         for port, *counters in ports:
-            cur = tuple(int(x) for x in counters)
+            cur = tuple(counter(x) for x in counters)   # all-ones: unavailable, 0
             prev = self._prev.get((dpid, port))
             self._prev[(dpid, port)] = (now, cur)
             if prev is None:

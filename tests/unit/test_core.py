@@ -113,6 +113,7 @@ def test_devices_learned_named_located_and_forwarded():
 def test_multipart_flow_stats_wait_for_last_part():
     c, clock = core()
     c.switch_connected(1)
+    c.request_sent(1, 5)
     assert c.flow_stats_part(1, 5, body([(rules.cookie(Kind.FORWARD, 1), 1, 1, 1)]), True) is None
     assert c.switches[1].polls == 0
     assert c.flow_stats_part(1, 5, body([(rules.cookie(Kind.FORWARD, 2), 1, 1, 1)]), False) == {}
@@ -131,9 +132,11 @@ def test_disconnect_forgets_switch():
 def test_port_stats_multipart_and_deltas():
     c, clock = core()
     c.switch_connected(1)
+    c.request_sent(1, 9)
     assert c.port_stats_part(1, 9, [(1, 100, 200, 1, 2)], more=True) is None
     assert c.port_stats_part(1, 9, [(2, 0, 0, 0, 0)], more=False) == []
     clock.t += 1
+    c.request_sent(1, 10)
     c.port_stats_part(1, 10, [(1, 150, 260, 2, 4)], more=True)
     deltas = c.port_stats_part(1, 10, [(2, 5, 5, 1, 1)], more=False)
     assert [(d.port, d.rx_bytes, d.tx_bytes) for d in deltas] == [(1, 50, 60), (2, 5, 5)]

@@ -249,3 +249,15 @@ def test_an_open_alert_that_grows_worse_is_handed_over_again_with_its_new_window
     det.escalated.clear()
     det.on_window(window(2002.0, {CAM: full}), 2002.0)
     assert det.escalated == [], "the same level again is not an escalation"
+
+
+def test_outbreak_alert_lists_a_bounded_number_of_devices(monkeypatch):
+    macs = ("00:00:00:00:00:11", "00:00:00:00:00:12", "00:00:00:00:00:13", "00:00:00:00:00:14")
+    det, rng = trained(macs=macs)
+    det.MAX_OUTBREAK_DEVICES = 2
+    out = []
+    for i, m in enumerate(macs[:3]):
+        out += det.on_window(window(2000.0 + i * 5, {m: scan_row(rng)}), 2000.0 + i * 5)
+    ob = [a for a in out if a.kind == "outbreak"][0]
+    assert len(ob.devices) == 2 and ob.score == 3.0
+    assert ob.explanation.endswith(" and 1 more")

@@ -564,3 +564,19 @@ def test_audit_records_are_strict_json(tmp_path):
     line = (tmp_path / "a.jsonl").read_text().strip()
     assert json.loads(line)["alert"] == {"score": 3.5, "bad": "nan"}
     assert "NaN" not in line
+
+
+def test_reconcile_sends_the_rules_when_the_state_disk_is_full(tmp_path):
+    engine, _ = make(tmp_path)
+    engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=0.0)
+    expected = engine.reconcile(2, now=100.0)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+    engine.audit.write = full
+    engine.store.put = locked
+    assert engine.reconcile(2, now=100.0) == expected      # the meter and rule go out anyway
+    assert engine.write_errors >= 2

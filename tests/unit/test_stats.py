@@ -139,6 +139,8 @@ def test_by_device_ignores_unknown_cookies_and_unlocated_devices():
 
 def test_multipart_assembly():
     a = MultipartAssembler()
+    for dpid, xid in ((1, 7), (2, 7), (1, 8)):
+        a.expect(dpid, xid)
     assert a.add(1, 7, b"a", more=True) is None
     assert a.add(2, 7, b"x", more=False) == [b"x"]
     assert a.add(1, 8, b"other", more=True) is None
@@ -151,6 +153,7 @@ def test_multipart_assembly():
 
 def test_multipart_refuses_endless_replies():
     a = MultipartAssembler(max_parts=3)
+    a.expect(1, 1)
     for _ in range(3):
         a.add(1, 1, b"", more=True)
     with pytest.raises(ValueError, match="more than 3 parts"):

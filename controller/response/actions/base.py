@@ -32,6 +32,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 from yaml.nodes import Node
 
+from controller.addresses import is_unicast_mac
 from controller.network.topology import Location
 from controller.openflow import rules
 from controller.openflow.rules import FlowSpec, MeterSpec
@@ -72,11 +73,6 @@ def mac(value: str, what: str) -> str:
         return rules.mac_match(value)
     except ValueError:
         raise ResponseError(f"{what}: {value!r} is not a MAC address") from None
-
-
-def is_unicast_mac(value: str) -> bool:
-    """A MAC that can be one device's: not group (broadcast, multicast) and not all zeros."""
-    return not int(value[:2], 16) & 1 and value.replace(":", "").strip("0") != ""
 
 
 def check_l4(proto: str | None, ports: tuple[int, ...], what: str) -> None:
