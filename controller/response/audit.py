@@ -42,6 +42,7 @@ EVENTS = ("decision", "installed", "failed", "dry-run", "released", "expired", "
 FIELDS = ("time", "event", "alert", "playbook", "action", "mode", "response_id", "rules",
           "outcome", "error", "detail")
 READ_LIMIT = 1000
+OLDER_RUN = 10000   # a `since` read stops after this many records in a row older than it (clock steps)
 
 
 def _jsonable(value: Any) -> Any:
@@ -145,19 +146,16 @@ class AuditLog:
     def read(self, since: float | None = None, limit: int = READ_LIMIT) -> list[dict]:
         """Records with time > `since` (all if None), newest first, at most `limit`.
 
+        The file is read backwards in blocks, so the cost is the records returned, not
+        the size of the log (a log of a million lines answers as fast as a short one).
         Lines that are not a JSON object (a torn last line) are skipped.
         """
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return []
+        limit = max(0, min(int(limit), READ_LIMIT))
         out: list[dict] = []
-        for raw in reversed(data.split(b"\n")):
+        older = 0
+        for raw in _lines_backwards(self.path):
             if len(out) >= limit:
                 break
-            if not raw.strip():
-                continue
             try:
                 record = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
@@ -166,6 +164,34 @@ class AuditLog:
                 continue
             t = record.get("time")
             if since is not None and not (isinstance(t, (int, float)) and t > since):
+                older += 1
+                if older >= OLDER_RUN:      # appended in time order: the rest is older still
+                    break
                 continue
+            older = 0
             out.append(record)
         return out
+
+
+def _lines_backwards(path: str, block: int = 65536) -> Iterable[bytes]:
+    """The non-empty lines of a file, last first, reading `block` bytes at a time."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        f.seek(0, os.SEEK_END)
+        pos = f.tell()
+        rest = b""
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            f.seek(pos)
+            chunk = f.read(step) + rest
+            lines = chunk.split(b"\n")
+            rest = lines[0]
+            for line in reversed(lines[1:]):
+                if line.strip():
+                    yield line
+        if rest.strip():
+            yield rest

@@ -105,3 +105,19 @@ def test_a_token_file_that_is_not_utf8_is_named(tmp_path):
     (tmp_path / "api-token").write_bytes(b"\xff\xfe\x00garbage-token-bytes")
     with pytest.raises(ValueError, match=f"{tmp_path}/api-token: the API token file is not UTF-8"):
         load_or_create_token(None, str(tmp_path))
+
+
+def test_the_audit_read_is_bounded_and_reads_the_log_backwards(tmp_path):
+    import tracemalloc
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for i in range(3000):
+        log.write("decision", time=float(i), action="quarantine", response_id=i, outcome="sent",
+                  detail={"pad": "x" * 200})
+    tracemalloc.start()
+    newest = log.read()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(newest) == 1000 and newest[0]["response_id"] == 2999 and newest[-1]["response_id"] == 2000
+    assert peak < 3_000_000           # the 1000 records it returns, not the whole 0.9 MB file twice over
+    assert [r["response_id"] for r in log.read(since=2996.0)] == [2999, 2998, 2997]
+    assert log.read(limit=10**9)[999]["response_id"] == 2000         # the cap holds whatever is asked
