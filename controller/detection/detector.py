@@ -35,6 +35,7 @@ CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
 BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
 ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
+REHAND_SECONDS = 5.0     # ... and with its current window at least this often while it stays anomalous
 MAX_ALERTS = 10000
 NOVELTY_GRACE = 1.0      # s a new item waits before novelty decides on it: a burst (1 s) speaks first
 NOVELTY_QUIET = 60.0     # s without new items still over the allowance before a novelty alert closes
@@ -164,6 +165,7 @@ def _observed(wf: WindowFeatures, i: int) -> dict[str, float]:
 class _Open:
     alert: Alert
     quiet: int = 0
+    handed: float = -1e18       # when the playbooks last saw this alert's window
 
 
 class Detector:
@@ -255,14 +257,20 @@ class Detector:
                 opened.quiet = 0
                 changes: dict = {"count": opened.alert.count + 1, "last_time": now}
                 worse = score > ESCALATION * opened.alert.score
-                if worse:
-                    # Worse than when it was raised (a flood's first window is often a
-                    # partial one): the playbooks see the new window, so conditions such
-                    # as tx_packets > 1000 can match now.  Re-applying is idempotent.
-                    changes.update(score=score, window=_observed(wf, i),
-                                   remote=self._remote(mac) or opened.alert.remote)
+                if opened.handed < opened.alert.time:
+                    opened.handed = opened.alert.time
+                stale = now - opened.handed >= REHAND_SECONDS
+                if worse or stale:
+                    # Worse than when it was raised, or still going: the playbooks see the
+                    # new window (a flood's first window is often a partial one, so a
+                    # condition such as tx_packets > 1000 may only match later).
+                    # Re-applying is idempotent: an active response is refreshed.
+                    changes.update(window=_observed(wf, i), remote=self._remote(mac) or opened.alert.remote)
+                    if worse:
+                        changes["score"] = score
+                    opened.handed = now
                 alert = self._update(opened, **changes)
-                if worse:
+                if worse or stale:
                     self.escalated.append(alert)
                 continue
             contribs = baseline.explain(x, FEATURES, top=3)

@@ -261,3 +261,25 @@ def test_outbreak_alert_lists_a_bounded_number_of_devices(monkeypatch):
     ob = [a for a in out if a.kind == "outbreak"][0]
     assert len(ob.devices) == 2 and ob.score == 3.0
     assert ob.explanation.endswith(" and 1 more")
+
+
+def test_a_sustained_anomaly_is_handed_to_the_playbooks_again_with_its_current_window():
+    """A flood whose first window was partial and whose later windows do not score 1.5x
+    higher is still answered: while it lasts, the playbooks see its window every 5 s."""
+    from controller.detection.detector import REHAND_SECONDS
+    det, rng = trained()
+    first = normal(rng)
+    first[INDEX["tx_packets"]] = 622                # below ratelimit-flood's 1000
+    (alert,) = det.on_window(window(2000.0, {CAM: first}), 2000.0)
+    same = normal(rng)
+    same[INDEX["tx_packets"]] = 900                 # a steady flood: not 1.5x worse
+    t = 2000.0
+    while t < 2000.0 + REHAND_SECONDS - 1:
+        t += 1.0
+        det.on_window(window(t, {CAM: same}), t)
+    assert det.escalated == []
+    steady = normal(rng)
+    steady[INDEX["tx_packets"]] = 1100
+    det.on_window(window(2000.0 + REHAND_SECONDS, {CAM: steady}), 2000.0 + REHAND_SECONDS)
+    (again,) = det.escalated
+    assert again.id == alert.id and again.window["tx_packets"] == 1100
