@@ -434,14 +434,23 @@ def print_pcap_summary(r: dict, windows: bool = False) -> None:
               "flooded, not counted (a switch does not know its port yet)")
     if not windows:
         return
-    flagged = sorted(((w["end"], d["name"], w) for d in r["devices"] for w in d["flagged_windows"]),
-                     key=lambda x: x[0])
-    if flagged:
+    # One line per alert where it was raised; the later windows that kept it open (an alert
+    # is updated, not repeated, while its device stays anomalous) are summed up under it.
+    raised: dict[str, list] = {}
+    for d in r["devices"]:
+        for w in d["flagged_windows"]:
+            for a in w["alerts"]:
+                entry = raised.setdefault(a["id"], [w["end"], d["name"], a, []])
+                if not a["new"]:
+                    entry[3].append(w["end"])
+    if raised:
         print()
-    for end, name, w in flagged:
-        for a in w["alerts"]:
-            state = "" if a["new"] else f" (still open, {a['count']} updates)"
-            print(f"{_utc(end)} +{end - r['start']:,.0f}s  {name}  {a['kind']}{state}: {a['explanation']}")
+    for end, name, a, later in sorted(raised.values(), key=lambda e: e[0]):
+        print(f"{_utc(end)} +{end - r['start']:,.0f}s  {name}  {a['kind']} (score {a['score']:g}, threshold "
+              f"{a['threshold']:g}): {a['explanation']}")
+        if later:
+            print(f"    still open in {len(later)} more window{'' if len(later) == 1 else 's'}, "
+                  f"until +{later[-1] - r['start']:,.0f}s")
 
 
 def cmd_playbook(args) -> int:
