@@ -33,7 +33,8 @@ normally behaves and answers misbehaviour with operator-written playbooks.
 
 commands:
   run        start the controller (OpenFlow listener, stats polling, detection, REST API)
-  replay     run the detector offline over a recording made with 'run --record'
+  replay     run the detector offline over a recording made with 'run --record', or the
+             whole controller over a packet capture ('replay --pcap FILE.pcap')
   playbook   validate response playbooks ('playbook validate FILE...'), or make the
              running controller reload them ('playbook reload')
   config     validate a configuration file and print the effective settings
