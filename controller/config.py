@@ -22,7 +22,7 @@ from controller import yamlnodes
 from controller.addresses import normalise_mac
 from controller.yamlnodes import MAX_FILE_BYTES
 
-__all__ = ["ConfigError", "Device", "Config", "load_config", "parse_config", "MAX_FILE_BYTES"]
+__all__ = ["ConfigError", "Device", "Config", "load_config", "parse_config", "load_devices", "MAX_FILE_BYTES"]
 
 # The shipped playbooks, beside the package (a checkout or an editable install).
 DEFAULT_PLAYBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "playbooks")
@@ -410,3 +410,25 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except yamlnodes.YamlProblem as e:
         raise ConfigError(source, e.line, None, e.message) from None
     return parse_config(text, source)
+
+
+def load_devices(path: str | os.PathLike[str]) -> tuple[Device, ...]:
+    """An inventory file on its own (`iotguard replay --pcap ... --devices FILE`): the
+    config's `devices:` list, either under a top-level `devices:` key (a whole config
+    file works too: only its devices are taken) or as a bare YAML sequence.  The same
+    checks as in a config, with ConfigError naming the file and line."""
+    source = os.fspath(path)
+    try:
+        text = yamlnodes.read_text(source, opener=open)
+        root = yamlnodes.compose(text)
+    except yamlnodes.YamlProblem as e:
+        raise ConfigError(source, e.line, None, e.message) from None
+    doc = _Doc(source)
+    if root is None:
+        return ()
+    doc.check_tags(root)
+    from yaml.nodes import SequenceNode
+    if isinstance(root, SequenceNode):
+        return _devices(doc, root)
+    return _build(doc, root).devices
+

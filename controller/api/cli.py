@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -33,7 +33,8 @@ normally behaves and answers misbehaviour with operator-written playbooks.
 
 commands:
   run        start the controller (OpenFlow listener, stats polling, detection, REST API)
-  replay     run the detector offline over a recording made with 'run --record'
+  replay     run the detector offline over a recording made with 'run --record', or the
+             whole controller over a packet capture ('replay --pcap FILE.pcap')
   playbook   validate response playbooks ('playbook validate FILE...'), or make the
              running controller reload them ('playbook reload')
   config     validate a configuration file and print the effective settings
@@ -95,12 +96,37 @@ def _parser() -> argparse.ArgumentParser:
                      help="log verbosity (default INFO)")
 
     rep = sub.add_parser(
-        "replay", help="run the detector over a recording, offline",
-        description="Feed a recording made with 'iotguard run --record' to a fresh detector (no "
-                    "switch, no root) and print its alerts as JSON lines, oldest first. The "
-                    "config's detection settings and device inventory apply.")
-    rep.add_argument("file", metavar="FILE", help="recording (JSON lines)")
+        "replay", help="run the detector offline over a recording or a packet capture",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Two forms, both offline (no switch, no root):\n\n"
+                    "  iotguard replay FILE [--config FILE]\n"
+                    "      feed a recording made with 'iotguard run --record' to a fresh detector and\n"
+                    "      print its alerts as JSON lines, oldest first.\n\n"
+                    "  iotguard replay --pcap CAPTURE [--devices INVENTORY] [--windows] [--json]\n"
+                    "                  [--learn SECONDS] [--config FILE]\n"
+                    "      run iotguard's real controller core (forwarding, feature extraction,\n"
+                    "      detection) over a pcap or pcapng of Ethernet frames, emulating the one\n"
+                    "      switch it would program: flows, idle timeouts and flow-stats polls follow\n"
+                    "      the capture's timestamps. Baselines and known destinations are learned\n"
+                    "      from the capture's first detection.learn_seconds (default 300 s). Prints\n"
+                    "      a summary per device: windows, packets counted, alerts, flagged windows.\n"
+                    "      Responses (playbooks) stay off. Exit status 2 if the capture cannot be\n"
+                    "      read or is not Ethernet.\n\n"
+                    "The config's detection settings, poll_interval, forwarding settings and device\n"
+                    "inventory apply; --devices replaces the inventory.")
+    rep.add_argument("file", metavar="FILE", nargs="?", help="recording (JSON lines)")
     rep.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    rep.add_argument("--pcap", metavar="CAPTURE",
+                     help="replay a packet capture (pcap or pcapng, Ethernet) instead of a recording")
+    rep.add_argument("--devices", metavar="INVENTORY",
+                     help="with --pcap: YAML device inventory, the config's 'devices:' list (or a bare "
+                          "list), for names and tags (tag the gateway 'gateway' to exclude its traffic, "
+                          "devices 'iot' for the appliance rules)")
+    rep.add_argument("--windows", action="store_true",
+                     help="with --pcap: also print every flagged window with its alerts' words")
+    rep.add_argument("--json", action="store_true", help="with --pcap: print the whole result as JSON")
+    rep.add_argument("--learn", type=float, metavar="SECONDS",
+                     help="with --pcap: warm-up length in capture seconds (overrides detection.learn_seconds)")
 
     pb = sub.add_parser("playbook", help="validate or reload response playbooks",
                         description="Response playbooks (see docs/playbooks.md).")
@@ -351,6 +377,16 @@ def cmd_run(args) -> int:
 def cmd_replay(args) -> int:
     import json
     from controller.detection.recording import RecordError, replay
+    if args.pcap is not None:
+        if args.file is not None:
+            raise UsageError("replay takes a recording FILE or --pcap CAPTURE, not both")
+        return cmd_replay_pcap(args)
+    if args.file is None:
+        raise UsageError("replay needs a recording FILE or --pcap CAPTURE (see 'iotguard replay --help')")
+    used = [o for o, v in (("--devices", args.devices), ("--windows", args.windows), ("--json", args.json),
+                           ("--learn", args.learn)) if v not in (None, False)]
+    if used:
+        raise UsageError(f"{', '.join(used)}: only with 'replay --pcap CAPTURE'")
     config = load_config(args.config) if args.config else Config()
     try:
         with open(args.file, encoding="utf-8") as f:
@@ -360,6 +396,80 @@ def cmd_replay(args) -> int:
         print(f"iotguard: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_replay_pcap(args) -> int:
+    from controller.config import load_devices
+    from controller.pcapreplay import CaptureError, replay_pcap, with_learning
+    config = load_config(args.config) if args.config else Config()
+    if args.devices:
+        config = dataclasses.replace(config, devices=load_devices(args.devices))
+    try:
+        config = with_learning(config, args.learn)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    logging.getLogger("iotguard").setLevel(logging.ERROR)   # the summary says it; no ALERT log lines
+    try:
+        result = replay_pcap(args.pcap, config)
+    except CaptureError as e:
+        print(f"iotguard: {e}", file=sys.stderr)
+        return 2
+    for w in result.warnings:
+        print(f"iotguard: warning: {w}", file=sys.stderr)
+    out = result.to_dict()
+    if args.json:
+        print(json.dumps(out, indent=1, sort_keys=True))
+    else:
+        print_pcap_summary(out, windows=args.windows)
+    return 0
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def print_pcap_summary(r: dict, windows: bool = False) -> None:
+    """The human form of `replay --pcap`: what was replayed, then one row per device."""
+    sw = r["switch"]
+    print(f"{r['file']}: {r['frames']:,} frames over {r['duration_s']:,.0f} s from {_utc(r['start'])}; "
+          f"{r['windows']:,} windows of {r['poll_interval_s']:g} s, learning the first "
+          f"{r['learn_seconds']:g} s")
+    print(f"switch: {sw['packet_ins']:,} packet-ins, {sw['flows_installed']:,} flows installed, "
+          f"{sw['flows_expired']:,} idled out ({r['idle_timeout_s']} s), "
+          f"{sw['dropped_by_packet_in_meter']:,} dropped by the packet-in meter"
+          + (f", {sw['unparsed_frames']:,} frames too short to parse" if sw["unparsed_frames"] else ""))
+    rows = []
+    for d in r["devices"]:
+        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(d["alert_kinds"].items())) or "-"
+        rows.append([d["name"], d["mac"], ",".join(d["tags"]) or "-", d["windows"], d["packets"],
+                     "excluded" if d["excluded"] else d["alerts"],
+                     "-" if d["excluded"] else len(d["flagged_windows"]), "-" if d["excluded"] else kinds])
+    print()
+    _table(["DEVICE", "MAC", "TAGS", "WINDOWS", "PACKETS", "ALERTS", "FLAGGED", "KINDS"], rows)
+    uncounted = [d for d in r["devices"] if d["frames_before_located"]]
+    for d in uncounted:
+        n = d["frames_before_located"]
+        print(f"note: {n} frame{'' if n == 1 else 's'} to {d['name']} came before it sent any: "
+              "flooded, not counted (a switch does not know its port yet)")
+    if not windows:
+        return
+    # One line per alert where it was raised; the later windows that kept it open (an alert
+    # is updated, not repeated, while its device stays anomalous) are summed up under it.
+    raised: dict[str, list] = {}
+    for d in r["devices"]:
+        for w in d["flagged_windows"]:
+            for a in w["alerts"]:
+                entry = raised.setdefault(a["id"], [w["end"], d["name"], a, []])
+                if not a["new"]:
+                    entry[3].append(w["end"])
+    if raised:
+        print()
+    for end, name, a, later in sorted(raised.values(), key=lambda e: e[0]):
+        print(f"{_utc(end)} +{end - r['start']:,.0f}s  {name}  {a['kind']} (score {a['score']:g}, threshold "
+              f"{a['threshold']:g}): {a['explanation']}")
+        if later:
+            print(f"    still open in {len(later)} more window{'' if len(later) == 1 else 's'}, "
+                  f"until +{later[-1] - r['start']:,.0f}s")
 
 
 def cmd_playbook(args) -> int:

@@ -22,7 +22,7 @@ STAGES = [
     ("response", ("controller.response",)),
     ("api", ("controller.api",)),
     ("core", ("controller.core",)),
-    ("shell", ("controller.app", "controller.api.cli")),
+    ("shell", ("controller.app", "controller.api.cli", "controller.pcapreplay")),   # pcapreplay drives the core as app does
 ]
 FRAMEWORKS = ("os_ken", "ryu", "eventlet")
 SHIM = "controller.openflow.compat"

@@ -1,0 +1,264 @@
+"""`iotguard replay --pcap`: real captures through the real Core and an emulated switch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+
+import dpkt
+import pytest
+
+from controller.api import cli
+from controller.config import Config, load_devices
+from controller.pcapreplay import CaptureError, replay_pcap, with_learning
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LIFECYCLE = os.path.join(ROOT, "tests", "data", "captures", "lifecycle")
+GATEWAY = "c8:bf:4c:77:a0:3a"
+CAPTURES = {
+    "plug": ("xiaodu_plug.pcap", "f4:21:ae:9e:8f:cb", "xiaodu-plug"),
+    "camera": ("xiaobai_Y2camera_idle_local.pcap", "78:df:72:24:69:4d", "xiaobai-camera"),
+}
+INVENTORY = f"""devices:
+  - {{name: xiaodu-plug, mac: "f4:21:ae:9e:8f:cb", tags: [iot]}}
+  - {{name: xiaobai-camera, mac: "78:df:72:24:69:4d", tags: [iot]}}
+  - {{name: lab-gateway, mac: "{GATEWAY}", tags: [gateway]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def inventory(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inv") / "devices.yaml"
+    path.write_text(INVENTORY)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def replayed(inventory):
+    """Each shipped capture replayed once (the plug takes a few seconds), with the inventory."""
+    config = dataclasses.replace(Config(), devices=load_devices(inventory))
+    cache = {}
+
+    def get(which):
+        if which not in cache:
+            cache[which] = replay_pcap(os.path.join(LIFECYCLE, CAPTURES[which][0]), config).to_dict()
+        return cache[which]
+    return get
+
+
+def expected_counts(path: str, mac: str, interval: float = 1.0) -> tuple[int, int, set[int]]:
+    """From the capture itself (dpkt, not iotguard's parser): frames the device sent, unicast
+    frames it received after it first sent (before that a switch floods them, unlocated), and
+    the poll windows those frames fall in."""
+    me = bytes.fromhex(mac.replace(":", ""))
+    sent = received = 0
+    windows: set[int] = set()
+    located = False
+    t0 = last = None
+    for ts, buf in dpkt.pcap.Reader(open(path, "rb")):
+        t0 = ts if t0 is None else t0
+        last = ts if last is None else max(ts, last)
+        k = int((last - t0) // interval)
+        if buf[6:12] == me:
+            located = True
+            sent += 1
+            windows.add(k)
+        elif buf[0:6] == me and located:
+            received += 1
+            windows.add(k)
+    return sent, received, windows
+
+
+def device(result: dict, mac: str) -> dict:
+    return next(d for d in result["devices"] if d["mac"] == mac)
+
+
+@pytest.mark.parametrize("which", ["plug", "camera"])
+def test_shipped_capture_replays_and_every_packet_of_the_device_is_counted(replayed, which):
+    f, mac, name = CAPTURES[which]
+    r = replayed(which)
+    sent, received, windows = expected_counts(os.path.join(LIFECYCLE, f), mac)
+    d = device(r, mac)
+    assert d["name"] == name and d["tags"] == ["iot"] and not d["excluded"]
+    # Flows counted by polls plus the packet-in frames (each conversation's first packet).
+    assert (d["tx_packets"], d["rx_packets"]) == (sent, received)
+    assert d["packets"] == sent + received == d["frames_sent"] + d["frames_received"]
+    assert d["windows"] == len(windows)
+    assert r["switch"]["packet_ins"] > 0 and r["switch"]["flows_installed"] > 0
+    assert r["switch"]["dropped_by_packet_in_meter"] == 0
+    assert r["windows"] == int((r["end"] - r["start"]) // 1.0) + 1
+    assert r["frames"] == {"plug": 6428, "camera": 1512}[which]
+    assert d["learned_at"] == pytest.approx(r["start"] + 300.0, abs=1.0)
+    gw = device(r, GATEWAY)
+    assert gw["excluded"] and gw["alerts"] == 0 and gw["flagged_windows"] == []
+
+
+CAMERA_ALERTS = ("the current detector raises new_service twice on the benign idle camera, after "
+                 "warm-up: at +1728 s 'xiaobai-camera used UDP/80 and UDP/8053, services it never used "
+                 "(to 36.156.49.114, 45.124.124.97); while learning it used 2 services: UDP/11107, "
+                 "UDP/32100' (score 2 > 1) and at +1800 s 'used HTTPS, a service it never used (to "
+                 "110.43.68.16)' (score 1 > 1): the camera first opens these services after 28 min, "
+                 "the warm-up is the first 5 min")
+
+
+@pytest.mark.parametrize("which", ["plug", pytest.param("camera", marks=pytest.mark.xfail(
+    reason=CAMERA_ALERTS, strict=True))])
+def test_shipped_benign_capture_raises_no_alert_after_warm_up(replayed, which):
+    r = replayed(which)
+    d = device(r, CAPTURES[which][1])
+    words = [(a["kind"], a["explanation"]) for a in r["alerts"]]
+    assert d["alerts"] == 0 and d["flagged_windows"] == [], words
+    assert r["alerts"] == [], words
+
+
+# ------------------------------------------------------------------ a synthetic sweep
+
+DEV, GW = "02:00:00:00:00:50", "02:00:00:00:00:01"
+DEV_IP, GW_IP, CLOUD = "192.168.1.50", "192.168.1.1", "203.0.113.10"
+T0 = 1_700_000_000.0
+
+
+def _mac(m: str) -> bytes:
+    return bytes.fromhex(m.replace(":", ""))
+
+
+def _eth(src: str, dst: str, payload, eth_type=dpkt.ethernet.ETH_TYPE_IP) -> bytes:
+    return bytes(dpkt.ethernet.Ethernet(src=_mac(src), dst=_mac(dst), type=eth_type, data=payload))
+
+
+def _ip(src: str, dst: str, l4, p) -> dpkt.ip.IP:
+    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=p, data=l4)
+    ip.len = len(bytes(ip))
+    return ip
+
+
+def _udp(src, dst, sport, dport, data=b"x" * 40):
+    return _ip(src, dst, dpkt.udp.UDP(sport=sport, dport=dport, data=data, ulen=8 + len(data)), dpkt.ip.IP_PROTO_UDP)
+
+
+def _tcp(src, dst, sport, dport, flags):
+    return _ip(src, dst, dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, off=5), dpkt.ip.IP_PROTO_TCP)
+
+
+def _arp(src_mac, src_ip, dst_mac, dst_ip, op):
+    a = dpkt.arp.ARP(sha=_mac(src_mac), spa=socket.inet_aton(src_ip), tha=_mac(dst_mac) if op == 2 else b"\0" * 6,
+                     tpa=socket.inet_aton(dst_ip), op=op)
+    return _eth(src_mac, dst_mac if op == 2 else "ff:ff:ff:ff:ff:ff", a, dpkt.ethernet.ETH_TYPE_ARP)
+
+
+def sweep_frames() -> list[tuple[float, bytes]]:
+    """A device with a periodic cloud heartbeat and DNS for 200 s; from 120 s it tries SSH
+    on 8 internal hosts it never talked to, one every 2 s (ARP first; they answer RST)."""
+    out = []
+    for i in range(100):                          # a heartbeat every 2 s, answered
+        t = T0 + 2 * i
+        out.append((t, _eth(DEV, GW, _udp(DEV_IP, CLOUD, 40000, 5683))))
+        out.append((t + 0.05, _eth(GW, DEV, _udp(CLOUD, DEV_IP, 5683, 40000))))
+    for i in range(7):                            # DNS every 30 s
+        t = T0 + 30 * i + 1
+        out.append((t, _eth(DEV, GW, _udp(DEV_IP, GW_IP, 41000 + i, 53))))
+        out.append((t + 0.01, _eth(GW, DEV, _udp(GW_IP, DEV_IP, 53, 41000 + i))))
+    for j in range(8):
+        t = T0 + 120 + 2 * j
+        host_ip, host_mac = f"192.168.1.{101 + j}", f"02:00:00:00:01:{j:02x}"
+        out.append((t, _arp(DEV, DEV_IP, "ff:ff:ff:ff:ff:ff", host_ip, 1)))
+        out.append((t + 0.001, _arp(host_mac, host_ip, DEV, DEV_IP, 2)))
+        out.append((t + 0.002, _eth(DEV, host_mac, _tcp(DEV_IP, host_ip, 50000 + j, 22, dpkt.tcp.TH_SYN))))
+        out.append((t + 0.003, _eth(host_mac, DEV, _tcp(host_ip, DEV_IP, 22, 50000 + j,
+                                                       dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK))))
+    return sorted(out, key=lambda f: f[0])
+
+
+def write_capture(path, frames, pcapng=False, linktype=dpkt.pcap.DLT_EN10MB):
+    with open(path, "wb") as fh:
+        w = dpkt.pcapng.Writer(fh, linktype=linktype) if pcapng else dpkt.pcap.Writer(fh, linktype=linktype)
+        for ts, buf in frames:
+            w.writepkt(buf, ts=ts)
+
+
+@pytest.mark.parametrize("pcapng", [False, True], ids=["pcap", "pcapng"])
+def test_a_slow_ssh_sweep_after_a_benign_warm_up_is_flagged_in_its_words(tmp_path, capsys, pcapng):
+    path = tmp_path / ("sweep.pcapng" if pcapng else "sweep.pcap")
+    frames = sweep_frames()
+    write_capture(path, frames, pcapng=pcapng)
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f'- {{name: thermostat, mac: "{DEV}", tags: [iot]}}\n- {{name: gw, mac: "{GW}", tags: [gateway]}}\n')
+    assert cli.main(["replay", "--pcap", str(path), "--devices", str(inv), "--learn", "60", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["frames"] == len(frames)
+    d = device(r, DEV)
+    assert d["name"] == "thermostat"
+    sent = sum(1 for _, b in frames if b[6:12] == _mac(DEV))
+    assert d["tx_packets"] == sent
+    flagged = [a for w in d["flagged_windows"] for a in w["alerts"]]
+    assert flagged, "the sweep went unnoticed"
+    assert all(w["start"] >= T0 + 120 for w in d["flagged_windows"]), "a benign window was flagged"
+    words = " ".join(a["explanation"] for a in flagged)
+    hosts = [f"192.168.1.{101 + j}" for j in range(8)]
+    assert "SSH" in words or "Telnet" in words or any(h in words for h in hosts), words
+    assert {a["kind"] for a in flagged} & {"lateral_probe", "new_service", "anomaly", "new_flow_burst"}
+
+    # The human form: the device's row, and with --windows the alert's words.
+    assert cli.main(["replay", "--pcap", str(path), "--devices", str(inv), "--learn", "60", "--windows"]) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.startswith("thermostat "))
+    assert DEV in row and f" {sent + d['rx_packets']} " in row
+    assert flagged[0]["explanation"] in text
+
+
+def test_a_file_that_is_not_a_capture_exits_2_naming_it(tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("this is not a packet capture\n" * 10)
+    assert cli.main(["replay", "--pcap", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "not a pcap or pcapng" in err
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(b"")
+    assert cli.main(["replay", "--pcap", str(empty)]) == 2
+    assert str(empty) in capsys.readouterr().err
+    missing = tmp_path / "missing.pcap"
+    assert cli.main(["replay", "--pcap", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_a_capture_that_is_not_ethernet_exits_2_naming_its_link_type(tmp_path, capsys):
+    raw = tmp_path / "raw.pcap"
+    write_capture(raw, [(T0, bytes(_udp(DEV_IP, CLOUD, 40000, 5683)))], linktype=dpkt.pcap.DLT_RAW)
+    assert cli.main(["replay", "--pcap", str(raw)]) == 2
+    err = capsys.readouterr().err
+    assert str(raw) in err and "not Ethernet" in err
+
+
+def test_a_capture_with_no_frames_is_an_error(tmp_path):
+    path = tmp_path / "none.pcap"
+    write_capture(path, [])
+    with pytest.raises(CaptureError, match="no frames"):
+        replay_pcap(str(path), Config())
+
+
+def test_the_recording_form_keeps_working_and_the_forms_do_not_mix(tmp_path, capsys):
+    rec = os.path.join(ROOT, "tests", "data", "smart_home_scan.jsonl")
+    assert cli.main(["replay", rec, "--config", os.path.join(ROOT, "tests", "data", "replay.yaml")]) == 0
+    assert all(json.loads(line)["kind"] for line in capsys.readouterr().out.splitlines())
+    assert cli.main(["replay", rec, "--pcap", "x.pcap"]) == 2
+    assert cli.main(["replay"]) == 2
+    assert cli.main(["replay", rec, "--windows"]) == 2
+    assert "only with 'replay --pcap" in capsys.readouterr().err
+
+
+def test_learn_override_is_bounded_like_the_config():
+    assert with_learning(Config(), 60).learn_seconds == 60.0
+    with pytest.raises(ValueError, match="--learn"):
+        with_learning(Config(), 5)
+
+
+def test_a_truncated_capture_replays_what_it_holds(tmp_path, capsys):
+    path = tmp_path / "cut.pcap"
+    write_capture(path, sweep_frames()[:50])
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])                   # the last record cut short
+    assert cli.main(["replay", "--pcap", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["frames"] in (49, 50)
