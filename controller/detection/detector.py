@@ -23,6 +23,7 @@ from typing import Callable
 
 from controller.addresses import Subnets
 from controller.config import Config
+from controller.openflow import rules
 import numpy as np
 
 from controller.telemetry.features import FEATURES, WindowFeatures, shrink_tx_mix
@@ -35,6 +36,7 @@ CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
 BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
 ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
+EVERYDAY_CLOUD_PORTS = frozenset({53, 80, 123, 443, 853, 8443})   # DNS, HTTP(S), NTP, DoT
 REHAND_SECONDS = 5.0     # ... and with its current window at least this often while it stays anomalous
 MAX_ALERTS = 10000
 NOVELTY_GRACE = 1.0      # s a new item waits before novelty decides on it: a burst (1 s) speaks first
@@ -363,6 +365,18 @@ class Detector:
         self._open[key] = _Open(alert)
         return [alert] + self._correlate(now, mac, tags, ("new_flow_burst",))
 
+    def _telling(self, e: tuple[float, int, int, int]) -> bool:
+        """Is a first use of a service a fact worth an alert on its own?  Inside the LAN,
+        always (an appliance has no business opening new services on its neighbours).
+        Toward the internet only a TCP connection on a port that is not everyday cloud
+        traffic: devices talk UDP to ever-changing cloud and P2P relays, and HTTPS to
+        new hosts, all the time (seen on the shipped camera capture).  Those still count
+        in the novelty values the alert windows carry."""
+        _t, ip, proto, port = e
+        if self._is_internal(ip):
+            return True
+        return proto == rules.IPPROTO_TCP and port not in EVERYDAY_CLOUD_PORTS
+
     def _is_internal(self, ip: int) -> bool:
         return ip in self._internal
 
@@ -396,7 +410,7 @@ class Detector:
         if burst is not None and now - burst.alert.last_time <= BURST_QUIET:
             return []                   # a fast scan: the burst alert already says it
         since = self._decided.get(mac, -math.inf)
-        fresh = [e for e in r.examples["new_services"] if e[0] > since]
+        fresh = [e for e in r.examples["new_services"] if e[0] > since and self._telling(e)]
         appliance = ("iot" in tags or self.novelty.appliance(mac)) and self.novelty.stable_services(mac)
         out: list[Alert] = []
         for feature, kind in _NOVELTY_ALERTS.items():
