@@ -81,7 +81,7 @@ def test_scenario_is_mitigated_and_nobody_else_is_touched(lab, name):
         alerts = ctl.alerts(t0)
         for a in reversed(alerts):      # the story, for a failure's output
             print(f"  alert {a['kind']} {a['device']} (+{a['time'] - attack.started:.2f} s): {a['explanation']}"
-                  f" remote={a.get('remote')} window={ {k: a['window'][k] for k in ('tx_bytes', 'new_dst_share', 'lateral_peers')} if a.get('window') else None}")
+                  f" remote={a.get('remote')} window={ {k: a['window'].get(k) for k in ('tx_bytes', 'new_dst_share', 'lateral_peers')} if a.get('window') else None}")
         for r in mine:
             print(f"  response {r['action']} by {r['playbook']} for {r['mac'] or r['entity']['prefix']}")
         for e in ctl.audit(t0):
