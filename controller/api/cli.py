@@ -659,40 +659,40 @@ def cmd_release(args) -> int:
     return 0
 
 
-def cmd_responses(args) -> int:
-    answer = _api(args, "GET", "/api/v1/responses")
+def _listing(args, path: str, key: str, empty: str, header: list[str], row) -> int:
+    """GET a list from the API and print it as a table (or its JSON with --json)."""
+    answer = _api(args, "GET", path)
     if args.json:
         _print_json(answer)
         return 0
-    responses = answer.get("responses") or []
-    if not responses:
-        print("no active responses")
+    items = answer.get(key) or []
+    if not items:
+        print(empty)
         return 0
-    rows = []
-    for r in responses:
-        confirmed, sent = r.get("confirmed") or [], r.get("dpids") or []
-        switches = ",".join(str(d) for d in confirmed)
-        if len(sent) > len(confirmed):
-            switches += f" ({len(sent) - len(confirmed)} unconfirmed)"
-        rows.append([r.get("id"), r.get("action"), _device(r), r.get("mode"),
-                     human_duration(r.get("remaining")), r.get("playbook"), switches.strip()])
-    _table(["ID", "ACTION", "DEVICE", "MODE", "REMAINING", "PLAYBOOK", "CONFIRMED"], rows)
+    _table(header, [row(r) for r in items])
     return 0
+
+
+def _confirmed(r: dict) -> str:
+    confirmed, sent = r.get("confirmed") or [], r.get("dpids") or []
+    switches = ",".join(str(d) for d in confirmed)
+    if len(sent) > len(confirmed):
+        switches += f" ({len(sent) - len(confirmed)} unconfirmed)"
+    return switches.strip()
+
+
+def cmd_responses(args) -> int:
+    return _listing(args, "/api/v1/responses", "responses", "no active responses",
+                    ["ID", "ACTION", "DEVICE", "MODE", "REMAINING", "PLAYBOOK", "CONFIRMED"],
+                    lambda r: [r.get("id"), r.get("action"), _device(r), r.get("mode"),
+                               human_duration(r.get("remaining")), r.get("playbook"), _confirmed(r)])
 
 
 def cmd_pending(args) -> int:
-    answer = _api(args, "GET", "/api/v1/responses/pending")
-    if args.json:
-        _print_json(answer)
-        return 0
-    pending = answer.get("pending") or []
-    if not pending:
-        print("no responses awaiting approval")
-        return 0
-    rows = [[r.get("id"), r.get("action"), _device(r), human_duration(r.get("ttl")),
-             human_duration(r.get("approve_within")), r.get("playbook"), r.get("summary") or ""] for r in pending]
-    _table(["ID", "ACTION", "DEVICE", "TTL", "APPROVE WITHIN", "PLAYBOOK", "WHAT"], rows)
-    return 0
+    return _listing(args, "/api/v1/responses/pending", "pending", "no responses awaiting approval",
+                    ["ID", "ACTION", "DEVICE", "TTL", "APPROVE WITHIN", "PLAYBOOK", "WHAT"],
+                    lambda r: [r.get("id"), r.get("action"), _device(r), human_duration(r.get("ttl")),
+                               human_duration(r.get("approve_within")), r.get("playbook"), r.get("summary") or ""])
 
 
 def cmd_decide(args) -> int:

@@ -719,15 +719,19 @@ class Engine:
         return release_response(r.response(), targets, meter_id=r.meter_id)
 
     # ------------------------------------------------------------ lifecycle
-    def _get_active(self, rid: int) -> Stored:
+    def _get(self, rid: int, state: str, wrong: str) -> Stored:
+        """The response `rid` in `state`; KeyError (the API's 404) naming why not."""
         if isinstance(rid, bool) or not isinstance(rid, int) or not 0 < rid <= rules.COOKIE_ID_MASK:
             raise KeyError(f"no response with id {rid}")
         r = self.store.get(rid)
         if r is None:
             raise KeyError(f"no response with id {rid}")
-        if r.state != "active":
-            raise KeyError(f"response {rid} is not active (it was {r.state})")
+        if r.state != state:
+            raise KeyError(f"response {rid} {wrong} (it {'was' if state == 'active' else 'is'} {r.state})")
         return r
+
+    def _get_active(self, rid: int) -> Stored:
+        return self._get(rid, "active", "is not active")
 
     def release(self, rid: int, now: float, reason: str = "") -> Messages:
         """End a response now: delete its rules by cookie (and its meter)."""
@@ -740,14 +744,7 @@ class Engine:
 
     # ------------------------------------------------------------ approval
     def _get_pending(self, rid: int) -> Stored:
-        if isinstance(rid, bool) or not isinstance(rid, int) or not 0 < rid <= rules.COOKIE_ID_MASK:
-            raise KeyError(f"no response with id {rid}")
-        r = self.store.get(rid)
-        if r is None:
-            raise KeyError(f"no response with id {rid}")
-        if r.state != "pending":
-            raise KeyError(f"response {rid} is not awaiting approval (it is {r.state})")
-        return r
+        return self._get(rid, "pending", "is not awaiting approval")
 
     def approve(self, rid: int, by: str, now: float) -> Messages:
         """An operator approves a pending response: its ttl starts now and its rules go out."""
