@@ -508,6 +508,11 @@ class Core:
         self._retire.clear()
 
     def flow_removed(self, dpid: int, cookie: int, packets: int, nbytes: int, duration: float) -> None:
+        if rules.is_response_cookie(cookie) and self.responder is not None:
+            # the switch's hard_timeout backstop fired: the response ends now, audited, even if
+            # this comes before the controller's own expiry check
+            self.outbox += self.responder.removed_by_switch(rules.cookie_id(cookie), dpid)
+            return
         if dpid in self.switches and rules.cookie_kind(cookie) == rules.Kind.FORWARD:
             delta = self.flow_tracker.removed(dpid, cookie, packets, nbytes, duration, self.clock())
             self._retire.add(rules.cookie_id(cookie))

@@ -797,6 +797,21 @@ class Engine:
             out += msgs
         return out
 
+    def removed_by_switch(self, rid: int, dpid: int, now: float, slack: float = 1.0) -> Messages:
+        """A switch removed one of `rid`'s rules.  When the response is due (within `slack`
+        s: the hard_timeout is the ttl rounded up), the switch's backstop fired first: the
+        response expires now, audited as such, and its rules elsewhere go too.  Anything
+        else (a release's own delete, a response ended already) changes nothing."""
+        r = self.store.get(rid)
+        if r is None or r.state != "active" or r.mode != "enforce" or now < r.expires - slack:
+            return []
+        msgs = self._removal(r)
+        self.store.mark(r.id, "expired", now)
+        self.audit.write("expired", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
+                         response_id=r.id, rules=msgs, outcome="expired",
+                         detail={"expires": r.expires, "by": "switch hard_timeout", "dpid": dpid})
+        return msgs
+
     def reconcile(self, dpid: int, now: float) -> Messages:
         """A switch (re)connected: expire what is due, remove from it what ended
         while it may still hold it, and re-install there every active enforced

@@ -411,6 +411,9 @@ class Responder:
     def expire(self) -> Out:
         return self.engine.expire(self.wall())
 
+    def removed_by_switch(self, rid: int, dpid: int) -> Out:
+        return self.engine.removed_by_switch(rid, dpid, self.wall())
+
     def reconcile(self, dpid: int) -> Out:
         self.confirmations.forget(dpid)
         return self.engine.reconcile(dpid, self.wall())

@@ -213,3 +213,19 @@ def test_gateway_is_its_internal_address_even_if_it_arped_from_the_wan_first(tmp
     c, _ = make(tmp_path)
     c.inventory.get(GW).ips.insert(0, "203.0.113.1")
     assert c.responder.gateway() == ("10.0.0.1", GW)
+
+
+def test_expiry_is_audited_when_the_switch_backstop_fires_first(tmp_path):
+    c, clock = make(tmp_path)
+    c.manual_response({"action": "quarantine", "device": "camera", "ttl": 60})
+    (r,) = c.responses_view()
+    cookie = int(r["cookie"], 16)
+    c.flow_removed(2, cookie, 0, 0, 30.0)            # a delete of ours, long before the ttl: nothing
+    assert [x["id"] for x in c.responses_view()] == [r["id"]]
+    clock.t += 60                                       # the hard_timeout fired on the switch
+    c.flow_removed(2, cookie, 0, 0, 60.0)
+    assert c.responses_view() == []
+    (expired,) = [e for e in c.audit_view(None) if e["event"] == "expired"]
+    assert expired["response_id"] == r["id"] and expired["detail"]["by"] == "switch hard_timeout"
+    c.flow_removed(2, cookie, 0, 0, 60.0)            # its other rules' flow-removed: once only
+    assert len([e for e in c.audit_view(None) if e["event"] == "expired"]) == 1
