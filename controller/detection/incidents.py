@@ -33,6 +33,7 @@ PRE = 120            # windows kept before an alert
 POST = 120           # windows collected after it
 FLUSH_EVERY = 2
 MAX_OPEN = 50
+MAX_FILES = 1000     # incident files kept in the directory; the oldest are removed beyond it
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Incidents:
         self._rings: dict[str, _Ring] = {}
         self.open: dict[str, Incident] = {}    # alert id -> incident
         self.window_s = 1.0
+        self.pruned = 0                         # incident files removed by the MAX_FILES bound
 
     def add_window(self, now: float, window_s: float, macs: Sequence[str], X: np.ndarray) -> None:
         """One closed window for every active device; feeds the rings and open incidents."""
@@ -126,6 +128,23 @@ class Incidents:
                        values=np.round(values.astype(np.float64), 4).tolist(), left=self.post)
         self.open[alert.id] = inc
         self._write(inc, now)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep at most MAX_FILES incident files: the oldest go (alerts are not bounded,
+        the disk is)."""
+        if self.directory is None:
+            return
+        try:
+            names = [n for n in os.listdir(self.directory) if n.endswith(".json")]
+            if len(names) <= MAX_FILES:
+                return
+            paths = sorted((os.path.join(self.directory, n) for n in names), key=os.path.getmtime)
+            for path in paths[:len(paths) - MAX_FILES]:
+                os.remove(path)
+                self.pruned += 1
+        except OSError as e:
+            LOG.error("could not prune incidents in %s: %s", self.directory, e)
 
     def flush(self, now: float) -> None:
         for inc in self.open.values():

@@ -73,6 +73,9 @@ def own_addresses(config: Config) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+MAX_ALERT_DEVICES = 50   # an injected outbreak's devices, as the detector's own (Detector.MAX_OUTBREAK_DEVICES)
+
+
 class RequestError(ValueError):
     """A manual request that cannot be carried out; the message names the field."""
 
@@ -368,6 +371,12 @@ class Responder:
         devices = body.get("devices") or []
         if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
             raise RequestError("field 'devices' must be a list of device names")
+        for name, value, most in (("devices", devices, MAX_ALERT_DEVICES), ("features", features, 32),
+                                  ("window", window, 64)):
+            if len(value) > most:   # each listed device is one engine call and one audit line
+                raise RequestError(f"field {name!r} has {len(value)} entries; at most {most}")
+        if isinstance(body.get("explanation"), str) and len(body["explanation"]) > 1000:
+            raise RequestError(f"field 'explanation' is {len(body['explanation'])} characters; at most 1000")
         dev = None
         if kind != "outbreak":
             ref = body.get("device")

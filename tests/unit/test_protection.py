@@ -120,3 +120,31 @@ def test_a_release_of_an_impossible_id_is_not_found(tmp_path):
     c, _ = make(tmp_path)
     with pytest.raises(KeyError, match="no response with id"):
         c.release_response(99999999999999999999999, "test")
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"kind": "outbreak", "devices": ["camera"] * 51, "score": 2}, "field 'devices' has 51 entries; at most 50"),
+    ({"kind": "anomaly", "device": "camera", "features": [{"feature": "tx_bytes"}] * 33},
+     "field 'features' has 33 entries; at most 32"),
+    ({"kind": "anomaly", "device": "camera", "window": {f"f{i}": 1 for i in range(65)}},
+     "field 'window' has 65 entries; at most 64"),
+    ({"kind": "anomaly", "device": "camera", "explanation": "x" * 1001},
+     "field 'explanation' is 1001 characters; at most 1000"),
+])
+def test_an_injected_alert_is_bounded(tmp_path, body, message):
+    c, _ = make(tmp_path)
+    with pytest.raises(RequestError, match=message):
+        c.inject_alert(body)
+    assert [e for e in audit(c)] == []
+
+
+def test_incident_files_are_bounded(tmp_path, monkeypatch):
+    from controller.detection import incidents
+    monkeypatch.setattr(incidents, "MAX_FILES", 3)
+    c, clock = make(tmp_path)
+    c.keep_incidents(str(tmp_path / "incidents"))
+    for i in range(5):
+        clock.t += 1
+        c.inject_alert({"kind": "anomaly", "device": "camera", "score": 9})
+    files = list((tmp_path / "incidents").glob("*.json"))
+    assert len(files) == 3 and c.incidents.pruned == 2
