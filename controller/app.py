@@ -10,9 +10,11 @@ the IOTGUARD_CONFIG environment variable).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 
@@ -216,6 +218,8 @@ class IoTGuard(compat.GuardedApp):
             done = self._locked(self.core.manual_response, body)
         except RequestError as e:
             raise ApiError(400, "bad_request", str(e)) from None
+        except (OSError, sqlite3.OperationalError) as e:
+            raise _storage_error(e) from None
         self._flush()
         acts = done["actions"]     # what the engine decided, action by action (no re-read of the audit log)
         ids = {a["response_id"] for a in acts if a["response_id"] is not None}
@@ -479,3 +483,14 @@ def _decision_request(q: dict) -> tuple[int, str, str]:
     body = body_fields(q.get("body"), {}, {"by": str, "reason": str})
     by = (body["by"] or "api").strip()[:64] or "api"
     return int(raw), by, (body["reason"] or "")[:500]
+
+
+def _storage_error(e: Exception) -> Exception:
+    """A write to the state directory failed: 507 when the disk is full, else the error itself."""
+    full = getattr(e, "errno", None) == errno.ENOSPC or "full" in str(e).lower()
+    if not full:
+        return e
+    LOG.error("state directory full: %s", e)
+    return ApiError(507, "insufficient_storage", f"the state directory is full ({e}); the response may "
+                                                 "not be recorded or installed: free space, then check "
+                                                 "'iotguard responses' and 'iotguard state check'")

@@ -54,6 +54,18 @@ class SwitchState:
     port_deltas: dict[int, PortDelta] = field(default_factory=dict)
 
 
+LOW_DISK = 4 * 1024 * 1024      # bytes free in the state directory below which health says so
+
+
+def state_free_bytes(path: str) -> int | None:
+    """Bytes an unprivileged writer may still use under `path` (None: cannot tell)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 class Core:
     def __init__(self, config: Config, clock=time.monotonic, wall=time.time,
                  framework: str = "") -> None:
@@ -553,6 +565,13 @@ class Core:
         event (it is sent a tick every second); past STALL_AFTER the status is "degraded",
         since switch events (connects, packet-ins, barriers, errors) are no longer handled."""
         reasons = []
+        free = state_free_bytes(self.config.state_dir)
+        if free is not None and free < LOW_DISK:
+            reasons.append(f"the state directory {self.config.state_dir} has {free} bytes free: responses "
+                           "and the audit log cannot be written (forwarding goes on)")
+        if self.counters["state_write_errors"]:
+            reasons.append(f"{self.counters['state_write_errors']} state write(s) failed since start "
+                           "(disk full or unwritable); see the log")
         if loop_age is not None and loop_age > self.STALL_AFTER:
             reasons.append(f"the OpenFlow event loop has not run for {loop_age:.0f}s: switch events "
                            "are not being handled")

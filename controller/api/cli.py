@@ -338,6 +338,11 @@ def cmd_run(args) -> int:
         print(f"iotguard: the playbooks are invalid; not starting:\n{problems}", file=sys.stderr)
         return 2
     prepare_state(config)
+    from controller.core import LOW_DISK, state_free_bytes
+    free = state_free_bytes(config.state_dir)
+    if free is not None and free < LOW_DISK:
+        print(f"iotguard: warning: the state directory {config.state_dir} has only {free} bytes free; "
+              "responses and the audit log may not be written (forwarding will go on)", file=sys.stderr)
     from controller.response.state import StateError, guard
     try:
         guard(config.state_dir)

@@ -316,7 +316,13 @@ class ResponseStore:
                 db.execute("BEGIN IMMEDIATE")
 
             def __exit__(self, exc_type, *rest) -> None:
-                db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                if exc_type is None:
+                    db.execute("COMMIT")
+                    return
+                try:        # sqlite may have rolled back already (a full disk): keep the real error
+                    db.execute("ROLLBACK")
+                except sqlite3.OperationalError:
+                    pass
         return _T()
 
     # ------------------------------------------------------------ rows

@@ -226,3 +226,20 @@ def test_the_packet_in_frame_counts_in_its_window():
     assert cam[INDEX["tcp_share"]] == 0.5 and cam[INDEX["other_share"]] == 0.5
     assert hub[INDEX["rx_packets"]] == 1 and hub[INDEX["rx_bytes"]] == len(frame)
     assert hub[INDEX["tx_packets"]] == 1, "its own ARP broadcast"
+
+
+def test_health_says_when_the_state_disk_is_full(tmp_path, monkeypatch):
+    import os
+    from controller import core as core_module
+    from controller.config import parse_config
+    from controller.core import Core
+    c = Core(parse_config(f"state_dir: {tmp_path}\n"), clock=Clock(), wall=Clock())
+    assert c.health_view()["status"] == "ok"
+
+    class Full:
+        f_bavail, f_frsize = 10, 4096
+    monkeypatch.setattr(core_module.os, "statvfs", lambda path: Full())
+    h = c.health_view()
+    assert h["status"] == "degraded"
+    assert h["reasons"] == [f"the state directory {tmp_path} has 40960 bytes free: responses and the audit "
+                            "log cannot be written (forwarding goes on)"]
