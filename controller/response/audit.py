@@ -42,6 +42,8 @@ EVENTS = ("decision", "installed", "failed", "dry-run", "released", "expired", "
 FIELDS = ("time", "event", "alert", "playbook", "action", "mode", "response_id", "rules",
           "outcome", "error", "detail")
 READ_LIMIT = 1000
+MAX_BYTES = 64 * 1024 * 1024   # the live file rotates past this size ...
+KEEP = 8                       # ... and this many rotated copies are kept (.1 newest): 576 MiB in all
 OLDER_RUN = 10000   # a `since` read stops after this many records in a row older than it (clock steps)
 
 
@@ -88,8 +90,12 @@ def rule_records(messages: Iterable[tuple[int, Any]]) -> list[dict]:
 class AuditLog:
     """Append-only JSON lines; `write` one record, `read` newest first."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
         self.path = os.fspath(path)
+        self.max_bytes, self.keep = max_bytes, keep
+        self._open()
+
+    def _open(self) -> None:
         try:   # O_NONBLOCK: a FIFO put in its place fails here instead of hanging start-up
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
                                0o600)
@@ -102,6 +108,25 @@ class AuditLog:
         if stat.S_IMODE(st.st_mode) != 0o600:
             os.fchmod(self._fd, 0o600)
         self._torn = st.st_size > 0 and not self._ends_with_newline(st.st_size)
+        self._size = st.st_size
+
+    def files(self) -> list[str]:
+        """The log's files, newest first: the live one, then its rotated copies .1 .. .keep."""
+        return [self.path] + [f"{self.path}.{i}" for i in range(1, self.keep + 1)
+                              if os.path.exists(f"{self.path}.{i}")]
+
+    def _rotate(self) -> None:
+        """audit.jsonl -> .1 -> .2 ... -> .keep; the oldest copy goes.  Each file stays append-only."""
+        os.close(self._fd)
+        self._fd = -1
+        oldest = f"{self.path}.{self.keep}"
+        if os.path.exists(oldest):
+            os.remove(oldest)
+        for i in range(self.keep - 1, 0, -1):
+            if os.path.exists(f"{self.path}.{i}"):
+                os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        self._open()
 
     def _ends_with_newline(self, size: int) -> bool:
         with open(self.path, "rb") as f:
@@ -136,11 +161,15 @@ class AuditLog:
                   "outcome": outcome, "error": error, "detail": detail}
         line = json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False) + "\n"
         data = (b"\n" if self._torn else b"") + line.encode("utf-8")
+        if self.keep > 0 and self._size > 0 and self._size + len(data) > self.max_bytes:
+            self._rotate()
+            data = line.encode("utf-8")
         written = os.write(self._fd, data)
         while written < len(data):      # a regular file takes it all; a full disk raises
             written += os.write(self._fd, data[written:])
         os.fsync(self._fd)
         self._torn = False
+        self._size += len(data)
         return record
 
     def read(self, since: float | None = None, limit: int = READ_LIMIT) -> list[dict]:
@@ -153,7 +182,7 @@ class AuditLog:
         limit = max(0, min(int(limit), READ_LIMIT))
         out: list[dict] = []
         older = 0
-        for raw in _lines_backwards(self.path):
+        for raw in (line for path in self.files() for line in _lines_backwards(path)):
             if len(out) >= limit:
                 break
             try:

@@ -58,6 +58,15 @@ class Report:
 
 
 def _audit_records(path: str) -> Iterator[dict]:
+    """Every record of the audit log, oldest first: its rotated copies (.N .. .1), then the live file."""
+    rotated = sorted((int(n.rsplit(".", 1)[1]), n) for n in os.listdir(os.path.dirname(path) or ".")
+                     if n.startswith(os.path.basename(path) + ".") and n.rsplit(".", 1)[1].isdigit())
+    for _, name in reversed(rotated):
+        yield from _file_records(os.path.join(os.path.dirname(path), name))
+    yield from _file_records(path)
+
+
+def _file_records(path: str) -> Iterator[dict]:
     try:
         f = open(path, "rb")
     except FileNotFoundError:

@@ -121,3 +121,19 @@ def test_the_audit_read_is_bounded_and_reads_the_log_backwards(tmp_path):
     assert peak < 3_000_000           # the 1000 records it returns, not the whole 0.9 MB file twice over
     assert [r["response_id"] for r in log.read(since=2996.0)] == [2999, 2998, 2997]
     assert log.read(limit=10**9)[999]["response_id"] == 2000         # the cap holds whatever is asked
+
+
+def test_the_audit_log_rotates_by_size_and_keeps_its_copies(tmp_path):
+    log = AuditLog(tmp_path / "audit.jsonl", max_bytes=20_000, keep=3)
+    for i in range(400):
+        log.write("decision", time=float(i), action="quarantine", response_id=i, outcome="sent",
+                  detail={"pad": "x" * 100})
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
+    assert all(p.stat().st_size <= 20_000 for p in tmp_path.iterdir())
+    newest = log.read(limit=1000)
+    ids = [r["response_id"] for r in newest]
+    assert ids[0] == 399 and ids == sorted(ids, reverse=True) and ids == list(range(399, 399 - len(ids), -1))
+    assert 300 > len(ids) > 100             # what the retention keeps: 4 files of at most 20 kB
+    records = list(state._audit_records(str(tmp_path / "audit.jsonl")))
+    assert [r["response_id"] for r in records] == sorted(ids)        # oldest first, across the copies
