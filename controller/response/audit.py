@@ -4,7 +4,9 @@ Every decision of the response engine, and everything that later happens to the
 response it made (installed, failed, released, expired, reconciled), is one
 line.  The file is opened O_APPEND and created 0600 (an existing file is
 chmod'ed to 0600); each record is one `write()` followed by `fsync()`.  Nothing
-here ever truncates, rewrites or seeks: earlier lines stay byte-for-byte.
+here ever truncates, rewrites or seeks: earlier lines stay byte-for-byte.  Past
+`MAX_BYTES` the file is renamed to `audit.jsonl.1` (older copies shift, `KEEP` are
+kept) and a new one is started; reads span the copies, newest first.
 
 A crash can leave a last line without its newline.  `read()` skips any line that
 is not a JSON object, and the first append after opening such a file starts
