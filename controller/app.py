@@ -127,7 +127,7 @@ class IoTGuard(compat.GuardedApp):
         })
         self._server = None
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, lambda signum, frame: hub.spawn(self.reload_playbooks))
+            signal.signal(signal.SIGHUP, lambda signum, frame: hub.spawn(self._reload_on_signal))
 
     # ------------------------------------------------------------ plumbing
     def start(self):
@@ -227,6 +227,10 @@ class IoTGuard(compat.GuardedApp):
         failed = [a for a in acts if a["outcome"] == "failed"]
         if failed and not mine:
             raise ApiError(422, "response_failed", failed[0].get("error") or "the response failed")
+        refused = [a for a in acts if a["outcome"] == "refused"]
+        if refused and not mine:    # a protected device or address: nothing was done
+            raise ApiError(403, "refused", f"{refused[0]['error']}; send \"force\": true to override",
+                           actions=acts)
         return 201, {"responses": mine, "actions": acts}
 
     def _approve(self, q: dict):
@@ -259,6 +263,16 @@ class IoTGuard(compat.GuardedApp):
             raise ApiError(404, "not_found", str(e.args[0])) from None
         self._send(out)
         return {"released": int(raw), "rules_removed": len(out)}
+
+    def _reload_on_signal(self) -> None:
+        """SIGHUP: reload, and say what happened either way (a spawned task dies silently)."""
+        try:
+            done = self.reload_playbooks()
+        except Exception:  # noqa: BLE001
+            LOG.exception("SIGHUP: playbook reload failed")
+            return
+        if isinstance(done, dict):
+            LOG.info("SIGHUP: playbooks reloaded: %s", ", ".join(done.get("loaded") or []) or "(none)")
 
     def reload_playbooks(self):
         """SIGHUP or POST /api/v1/playbooks/reload; an invalid set changes nothing."""

@@ -224,7 +224,16 @@ def test_block_ip_stops_every_host_reaching_it(lab):
     ctl, net = lab
     hosts = [net.get(n) for n in ("camera", "laptop", "tv")]
     assert all(http_ok(h, INET) for h in hosts)
-    done = ctl.call("POST", "/api/v1/responses", {"action": "block_ip", "ttl": 120, "params": {"ip": INET}})
+    # INET is also the DNS server, a protected address: an operator must insist
+    with pytest.raises(urllib.error.HTTPError) as e:
+        ctl.call("POST", "/api/v1/responses", {"action": "block_ip", "ttl": 120, "params": {"ip": INET}})
+    refused = json.load(e.value)
+    assert e.value.code == 403 and refused["error"] == "refused"
+    assert refused["message"] == f"{INET}/32 covers a DNS server ({INET}); send \"force\": true to override"
+    assert refused["actions"][0]["outcome"] == "refused"
+    assert all(http_ok(h, INET) for h in hosts), "a refused response installs nothing"
+    done = ctl.call("POST", "/api/v1/responses", {"action": "block_ip", "ttl": 120, "params": {"ip": INET},
+                                                   "force": True})
     (r,) = done["responses"]
     confirmed(ctl, r["id"])
 
