@@ -91,6 +91,8 @@ def framework_parse(messages: list[bytes], dp) -> list:
 def iotguard_path(messages: list[bytes], dp, tracker, assembler, registry, edge, now: float):
     """(2) Raw hook parse, the app's handler (join, assembler), then the stats step."""
     result = None
+    for xid in {ofproto_parser.header(m)[3] for m in messages}:
+        assembler.expect(dp.id, xid)      # the app registers each request's xid when it sends it
     for m in messages:
         version, msg_type, msg_len, xid = ofproto_parser.header(m)
         msg = ofproto_parser.msg(dp, version, msg_type, msg_len, xid, bytearray(m)[:msg_len])
