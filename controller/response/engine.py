@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import ipaddress
 import json
 import logging
 import math
@@ -68,7 +67,7 @@ from controller.response import playbook as pb
 from controller.openflow import rules
 from controller.response.audit import AuditLog
 from controller.response import codec
-from controller.response.actions import REGISTRY, ResponseAction
+from controller.response.actions import REGISTRY
 from controller.response.actions.base import Context, is_ipv4
 from controller.addresses import Subnets
 from controller.response.protection import Protection, refusal

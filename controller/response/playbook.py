@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import difflib
 import errno
-import ipaddress
 import math
 import operator
 import os
@@ -28,7 +27,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -38,11 +37,11 @@ from controller.config import Device
 from controller.detection.alert import DETECTED_KINDS, Alert, finite
 from controller.detection.novelty import NOVELTY_VALUES
 from controller.response.actions import REGISTRY
-from controller.response.validation import (DEFAULT_TTL, MAX_TTL, PROTOS, REQUIRED, Checker, PlaybookError,
+from controller.response.validation import (DEFAULT_TTL, MAX_TTL, REQUIRED, Checker, PlaybookError,
                                             Problem, Skip, child, duration, fmt_duration, host_name,
                                             mac_value, name_value, parse_record, port_value, tag_value)
 from controller.telemetry.features import FEATURES
-from controller.yamlnodes import NAME_RE, join, normalise_mac, short
+from controller.yamlnodes import NAME_RE, join, short
 
 __all__ = [
     "ALERT_KINDS", "CONDITION_FEATURES", "MODES", "DEFAULT_TTL", "MAX_TTL", "actions", "params_class",

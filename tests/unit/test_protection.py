@@ -3,13 +3,10 @@ controller, infra devices or internal prefixes; a manual one needs "force": true
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from controller.response import playbook as pb
 from controller.response.service import RequestError
-from tests.unit.test_responder import CAM, GW, make
+from tests.unit.test_responder import CAM, make
 
 OUTBREAK_BOOK = """
 playbooks:

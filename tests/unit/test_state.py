@@ -22,7 +22,7 @@ from tests.unit.test_responder import BOOKS, make
 def quarantined(tmp_path):
     """A controller that quarantined the camera (10 min), then stopped."""
     c, clock = make(tmp_path)
-    done = c.manual_response({"action": "quarantine", "device": "camera", "ttl": 600})
+    c.manual_response({"action": "quarantine", "device": "camera", "ttl": 600})
     (r,) = c.responses_view()
     c.responder.close()
     return c, clock, r["id"]
