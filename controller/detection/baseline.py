@@ -41,6 +41,9 @@ DAY = 86400.0
 MAD_TO_SD = 1.4826      # times the MAD of a normal sample, its standard deviation
 TAIL_PRIOR_EXCESS = 0.47   # mean excess of a standard normal beyond its 90th percentile
 TAIL_PRIOR_WEIGHT = 10.0   # ... counted as this many observed tail points
+TAIL_MARGIN = 3.0        # the extrapolated threshold is at most this far above the top score
+CV_FOLDS = 5             # cross-fitting folds for the out-of-sample calibration scores
+CV_MIN_WINDOWS = 20      # fewer warm-up windows: calibrate on in-sample scores
 RANGE_K = 2.33          # explain(): median +- 2.33 scales is the 1st..99th percentile of a normal
 _Z_CAP = 8.0            # z fed to the covariance model: a few wild training windows cannot own it
 _VAR_FLOOR = 0.34       # var of max(z, 0), z ~ N(0, 1): a quiet feature counts as one scale unit noisy
@@ -86,14 +89,40 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         _check_params(self.get_params(), X.shape[1], ValueError)
         T = np.log1p(np.maximum(X, 0.0))
         self.n_windows_ = int(X.shape[0])
+        self._fit_model(T)
+        self.threshold_ = self._calibrate(self._out_of_sample_scores(T))
+        self.anchor_, self.anchor_scale_ = self.median_.copy(), self.scale_.copy()
+        self.anchor_time_ = None            # fold() starts the first 24 h period
+        return self
+
+    def _fit_model(self, T: np.ndarray) -> None:
+        """Medians, scales and the covariance model from log1p windows `T`."""
         self.median_ = np.median(T, axis=0)
         mad = np.median(np.abs(T - self.median_), axis=0)
         self.scale_ = np.maximum(MAD_TO_SD * mad, self._scale_floor())
         self._fit_covariance(T)
-        self.threshold_ = self._calibrate(self._scores(T))
-        self.anchor_, self.anchor_scale_ = self.median_.copy(), self.scale_.copy()
-        self.anchor_time_ = None            # fold() starts the first 24 h period
-        return self
+
+    def _out_of_sample_scores(self, T: np.ndarray) -> np.ndarray:
+        """Each warm-up window's score by a model fitted without it (CV_FOLDS-fold cross-fit).
+
+        In-sample scores are too kind: a window that is alone in its corner of the feature
+        space pulls the median, scale and covariance toward itself, so the tail the
+        threshold is read from is the tail of windows the model has already seen.  Folds
+        interleave (window i is in fold i mod CV_FOLDS), so each one spans the whole
+        warm-up and no fold is missing a phase (a setup, an idle hour) the others have.
+        With fewer than CV_MIN_WINDOWS windows the folds would be too thin: in-sample.
+        """
+        n = T.shape[0]
+        if n < CV_MIN_WINDOWS:
+            return self._scores(T)
+        out = np.empty(n)
+        fold = np.arange(n) % CV_FOLDS
+        for k in range(CV_FOLDS):
+            m = DeviceBaseline(**self.get_params())
+            m.n_features_in_ = self.n_features_in_
+            m._fit_model(T[fold != k])
+            out[fold == k] = m._scores(T[fold == k])
+        return out
 
     def _fit_covariance(self, T: np.ndarray) -> None:
         F = T.shape[1]
@@ -117,13 +146,16 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         self.d_scale_ = float(max(MAD_TO_SD * np.median(np.abs(d - self.d_median_)), _D_SCALE_FLOOR))
 
     def _calibrate(self, a: np.ndarray) -> float:
-        """The (1 - far) quantile of the training scores, floored at z_floor.
+        """The (1 - far) quantile of the (out-of-sample) warm-up scores, floored at z_floor.
 
         Beyond the sample, an exponential tail is fitted to the top 10%.  Its
         mean excess is shrunk toward a prior (that of a normal tail beyond its
         90th percentile, in z units) with the weight of TAIL_PRIOR_WEIGHT
         points: with 30 warm-up windows the top 10% is three numbers, and one
         noisy window would otherwise set the threshold for the device's life.
+        The extrapolation is ln(0.1 / far) mean excesses (6.9 at far=1e-4), which on
+        a heavy-tailed device lands far beyond anything it ever sent, where no
+        attack reaches either: it is capped at TAIL_MARGIN above the highest score.
         """
         if len(a) * self.far >= 5 or self.far >= 0.1:
             t = float(np.quantile(a, 1 - self.far))
@@ -132,7 +164,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             top = a[a > q90]
             excess = (float(np.sum(top - q90)) + TAIL_PRIOR_WEIGHT * TAIL_PRIOR_EXCESS) / \
                 (top.size + TAIL_PRIOR_WEIGHT)
-            t = q90 + excess * math.log(0.1 / self.far)
+            t = min(q90 + excess * math.log(0.1 / self.far), float(np.max(a)) + TAIL_MARGIN)
         return float(max(self.z_floor, t))
 
     # ------------------------------------------------------------ scoring
