@@ -37,6 +37,10 @@ from sklearn.covariance import LedoitWolf
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 SCHEMA = "iotguard.baseline/1"
+# How threshold_ was calibrated: 1 = on in-sample scores with an uncapped tail (a file without
+# a "version" field); 2 = on cross-fitted scores, tail capped.  The arrays mean the same in
+# both, so an old file loads as it is and keeps its threshold (and version) until refitted.
+VERSION = 2
 DAY = 86400.0
 MAD_TO_SD = 1.4826      # times the MAD of a normal sample, its standard deviation
 TAIL_PRIOR_EXCESS = 0.47   # mean excess of a standard normal beyond its 90th percentile
@@ -91,6 +95,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         self.n_windows_ = int(X.shape[0])
         self._fit_model(T)
         self.threshold_ = self._calibrate(self._out_of_sample_scores(T))
+        self.version_ = VERSION
         self.anchor_, self.anchor_scale_ = self.median_.copy(), self.scale_.copy()
         self.anchor_time_ = None            # fold() starts the first 24 h period
         return self
@@ -291,7 +296,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         """Numbers and lists only, JSON-serialisable."""
         check_is_fitted(self)
         return {
-            "schema": SCHEMA,
+            "schema": SCHEMA, "version": int(getattr(self, "version_", VERSION)),
             "params": {"far": float(self.far), "min_scale": _plain(self.min_scale),
                        "z_floor": float(self.z_floor), "two_sided": [int(i) for i in self.two_sided],
                        "multivariate": bool(self.multivariate)},
@@ -308,7 +313,8 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             raise BaselineFormatError(f"baseline: expected an object, got {type(d).__name__}")
         if not isinstance(d.get("schema"), str) or d["schema"] != SCHEMA:
             raise BaselineFormatError(f"schema: expected {SCHEMA!r}")
-        _exact_keys(d, _FIELDS, "baseline")
+        _exact_keys({k: v for k, v in d.items() if k != "version"}, _FIELDS, "baseline")
+        version = _integer(d.get("version", 1), "version", 1, VERSION)
         params = d["params"]
         if not isinstance(params, dict):
             raise BaselineFormatError("params: expected an object")
@@ -316,6 +322,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         F = _integer(d["n_features_in_"], "n_features_in_", 1, _MAX_FEATURES)
         est = cls(**_check_params(params, F, BaselineFormatError))
         est.n_features_in_ = F
+        est.version_ = version
         est.n_windows_ = _integer(d["n_windows_"], "n_windows_", 2, 10**15)
         for k in ("median_", "location_", "anchor_"):
             setattr(est, k, _vector(d[k], k, F))
