@@ -14,9 +14,11 @@ Why this shape:
   catches several of them moderately off together, or off against each other.  It fits the
   20 KB/device budget; a per-device IsolationForest does not.  Features constant in training
   stay out of it, so for them (and for a flat device) min_scale and z_floor alone decide.
-* The threshold is calibrated on the training scores for a target false-alarm rate per
-  window (`far`).  Too few windows for the empirical quantile: an exponential tail fitted to
-  the top 10% is extrapolated, which errs high for the light tails of normal traffic.
+* The threshold is calibrated for a target false-alarm rate per window (`far`) on
+  out-of-sample scores: each warm-up window scored by a model fitted without it (5
+  interleaved folds).  Too few windows for the empirical quantile: an exponential tail
+  fitted to the top 10% is extrapolated, which errs high for the light tails of normal
+  traffic and far too high for heavy ones, so it is capped at TAIL_MARGIN above the top score.
 
 Inputs are expected non-negative.  Negative values are clipped to 0 rather than rejected
 (scikit-learn's estimator checks feed random negative data; a negative count means nothing).
