@@ -18,7 +18,8 @@ Why this shape:
   out-of-sample scores: each warm-up window scored by a model fitted without it (5
   interleaved folds).  Too few windows for the empirical quantile: an exponential tail
   fitted to the top 10% is extrapolated, which errs high for the light tails of normal
-  traffic and far too high for heavy ones, so it is capped at TAIL_MARGIN above the top score.
+  traffic and far too high for heavy ones, so it is capped at TAIL_MARGIN above the
+  second-highest score (one odd warm-up window cannot set the cap).
 
 Inputs are expected non-negative.  Negative values are clipped to 0 rather than rejected
 (scikit-learn's estimator checks feed random negative data; a negative count means nothing).
@@ -47,7 +48,7 @@ DAY = 86400.0
 MAD_TO_SD = 1.4826      # times the MAD of a normal sample, its standard deviation
 TAIL_PRIOR_EXCESS = 0.47   # mean excess of a standard normal beyond its 90th percentile
 TAIL_PRIOR_WEIGHT = 10.0   # ... counted as this many observed tail points
-TAIL_MARGIN = 3.0        # the extrapolated threshold is at most this far above the top score
+TAIL_MARGIN = 3.0        # the extrapolated threshold is at most this far above the 2nd-highest score
 CV_FOLDS = 5             # cross-fitting folds for the out-of-sample calibration scores
 CV_MIN_WINDOWS = 20      # fewer warm-up windows: calibrate on in-sample scores
 RANGE_K = 2.33          # explain(): median +- 2.33 scales is the 1st..99th percentile of a normal
@@ -162,7 +163,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         noisy window would otherwise set the threshold for the device's life.
         The extrapolation is ln(0.1 / far) mean excesses (6.9 at far=1e-4), which on
         a heavy-tailed device lands far beyond anything it ever sent, where no
-        attack reaches either: it is capped at TAIL_MARGIN above the highest score.
+        attack reaches either: it is capped at TAIL_MARGIN above the second-highest score.
         """
         if len(a) * self.far >= 5 or self.far >= 0.1:
             t = float(np.quantile(a, 1 - self.far))
@@ -171,7 +172,10 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             top = a[a > q90]
             excess = (float(np.sum(top - q90)) + TAIL_PRIOR_WEIGHT * TAIL_PRIOR_EXCESS) / \
                 (top.size + TAIL_PRIOR_WEIGHT)
-            t = min(q90 + excess * math.log(0.1 / self.far), float(np.max(a)) + TAIL_MARGIN)
+            # The cap stands on the second-highest score: one odd warm-up window (or an
+            # attack already running) must not set it, as it must not set the tail above.
+            second = float(np.partition(a, a.size - 2)[a.size - 2])
+            t = min(q90 + excess * math.log(0.1 / self.far), second + TAIL_MARGIN)
         return float(max(self.z_floor, t))
 
     # ------------------------------------------------------------ scoring
