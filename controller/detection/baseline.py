@@ -14,9 +14,12 @@ Why this shape:
   catches several of them moderately off together, or off against each other.  It fits the
   20 KB/device budget; a per-device IsolationForest does not.  Features constant in training
   stay out of it, so for them (and for a flat device) min_scale and z_floor alone decide.
-* The threshold is calibrated on the training scores for a target false-alarm rate per
-  window (`far`).  Too few windows for the empirical quantile: an exponential tail fitted to
-  the top 10% is extrapolated, which errs high for the light tails of normal traffic.
+* The threshold is calibrated for a target false-alarm rate per window (`far`) on
+  out-of-sample scores: each warm-up window scored by a model fitted without it (5
+  interleaved folds).  Too few windows for the empirical quantile: an exponential tail
+  fitted to the top 10% is extrapolated, which errs high for the light tails of normal
+  traffic and far too high for heavy ones, so it is capped at TAIL_MARGIN above the
+  second-highest score (one odd warm-up window cannot set the cap).
 
 Inputs are expected non-negative.  Negative values are clipped to 0 rather than rejected
 (scikit-learn's estimator checks feed random negative data; a negative count means nothing).
@@ -37,10 +40,17 @@ from sklearn.covariance import LedoitWolf
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 SCHEMA = "iotguard.baseline/1"
+# How threshold_ was calibrated: 1 = on in-sample scores with an uncapped tail (a file without
+# a "version" field); 2 = on cross-fitted scores, tail capped.  The arrays mean the same in
+# both, so an old file loads as it is and keeps its threshold (and version) until refitted.
+VERSION = 2
 DAY = 86400.0
 MAD_TO_SD = 1.4826      # times the MAD of a normal sample, its standard deviation
 TAIL_PRIOR_EXCESS = 0.47   # mean excess of a standard normal beyond its 90th percentile
 TAIL_PRIOR_WEIGHT = 10.0   # ... counted as this many observed tail points
+TAIL_MARGIN = 3.0        # the extrapolated threshold is at most this far above the 2nd-highest score
+CV_FOLDS = 5             # cross-fitting folds for the out-of-sample calibration scores
+CV_MIN_WINDOWS = 20      # fewer warm-up windows: calibrate on in-sample scores
 RANGE_K = 2.33          # explain(): median +- 2.33 scales is the 1st..99th percentile of a normal
 _Z_CAP = 8.0            # z fed to the covariance model: a few wild training windows cannot own it
 _VAR_FLOOR = 0.34       # var of max(z, 0), z ~ N(0, 1): a quiet feature counts as one scale unit noisy
@@ -86,14 +96,41 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         _check_params(self.get_params(), X.shape[1], ValueError)
         T = np.log1p(np.maximum(X, 0.0))
         self.n_windows_ = int(X.shape[0])
+        self._fit_model(T)
+        self.threshold_ = self._calibrate(self._out_of_sample_scores(T))
+        self.version_ = VERSION
+        self.anchor_, self.anchor_scale_ = self.median_.copy(), self.scale_.copy()
+        self.anchor_time_ = None            # fold() starts the first 24 h period
+        return self
+
+    def _fit_model(self, T: np.ndarray) -> None:
+        """Medians, scales and the covariance model from log1p windows `T`."""
         self.median_ = np.median(T, axis=0)
         mad = np.median(np.abs(T - self.median_), axis=0)
         self.scale_ = np.maximum(MAD_TO_SD * mad, self._scale_floor())
         self._fit_covariance(T)
-        self.threshold_ = self._calibrate(self._scores(T))
-        self.anchor_, self.anchor_scale_ = self.median_.copy(), self.scale_.copy()
-        self.anchor_time_ = None            # fold() starts the first 24 h period
-        return self
+
+    def _out_of_sample_scores(self, T: np.ndarray) -> np.ndarray:
+        """Each warm-up window's score by a model fitted without it (CV_FOLDS-fold cross-fit).
+
+        In-sample scores are too kind: a window that is alone in its corner of the feature
+        space pulls the median, scale and covariance toward itself, so the tail the
+        threshold is read from is the tail of windows the model has already seen.  Folds
+        interleave (window i is in fold i mod CV_FOLDS), so each one spans the whole
+        warm-up and no fold is missing a phase (a setup, an idle hour) the others have.
+        With fewer than CV_MIN_WINDOWS windows the folds would be too thin: in-sample.
+        """
+        n = T.shape[0]
+        if n < CV_MIN_WINDOWS:
+            return self._scores(T)
+        out = np.empty(n)
+        fold = np.arange(n) % CV_FOLDS
+        for k in range(CV_FOLDS):
+            m = DeviceBaseline(**self.get_params())
+            m.n_features_in_ = self.n_features_in_
+            m._fit_model(T[fold != k])
+            out[fold == k] = m._scores(T[fold == k])
+        return out
 
     def _fit_covariance(self, T: np.ndarray) -> None:
         F = T.shape[1]
@@ -117,13 +154,16 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         self.d_scale_ = float(max(MAD_TO_SD * np.median(np.abs(d - self.d_median_)), _D_SCALE_FLOOR))
 
     def _calibrate(self, a: np.ndarray) -> float:
-        """The (1 - far) quantile of the training scores, floored at z_floor.
+        """The (1 - far) quantile of the (out-of-sample) warm-up scores, floored at z_floor.
 
         Beyond the sample, an exponential tail is fitted to the top 10%.  Its
         mean excess is shrunk toward a prior (that of a normal tail beyond its
         90th percentile, in z units) with the weight of TAIL_PRIOR_WEIGHT
         points: with 30 warm-up windows the top 10% is three numbers, and one
         noisy window would otherwise set the threshold for the device's life.
+        The extrapolation is ln(0.1 / far) mean excesses (6.9 at far=1e-4), which on
+        a heavy-tailed device lands far beyond anything it ever sent, where no
+        attack reaches either: it is capped at TAIL_MARGIN above the second-highest score.
         """
         if len(a) * self.far >= 5 or self.far >= 0.1:
             t = float(np.quantile(a, 1 - self.far))
@@ -132,7 +172,10 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             top = a[a > q90]
             excess = (float(np.sum(top - q90)) + TAIL_PRIOR_WEIGHT * TAIL_PRIOR_EXCESS) / \
                 (top.size + TAIL_PRIOR_WEIGHT)
-            t = q90 + excess * math.log(0.1 / self.far)
+            # The cap stands on the second-highest score: one odd warm-up window (or an
+            # attack already running) must not set it, as it must not set the tail above.
+            second = float(np.partition(a, a.size - 2)[a.size - 2])
+            t = min(q90 + excess * math.log(0.1 / self.far), second + TAIL_MARGIN)
         return float(max(self.z_floor, t))
 
     # ------------------------------------------------------------ scoring
@@ -259,7 +302,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         """Numbers and lists only, JSON-serialisable."""
         check_is_fitted(self)
         return {
-            "schema": SCHEMA,
+            "schema": SCHEMA, "version": int(getattr(self, "version_", VERSION)),
             "params": {"far": float(self.far), "min_scale": _plain(self.min_scale),
                        "z_floor": float(self.z_floor), "two_sided": [int(i) for i in self.two_sided],
                        "multivariate": bool(self.multivariate)},
@@ -276,7 +319,8 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             raise BaselineFormatError(f"baseline: expected an object, got {type(d).__name__}")
         if not isinstance(d.get("schema"), str) or d["schema"] != SCHEMA:
             raise BaselineFormatError(f"schema: expected {SCHEMA!r}")
-        _exact_keys(d, _FIELDS, "baseline")
+        _exact_keys({k: v for k, v in d.items() if k != "version"}, _FIELDS, "baseline")
+        version = _integer(d.get("version", 1), "version", 1, VERSION)
         params = d["params"]
         if not isinstance(params, dict):
             raise BaselineFormatError("params: expected an object")
@@ -284,6 +328,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         F = _integer(d["n_features_in_"], "n_features_in_", 1, _MAX_FEATURES)
         est = cls(**_check_params(params, F, BaselineFormatError))
         est.n_features_in_ = F
+        est.version_ = version
         est.n_windows_ = _integer(d["n_windows_"], "n_windows_", 2, 10**15)
         for k in ("median_", "location_", "anchor_"):
             setattr(est, k, _vector(d[k], k, F))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from controller.detection.baseline import SCHEMA, BaselineFormatError, Contribution, DeviceBaseline
+from controller.detection.baseline import (SCHEMA, TAIL_MARGIN, VERSION, BaselineFormatError, Contribution,
+                                          DeviceBaseline)
 
 NAMES = ["tx_bytes", "tx_packets", "rx_bytes", "rx_packets", "flows", "distinct_ports",
          "distinct_dsts", "dns_queries", "syn_count", "tcp_share", "udp_share",
@@ -91,6 +92,23 @@ def test_tiny_far_uses_the_tail_extrapolation():
     alarms = int((b.predict(benign(20000, rng)) == -1).sum())
     assert alarms <= 10, alarms
     assert b.threshold_ >= b.z_floor
+
+
+def test_threshold_comes_from_out_of_sample_scores_with_a_capped_tail():
+    # A heavy tail: 1% of windows send 30x, the way a camera's occasional upload does.  The
+    # exponential extrapolation (6.9 mean excesses at far=1e-4) would put the threshold far
+    # beyond anything the device sends; capped, it stays within reach of a real window.
+    rng = np.random.default_rng(21)
+    X = benign(1000, rng)
+    X[::100, TX] *= 30
+    b = DeviceBaseline(two_sided=TWO_SIDED).fit(X)
+    T = np.log1p(X)
+    oos = b._out_of_sample_scores(T)
+    assert oos.shape == (1000,)
+    assert b.z_floor <= b.threshold_ <= np.sort(oos)[-2] + TAIL_MARGIN
+    assert int((b.predict(benign(20000, rng)) == -1).sum()) <= 10
+    few = DeviceBaseline().fit(X[:12])          # too few windows to cross-fit: in-sample
+    assert np.array_equal(few._out_of_sample_scores(np.log1p(X[:12])), few.anomaly_score(X[:12]))
 
 
 def test_flat_baseline_ignores_jitter_but_not_a_jump():
@@ -182,6 +200,22 @@ def test_roundtrip_gives_identical_scores():
     assert c.get_params() == b.get_params() and c.threshold_ == b.threshold_
     assert c.to_dict() == b.to_dict() and c.to_dict()["schema"] == SCHEMA
     assert c.fold(X[0], now=2000.0)
+
+
+def test_old_baselines_without_a_version_still_load():
+    b, rng = fitted()
+    d = json.loads(json.dumps(b.to_dict()))
+    assert d["version"] == VERSION
+    del d["version"]                    # as written before thresholds were cross-fitted
+    old = DeviceBaseline.from_dict(d)
+    X = benign(200, rng)
+    assert old.version_ == 1 and old.threshold_ == b.threshold_
+    assert np.array_equal(old.anomaly_score(X), b.anomaly_score(X))
+    assert old.to_dict()["version"] == 1 and roundtrip(old).version_ == 1
+    for bad in (0, VERSION + 1, True, "2", 2.0, None):
+        d["version"] = bad
+        with pytest.raises(BaselineFormatError, match="version"):
+            DeviceBaseline.from_dict(d)
 
 
 def _deep(depth: int) -> list:
