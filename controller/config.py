@@ -91,7 +91,7 @@ class Config:
     packet_in_burst: int = 200
     lldp_interval: float = 1.0
     devices: tuple[Device, ...] = ()
-    # detection (issue 3): see docs/config.md
+    # detection: see docs/config.md
     learn_seconds: float = 300.0
     far: float = 1e-4
     burst_floor: int = 20
@@ -99,7 +99,7 @@ class Config:
     outbreak_seconds: float = 30.0
     max_shift_per_day: float = 0.7
     exclude_tags: tuple[str, ...] = ("gateway", "internet", "infra", "external")
-    # responses (issue 4): see docs/config.md and docs/playbooks.md
+    # responses: see docs/config.md and docs/playbooks.md
     playbooks: tuple[str, ...] = (DEFAULT_PLAYBOOKS,)
     dry_run: bool = False
     dns_servers: tuple[str, ...] = ()
@@ -108,7 +108,7 @@ class Config:
     protected_names: tuple[str, ...] = ()
     protected_tags: tuple[str, ...] = ("infra", "gateway")
     protected_subnets: tuple[str, ...] = ()
-    # metrics (issue 5): see docs/metrics.md; port 0 disables the exporter
+    # metrics: see docs/metrics.md; port 0 disables the exporter
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
 

@@ -32,6 +32,16 @@ MP_FLOW, MP_PORT_STATS, MP_PORT_DESC = 1, 4, 13
 SOCK_TIMEOUT = 5.0
 
 
+# The messages (sent after HELLO and the FEATURES reply).
+NO_IN_PORT = bytes.fromhex(
+    "040a004c0000000cffffffff002a000110c601000000000000010004000000000000ffffffffffff02000000010108"
+    "0600010800060400010200000001010a0009010000000000000a000902")
+ALL_ONES_REMOVED = bytes.fromhex(
+    "040b00400000200210c6030000ffffff006400010000000100000000000a0000ffffffffffffffffffffffffffffffff"
+    "0001000c800000040000000100000000")
+ALL_ONES = 2 ** 64 - 1
+
+
 def header(msg_type: int, length: int, xid: int, version: int = V) -> bytes:
     return struct.pack("!BBHI", version, msg_type, length, xid)
 
