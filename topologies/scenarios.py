@@ -4,8 +4,8 @@ Every scenario is a function `(net, attacker=None, seconds=...) -> Attack`.  It
 starts the attack inside the attacker's host (or hosts) under `timeout`,
 records the processes with the network (so `stop_network` ends them by PID
 too), and timestamps the moment it launched the first packet.  `Attack.stop()`
-ends them by PID early.  `SCENARIOS[name].expect` names the shipped playbook
-and the action that should mitigate it.
+ends them by PID early.  `SCENARIOS[name]` names the shipped playbooks
+any of which is a correct answer, and the action that should mitigate it.
 
     scan        Mirai-like: nmap SYN scan of the LAN on 23/2323, then telnet
                 attempts on the hosts it found               -> quarantine
@@ -13,6 +13,8 @@ and the action that should mitigate it.
     udp_flood   hping3 UDP flood (20k packets/s) to the internet host     -> rate_limit
     slow_scan   TCP connects to its LAN neighbours one every 0.15 s on a few ports,
                 below the burst threshold                    -> block_lateral
+                (by the per-window or the 60 s playbook, whichever fires first:
+                6 peers a second puts 5 or 6 of them in one 1 s window)
     exfil       a 40 MB upload to a drop zone it never talked to -> block_ip of it
     c2          three devices of one class start beaconing to a C2 address
                                                                -> block_ip of it
@@ -61,8 +63,8 @@ class Attack:
 class Scenario:
     name: str
     run: Callable[..., Attack]
-    playbook: str                   # the shipped playbook expected to answer
-    action: str                     # and its action
+    playbooks: tuple[str, ...]      # the shipped playbooks any of which is a correct answer
+    action: str                     # and their action
     attackers: dict                 # topology name -> default attacker host names
     doc: str
 
@@ -132,17 +134,17 @@ def c2(net, attackers=None, seconds: int = 40) -> Attack:
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("scan", scan, "quarantine-scanner-burst", "quarantine",
+    Scenario("scan", scan, ("quarantine-scanner-burst",), "quarantine",
              {"smart_home": ["camera"], "enterprise": ["cam1"]}, "Mirai-like telnet scan, then brute force"),
-    Scenario("syn_flood", syn_flood, "ratelimit-flood", "rate_limit",
+    Scenario("syn_flood", syn_flood, ("ratelimit-flood",), "rate_limit",
              {"smart_home": ["thermostat"], "enterprise": ["sensor1"]}, "TCP SYN flood to the internet host"),
-    Scenario("udp_flood", udp_flood, "ratelimit-flood", "rate_limit",
+    Scenario("udp_flood", udp_flood, ("ratelimit-flood",), "rate_limit",
              {"smart_home": ["doorbell"], "enterprise": ["printer"]}, "UDP flood to the internet host"),
-    Scenario("slow_scan", slow_scan, "block-lateral-iot", "block_lateral",
+    Scenario("slow_scan", slow_scan, ("block-lateral-iot", "block-lateral-iot-slow"), "block_lateral",
              {"smart_home": ["tv"], "enterprise": ["badge"]}, "slow sweep of its LAN neighbours"),
-    Scenario("exfil", exfil, "block-exfiltration", "block_ip",
+    Scenario("exfil", exfil, ("block-exfiltration",), "block_ip",
              {"smart_home": ["camera"], "enterprise": ["cam2"]}, "large upload to a new external host"),
-    Scenario("c2", c2, "block-c2-outbreak", "block_ip",
+    Scenario("c2", c2, ("block-c2-outbreak",), "block_ip",
              {"smart_home": ["bulb1", "bulb2", "bulb3"], "enterprise": ["ws1", "ws2", "ws3"]},
              "three devices of one class beacon to a C2 address"),
 )}
