@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 
@@ -126,6 +127,13 @@ class IoTGuard(compat.GuardedApp):
             ("POST", "/api/v1/playbooks/reload"): lambda q: self.reload_playbooks(),
         })
         self._server = None
+        # Each listener the process needs, and whether it is bound yet: "ready" is logged and
+        # health says "ok" only once all are (the OpenFlow one binds in a framework thread).
+        self.listeners: dict[str, str | None] = {"openflow": None, "api": None}
+        if self.config.metrics_port:
+            self.listeners["metrics"] = None
+        compat.watch_openflow_listener(lambda addr: self._bound("openflow", addr),
+                                       lambda addr, e: self._cannot_listen("OpenFlow switches", addr, e))
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, lambda signum, frame: hub.spawn(self._reload_on_signal))
 
@@ -137,17 +145,45 @@ class IoTGuard(compat.GuardedApp):
         self.threads.append(hub.spawn(self._notify_loop))
         self.threads.append(hub.spawn(self._tick_loop))
         handler = make_handler(self.api)
-        self._server = hub.StreamServer((self.config.api_host, self.config.api_port),
-                                        lambda sock, addr: serve_connection(handler, sock, addr))
+        api_addr = (self.config.api_host, self.config.api_port)
+        try:
+            self._server = hub.StreamServer(api_addr, lambda sock, addr: serve_connection(handler, sock, addr))
+        except OSError as e:
+            self._cannot_listen("the REST API", api_addr, e)
         self.threads.append(hub.spawn(self._server.serve_forever))
+        self._bound("api", self._server.server.getsockname()[:2])
         if self.config.metrics_port:
-            self.metrics.start(self.config.metrics_host, self.config.metrics_port)
-            LOG.info("Prometheus metrics on http://%s:%d/metrics", self.config.metrics_host,
-                     self.config.metrics_port)
-        LOG.info("iotguard on %s: OpenFlow %s:%d, API http://%s:%d/api/v1/, poll every %.1fs",
-                 compat.FRAMEWORK, self.config.ofp_host, self.config.ofp_port,
-                 self.config.api_host, self.config.api_port, self.config.poll_interval)
+            try:
+                self.metrics.start(self.config.metrics_host, self.config.metrics_port)
+            except OSError as e:
+                self._cannot_listen("Prometheus metrics", (self.config.metrics_host, self.config.metrics_port),
+                                    e.__cause__ if isinstance(e.__cause__, OSError) else e)
+            self._bound("metrics", (self.config.metrics_host, self.config.metrics_port))
         return thread
+
+    def _bound(self, what: str, addr) -> None:
+        """One listener is up; the last one makes the process ready (logged once)."""
+        self.listeners[what] = f"{addr[0]}:{addr[1]}"
+        if what == "metrics":
+            LOG.info("Prometheus metrics on http://%s/metrics", self.listeners[what])
+        if all(self.listeners.values()) and not getattr(self, "_ready", False):
+            self._ready = True
+            LOG.info("iotguard ready on %s: OpenFlow %s, API http://%s/api/v1/, poll every %.1fs",
+                     compat.FRAMEWORK, self.listeners["openflow"], self.listeners["api"],
+                     self.config.poll_interval)
+
+    def not_listening(self) -> list[str]:
+        """The listeners not bound yet (health: "starting" until this is empty)."""
+        return [what for what, addr in self.listeners.items() if addr is None]
+
+    def _cannot_listen(self, what: str, addr, e: OSError) -> None:
+        """A listener could not be bound after the launcher's check (the port was taken in
+        between): a half-started controller must not run, so exit non-zero naming the port."""
+        text = f"cannot listen for {what} on {addr[0]}:{addr[1]}: {e.strerror or e}; exiting"
+        LOG.critical(text)
+        print(f"iotguard: {text}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(1)
 
     # ------------------------------------------------------------ hostile input
     def handler_failed(self, ev, exc: BaseException) -> None:
@@ -183,7 +219,8 @@ class IoTGuard(compat.GuardedApp):
                         f" ({skipped} more left out of the log)" if skipped else "")
 
     def _health(self, q: dict) -> dict:
-        return self._locked(self.core.health_view, self.loop_age(), compat.live_connections())
+        return self._locked(self.core.health_view, self.loop_age(), compat.live_connections(),
+                            self.loop_lag(), self.queue_depth(), self.not_listening())
 
     def _tick_loop(self) -> None:
         """Liveness ticks for the event thread (health says "degraded" when they go unanswered)."""
@@ -376,6 +413,8 @@ class IoTGuard(compat.GuardedApp):
             snap = self._locked(self.core.metrics_snapshot)
             snap["notify_dropped"] = self.notify_dropped
             snap["event_loop_age"] = self.loop_age()
+            snap["event_loop_lag"] = self.loop_lag()
+            snap["event_queue"] = self.queue_depth()
             self._snapshot = snap      # one reference swap: the exporter's thread reads it
             for dpid in polled:
                 dp = self.datapaths.get(dpid)

@@ -111,6 +111,7 @@ class Core:
 
     # Seconds without an event-loop tick before health says "degraded" (the app ticks every second).
     STALL_AFTER = 5.0
+    BEHIND_AFTER = 2.0      # s an event may wait in the event thread's queue before health says so
 
     def count(self, name: str, n: int = 1) -> None:
         """Bump one of `counters` (the app counts what only it sees: refused messages, handler errors)."""
@@ -560,11 +561,19 @@ class Core:
                 "topology_full": self.topology.full,
                 "mac_table_full": self.forwarder.full}
 
-    def health_view(self, loop_age: float | None = None, connections: int | None = None) -> dict:
+    def health_view(self, loop_age: float | None = None, connections: int | None = None,
+                    loop_lag: float | None = None, queued: int | None = None,
+                    not_listening: list[str] | tuple[str, ...] = ()) -> dict:
         """GET /api/v1/health.  `loop_age`: seconds since the app's event thread last took an
         event (it is sent a tick every second); past STALL_AFTER the status is "degraded",
-        since switch events (connects, packet-ins, barriers, errors) are no longer handled."""
+        since switch events (connects, packet-ins, barriers, errors) are no longer handled.
+        `loop_lag`: how long an event waits in the thread's queue (`queued` events); past
+        BEHIND_AFTER the loop is running but not keeping up, so every switch event (a
+        barrier confirming a quarantine, a packet-in) is answered that much late.
+        `not_listening`: listeners not bound yet; until they are the status is "starting"."""
         reasons = []
+        if not_listening:
+            reasons.append(f"starting: not yet listening for {', '.join(not_listening)}")
         free = state_free_bytes(self.config.state_dir)
         if free is not None and free < LOW_DISK:
             reasons.append(f"the state directory {self.config.state_dir} has {free} bytes free: responses "
@@ -575,10 +584,17 @@ class Core:
         if loop_age is not None and loop_age > self.STALL_AFTER:
             reasons.append(f"the OpenFlow event loop has not run for {loop_age:.0f}s: switch events "
                            "are not being handled")
+        elif loop_lag is not None and loop_lag > self.BEHIND_AFTER:
+            reasons.append(f"the OpenFlow event loop is falling behind: events wait {loop_lag:.1f}s in its "
+                           f"queue ({queued if queued is not None else '?'} queued), so switch events are "
+                           "handled that much late")
         return {
-            "status": "degraded" if reasons else "ok",
+            "status": "starting" if not_listening else "degraded" if reasons else "ok",
+            "listening": not not_listening,
             "reasons": reasons,
             "event_loop_age_s": None if loop_age is None else round(loop_age, 3),
+            "event_loop_lag_s": None if loop_lag is None else round(loop_lag, 3),
+            "event_queue": queued,
             "openflow_connections": connections,
             "framework": self.framework,
             "uptime_s": round(self.wall() - self.started, 1),

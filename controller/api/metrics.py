@@ -64,6 +64,9 @@ _GAUGES = (
     ("learning", "iotguard_devices_learning", "Devices still in their learning period."),
     ("event_loop_age", "iotguard_event_loop_age_seconds",
      "Seconds since the OpenFlow event loop last took an event (ticked every second; > 5 is a stall)."),
+    ("event_loop_lag", "iotguard_event_loop_lag_seconds",
+     "Seconds an event waits in the OpenFlow event loop's queue (> 2: it is not keeping up)."),
+    ("event_queue", "iotguard_event_queue_depth", "Events queued for the OpenFlow event loop (at most 128)."),
 )
 SCORING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 CONFIRM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -44,7 +44,7 @@ __all__ = ["cfg", "app_manager", "ofp_event", "set_ev_cls", "hub", "ofp", "parse
            "FRAMEWORK", "CONFIG_DISPATCHER", "MAIN_DISPATCHER", "DEAD_DISPATCHER",
            "to_message", "install_raw_flow_stats", "flow_stats_request", "port_stats_request",
            "port_desc_request", "run_apps", "Malformed", "guarded", "on_event", "GuardedApp",
-           "EventTick", "send_error", "describe", "error_text"]
+           "EventTick", "send_error", "describe", "error_text", "watch_openflow_listener"]
 
 LOG = logging.getLogger("iotguard.openflow")
 
@@ -103,7 +103,12 @@ def on_event(ev_cls, dispatchers=None):
 
 
 class EventTick(event.EventBase):
-    """Posted to the app's own queue so its event thread proves it is alive (`GuardedApp`)."""
+    """Posted to the app's own queue so its event thread proves it is alive and keeping up
+    (`GuardedApp`)."""
+
+    def __init__(self, posted: float) -> None:
+        super().__init__()
+        self.posted = posted        # monotonic time it was queued
 
 
 class GuardedApp(BaseApp):
@@ -111,28 +116,45 @@ class GuardedApp(BaseApp):
 
     os-ken's `_event_loop` re-raises `hub.TaskExit`, which is `Exception` under the native
     hub: any handler error ends event processing for good, silently.  This loop catches
-    everything per handler, and stamps `loop_beat` (monotonic) at each event, so that
-    `post_tick()` from another thread plus `loop_age()` tell a stalled loop from an idle one.
+    everything per handler, and stamps `loop_beat` (monotonic) at each event.  A tick posted
+    from another thread (`post_tick`) tells three states apart: idle (ticks are taken at
+    once), stalled (`loop_age` grows: no event is taken at all) and falling behind
+    (`loop_lag`: events are taken, but a tick waits behind a backlog of them).
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.loop_beat = time.monotonic()
         self.loop_errors = 0
-        self._tick_pending = False
+        self._tick_posted: float | None = None    # when the tick still queued was posted
+        self._last_lag = 0.0                      # how long the last tick waited
+        self.queue_full = 0                       # ticks not posted: the queue was full
 
     def post_tick(self) -> None:
         """Queue one tick unless one is still queued; never blocks (a stalled loop must not
         stall the caller too)."""
-        if self._tick_pending:
+        if self._tick_posted is not None:
             return
         if self._events_sem.acquire(blocking=False):
-            self._tick_pending = True
-            self.events.put((EventTick(), None))
+            self._tick_posted = now = time.monotonic()
+            self.events.put((EventTick(now), None))
+        else:
+            self.queue_full += 1
 
     def loop_age(self) -> float:
         """Seconds since the event thread last took an event."""
         return time.monotonic() - self.loop_beat
+
+    def loop_lag(self) -> float:
+        """Seconds an event waits in the queue now: the last tick's wait, or the wait so far
+        of the tick still queued, whichever is longer."""
+        posted = self._tick_posted
+        waiting = time.monotonic() - posted if posted is not None else 0.0
+        return max(self._last_lag, waiting)
+
+    def queue_depth(self) -> int:
+        """Events queued for the event thread (the framework bounds the queue)."""
+        return self.events.qsize()
 
     def _event_loop(self):  # overrides the framework's (see the class docstring)
         while self.is_active or not self.events.empty():
@@ -141,7 +163,8 @@ class GuardedApp(BaseApp):
                 self._events_sem.release()
                 self.loop_beat = time.monotonic()
                 if isinstance(ev, EventTick):
-                    self._tick_pending = False
+                    self._last_lag = self.loop_beat - ev.posted
+                    self._tick_posted = None
                     continue
                 if ev == self._event_stop:
                     continue
@@ -333,6 +356,43 @@ def _classify_parse_error(msg_type: int, buf, exc: BaseException) -> tuple[int, 
         if mp_type not in parser.OFPMultipartReply._STATS_MSG_TYPES:
             return ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_MULTIPART
     return ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_LEN
+
+
+def watch_openflow_listener(on_bound, on_failed) -> None:
+    """Tell the app when the framework's OpenFlow listener is bound, or that it could not be.
+
+    os-ken binds it in a thread of its own (`OpenFlowController.server_loop`) and only logs a
+    failure, so the process would go on with an API but no switch.  Here the framework's
+    server class is wrapped: `on_bound((host, port))` once the socket listens, or
+    `on_failed((host, port), OSError)` before the error ends that thread.  Idempotent; the
+    latest callbacks win.
+    """
+    package = app_manager.__name__.split(".")[0]          # os_ken, or ryu
+    ofp_controller = importlib.import_module(f"{package}.controller.controller")
+    base = getattr(ofp_controller, "StreamServer", None)
+    if base is None:       # a framework version that builds its server differently: cannot tell
+        LOG.warning("%s.controller.controller has no StreamServer: the OpenFlow listener is "
+                    "assumed to be bound", package)
+        on_bound(("?", "?"))
+        return
+    if getattr(base, "_iotguard_watched", False):
+        base._callbacks = (on_bound, on_failed)
+        return
+
+    class WatchedServer(base):
+        _iotguard_watched = True
+        _callbacks = (on_bound, on_failed)
+
+        def __init__(self, listen_info, *args, **kwargs):
+            bound, failed = type(self)._callbacks
+            try:
+                super().__init__(listen_info, *args, **kwargs)
+            except OSError as e:
+                failed(tuple(listen_info[:2]), e)
+                raise
+            bound(tuple(listen_info[:2]))
+
+    ofp_controller.StreamServer = WatchedServer
 
 
 def install_datapath_guards(on_bad_message=None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:

@@ -184,7 +184,7 @@ def test_eventlet_hub_pingall():
                     reason="Ryu 4.34 venv missing: run vagrant/install-ryu.sh (make test does)")
 def test_ryu_manager_smoke():
     with running(SmartHomeTopo(), framework="ryu") as (ctl, net):
-        assert "iotguard on ryu" in ctl.logs()
+        assert "iotguard ready on ryu" in ctl.logs()
         assert ctl.get("/api/v1/health")["framework"] == "ryu"
         assert net.pingAll(timeout="1") == 0.0
         assert ctl.devices()["camera"]["port"] == 2

@@ -138,6 +138,57 @@ def test_event_loop_outlives_handlers_that_raise_base_exceptions():
     assert not t.is_alive()
 
 
+def test_a_loop_that_runs_but_falls_behind_is_told_from_an_idle_and_a_stalled_one():
+    app = Loop()
+    release = threading.Event()
+
+    class Slow(compat.event.EventBase):
+        pass
+
+    def slow(ev):
+        release.wait(10)               # one handler hogs the thread: events queue behind it
+
+    slow.callers = {Slow: type("C", (), {"dispatchers": set()})()}
+    app.register_handler(Slow, slow)
+    t = threading.Thread(target=app._event_loop, daemon=True)
+    t.start()
+    try:
+        app.post_tick()
+        deadline = time.monotonic() + 5
+        while app._tick_posted is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert app.loop_lag() < 0.5 and app.queue_depth() == 0      # idle: a tick is taken at once
+        app._send_event(Slow(), None)
+        time.sleep(0.1)
+        for _ in range(5):
+            app._send_event(Slow(), None)
+        app.post_tick()
+        time.sleep(1.5)
+        assert app.loop_lag() >= 1.4 and app.queue_depth() == 6     # 5 slow events and the tick wait
+        release.set()
+        deadline = time.monotonic() + 5
+        while app._tick_posted is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert app.loop_lag() >= 1.4 and app.queue_depth() == 0     # the last tick's wait is kept
+    finally:
+        release.set()
+        app.is_active = False
+        app._send_event(app._event_stop, None)
+        t.join(5)
+
+
+def test_health_says_when_the_event_loop_falls_behind():
+    c, _ = core()
+    assert c.health_view(0.2, 1, loop_lag=0.1, queued=0)["status"] == "ok"
+    h = c.health_view(0.2, 1, loop_lag=c.BEHIND_AFTER + 1.5, queued=97)
+    assert h["status"] == "degraded"
+    assert h["reasons"] == [f"the OpenFlow event loop is falling behind: events wait {c.BEHIND_AFTER + 1.5:.1f}s "
+                            "in its queue (97 queued), so switch events are handled that much late"]
+    assert h["event_loop_lag_s"] == c.BEHIND_AFTER + 1.5 and h["event_queue"] == 97
+    stalled = c.health_view(c.STALL_AFTER + 1, 1, loop_lag=c.STALL_AFTER + 1, queued=128)
+    assert len(stalled["reasons"]) == 1 and "has not run" in stalled["reasons"][0]   # a stall says stall
+
+
 def test_health_is_degraded_when_the_event_loop_stalls():
     c, _ = core()
     assert c.health_view(0.5, 1)["status"] == "ok"
