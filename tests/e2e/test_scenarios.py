@@ -76,7 +76,10 @@ def test_scenario_is_mitigated_and_nobody_else_is_touched(lab, name):
         after = reachable(net, others)
         assert all(after.values()), f"{name}: collateral damage: {after}"
     finally:
+        running = [p.poll() is None for p in attack.procs]   # before stop(): was the attack still going?
+        rates = {n: {k: ctl.devices()[n].get(k) for k in ("tx_packets_per_s", "tx_bytes_per_s")} for n in attackers}
         attack.stop()
+        print(f"  attack processes still running at the end: {running}; attackers' last windows: {rates}")
         mine = [r for r in ctl.responses() if r["created"] >= t0]
         alerts = ctl.alerts(t0)
         for a in reversed(alerts):      # the story, for a failure's output
