@@ -192,6 +192,7 @@ class Detector:
         self._internal = Subnets(config.internal_subnets)
         self.windows_scored = 0
         self.novelty = NoveltyMemory(config.internal_subnets, config.learn_seconds)
+        store.novelty = self.novelty                       # saved and loaded with the baselines
         self._pending: dict[str, deque[Novelty]] = {}      # novelty snapshots not yet decided on
         self._decided: dict[str, float] = {}               # time of the last snapshot decided on
 

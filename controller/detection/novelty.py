@@ -33,6 +33,16 @@ per-host scan counts cover the `MAX_HOSTS` most recent hosts.  Counts are kept
 in time buckets (1 s, 5 s and 60 s wide for the three horizons), so a horizon's
 count may include up to one bucket more of history.
 
+Saved with the baselines (`to_dict`, `parse`, `restore`; the "novelty" section of
+the state file): each frozen memory, i.e. the learned peers, external addresses,
+services, (host, service) pairs and allowances, so that a restart neither re-learns
+(an attacker active at the restart would become a habit) nor forgets (every habit
+would look new).  Not saved: a memory still learning (it learns again from the
+device's first event after the restart) and the recent counts (which items were new
+in the last 10 min, the horizons' buckets, the examples): after a restart counting
+starts at zero.  Loading is strict (`NoveltyFormatError` names the field) and bounded
+like the memory.
+
 Pure Python: one event costs a few dictionary operations; no numpy, no
 scikit-learn on this path.
 """
@@ -40,6 +50,7 @@ scikit-learn on this path.
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -47,8 +58,8 @@ from typing import Iterable, Mapping
 
 import ipaddress
 
-__all__ = ["HORIZONS", "KINDS", "NOVELTY_VALUES", "FLOORS", "Novelty", "NoveltyMemory", "value_name",
-           "service_name"]
+__all__ = ["HORIZONS", "KINDS", "NOVELTY_VALUES", "FLOORS", "Novelty", "NoveltyMemory", "NoveltyFormatError",
+           "value_name", "service_name"]
 
 HORIZONS: tuple[float, ...] = (10.0, 60.0, 600.0)
 _WIDTHS: tuple[float, ...] = (1.0, 5.0, 60.0)       # bucket width per horizon
@@ -75,6 +86,13 @@ IOT_SERVICES = 8             # a device whose warm-up used at most this many ser
 TCP, UDP = 6, 17
 _EPHEMERAL = 32768           # UDP to a port this high is almost always an answer, not a service
 _EXEMPT = frozenset({(UDP, 67), (UDP, 68)})   # DHCP: a renewal may come hours after warm-up
+
+# The saved form: `schema` changes when an old reader could not read it; `version` when it
+# reads the same but means something new (an absent version is 1).
+SCHEMA = "iotguard.novelty/1"
+VERSION = 1
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_MAX_COUNT = 10**9          # an allowance or a learned count beyond this is not one this code wrote
 
 
 def _horizon_label(h: float) -> str:
@@ -103,6 +121,10 @@ def service_name(proto: int, port: int) -> str:
 
 def _ip(ip: int) -> str:
     return str(ipaddress.IPv4Address(ip))
+
+
+class NoveltyFormatError(ValueError):
+    """A saved novelty memory is malformed; the message names the field."""
 
 
 class _Sliding:
@@ -222,8 +244,8 @@ class NoveltyMemory:
         """A conversation the device started: TCP SYN, UDP, or ARP request (proto 0).
 
         `learning` says whether its baselines still learn; the memory learns at least
-        `learn_seconds` from the device's first event as well (after a restart the
-        memory learns anew).  Returns its novelty if this event was new to it after
+        `learn_seconds` from the device's first event as well (after a restart, a
+        device whose memory was not saved frozen learns anew).  Returns its novelty if this event was new to it after
         warm-up, else None.
         """
         d = self.devices.get(mac)
@@ -352,3 +374,143 @@ class NoveltyMemory:
     def knows_service(self, mac: str, proto: int, port: int) -> bool:
         d = self.devices.get(mac)
         return d is not None and (proto, port) in d.services
+
+    # ------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        """The frozen memories, JSON-serialisable (addresses dotted, oldest first).
+
+        A memory still learning is left out: its warm-up is not over, so it has no
+        allowance yet, and it learns again after a restart."""
+        devices = []
+        for mac, d in self.devices.items():
+            if d.learning:
+                continue
+            devices.append({
+                "mac": mac,
+                "peers": [_ip(ip) for ip in d.peers],
+                "external": [_ip(ip) for ip in d.external],
+                "services": [[proto, port] for proto, port in d.services],
+                "pairs": [[_ip(ip), proto, port] for ip, proto, port in d.pairs],
+                "allowance": {k: list(d.allowance[k]) for k in KINDS},
+                "settled_new": {k: d.settled_new[k] for k in KINDS},
+            })
+        return {"schema": SCHEMA, "version": VERSION, "devices": devices}
+
+    @staticmethod
+    def parse(d: object) -> dict[str, _Device]:
+        """Strict inverse of to_dict: frozen memories by MAC; NoveltyFormatError names the
+        first bad field (e.g. ``devices[2].peers[7]``)."""
+        if not isinstance(d, dict):
+            raise NoveltyFormatError(f"expected an object, got {type(d).__name__}")
+        if d.get("schema") != SCHEMA:
+            raise NoveltyFormatError(f"schema: expected {SCHEMA!r}, got {str(d.get('schema'))[:40]!r}")
+        _keys(d, {"schema", "devices"}, {"version"}, "novelty memory")
+        _count(d.get("version", 1), "version", 1, VERSION)
+        items = d["devices"]
+        if not isinstance(items, list):
+            raise NoveltyFormatError("devices: expected a list")
+        out: dict[str, _Device] = {}
+        for i, it in enumerate(items):
+            where = f"devices[{i}]"
+            if not isinstance(it, dict):
+                raise NoveltyFormatError(f"{where}: expected an object")
+            _keys(it, {"mac", "peers", "external", "services", "pairs", "allowance", "settled_new"}, set(),
+                  where)
+            mac = it["mac"]
+            if not isinstance(mac, str) or not _MAC.fullmatch(mac):
+                raise NoveltyFormatError(f"{where}.mac: {str(mac)[:40]!r} is not a lower-case MAC address")
+            if mac in out:
+                raise NoveltyFormatError(f"{where}.mac: {mac} is given twice")
+            try:
+                out[mac] = NoveltyMemory._device(it, where)
+            except NoveltyFormatError as e:
+                raise NoveltyFormatError(f"{e} (device {mac})") from None
+        return out
+
+    @staticmethod
+    def _device(it: dict, where: str) -> _Device:
+        """One device's frozen memory (`where` names it in errors)."""
+        dev = _Device(started=0.0, learning=False)
+        for name, bound in (("peers", MAX_PEERS), ("external", MAX_EXTERNAL)):
+            for k, v in enumerate(_items(it[name], f"{where}.{name}", bound)):
+                _unique(getattr(dev, name), _address(v, f"{where}.{name}[{k}]"), f"{where}.{name}[{k}]")
+        for k, v in enumerate(_items(it["services"], f"{where}.services", MAX_SERVICES)):
+            at = f"{where}.services[{k}]"
+            if not isinstance(v, list) or len(v) != 2:
+                raise NoveltyFormatError(f"{at}: expected [protocol, port]")
+            _unique(dev.services, _service(v[0], v[1], at), at)
+        for k, v in enumerate(_items(it["pairs"], f"{where}.pairs", MAX_PEERS + MAX_EXTERNAL)):
+            at = f"{where}.pairs[{k}]"
+            if not isinstance(v, list) or len(v) != 3:
+                raise NoveltyFormatError(f"{at}: expected [address, protocol, port]")
+            _unique(dev.pairs, (_address(v[0], at), *_service(v[1], v[2], at)), at)
+        for name in ("allowance", "settled_new"):
+            if not isinstance(it[name], dict):
+                raise NoveltyFormatError(f"{where}.{name}: expected an object")
+            _keys(it[name], set(KINDS), set(), f"{where}.{name}")
+        for kind in KINDS:
+            at = f"{where}.allowance.{kind}"
+            v = it["allowance"][kind]
+            if not isinstance(v, list) or len(v) != len(HORIZONS):
+                raise NoveltyFormatError(f"{at}: expected {len(HORIZONS)} integers (one per horizon)")
+            dev.allowance[kind] = tuple(_count(a, f"{at}[{h}]", FLOORS[kind][h], _MAX_COUNT)
+                                        for h, a in enumerate(v))
+            dev.settled_new[kind] = _count(it["settled_new"][kind], f"{where}.settled_new.{kind}", 0,
+                                           _MAX_COUNT)
+        return dev
+
+    def restore(self, devices: dict[str, _Device]) -> None:
+        """Replace every memory with `devices` (from `parse`): the load at start."""
+        self.devices = dict(devices)
+
+
+def _keys(d: dict, required: set[str], optional: set[str], where: str) -> None:
+    missing, unknown = required - set(d), set(d) - required - optional
+    if missing:
+        raise NoveltyFormatError(f"{where}: missing field {sorted(missing)[0]!r}")
+    if unknown:
+        raise NoveltyFormatError(f"{where}: unknown field {sorted(str(k)[:40] for k in unknown)[0]!r}")
+
+
+def _items(v: object, where: str, bound: int) -> list:
+    if not isinstance(v, list):
+        raise NoveltyFormatError(f"{where}: expected a list")
+    if len(v) > bound:
+        raise NoveltyFormatError(f"{where}: {len(v)} entries, more than the {bound} a memory keeps")
+    return v
+
+
+def _unique(d: OrderedDict, key, where: str) -> None:
+    if key in d:
+        raise NoveltyFormatError(f"{where}: given twice")
+    d[key] = None
+
+
+def _count(v: object, where: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        shown = repr(v)[:40] if isinstance(v, (int, float)) or v is None else type(v).__name__
+        raise NoveltyFormatError(f"{where}: expected an integer in [{lo}, {hi}], got {shown}")
+    return v
+
+
+def _address(v: object, where: str) -> int:
+    """A unicast IPv4 as the memory keeps it (0, multicast and broadcast are nobody's peer)."""
+    if not isinstance(v, str):
+        raise NoveltyFormatError(f"{where}: expected a dotted IPv4 address, got {type(v).__name__}")
+    try:
+        ip = int(ipaddress.IPv4Address(v))
+    except ValueError:
+        raise NoveltyFormatError(f"{where}: {v[:40]!r} is not an IPv4 address") from None
+    if _ip(ip) != v or ip == 0 or ip >= 0xE0000000:
+        raise NoveltyFormatError(f"{where}: {v[:40]!r} is not a canonical unicast address")
+    return ip
+
+
+def _service(proto: object, port: object, where: str) -> tuple[int, int]:
+    if isinstance(proto, bool) or not isinstance(proto, int) or proto not in (TCP, UDP):
+        shown = repr(proto)[:20] if isinstance(proto, (int, float)) else type(proto).__name__
+        raise NoveltyFormatError(f"{where}: protocol must be {TCP} (TCP) or {UDP} (UDP), got {shown}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        shown = repr(port)[:20] if isinstance(port, (int, float)) else type(port).__name__
+        raise NoveltyFormatError(f"{where}: port must be an integer in [0, 65535], got {shown}")
+    return proto, port

@@ -7,8 +7,10 @@ global prior.  Fitting is spread over polls (`fit_budget` per call) so that
 scikit-learn never holds the hub for long.
 
 State is a JSON file of numbers: baseline parameters and a small sample of
-training windows per device.  Loading it never executes code; a corrupt or
-hostile file is set aside and learning starts afresh.
+training windows per device, the known destinations and the frozen novelty
+memories.  Loading it never executes code; a corrupt or hostile file, a damaged
+novelty entry included, is set aside and learning starts afresh: the file is
+written whole, so a part of it that does not read means none of it can be trusted.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 import numpy as np
 
 from controller.detection.baseline import BaselineFormatError, DeviceBaseline
+from controller.detection.novelty import NoveltyFormatError, NoveltyMemory
 
 LOG = logging.getLogger("iotguard.profiles")
 
@@ -60,6 +63,7 @@ class BaselineStore:
         self.n_features = n_features
         self.fractions = frozenset(fractions)   # features that are shares in [0, 1]
         self.known = known          # KnownDestinations, persisted alongside
+        self.novelty: NoveltyMemory | None = None   # the detector's, persisted alongside
         self.learn_seconds = learn_seconds
         self.far = far
         self.two_sided = tuple(two_sided)
@@ -195,7 +199,8 @@ class BaselineStore:
              "windows": np.round(np.asarray(p.windows, dtype=np.float64), 6).tolist() if p.windows else [],
              "baseline": None if p.baseline is None else p.baseline.to_dict()}
             for p in self.profiles.values()],
-            "known": self.known.to_dict() if self.known is not None else {}}
+            "known": self.known.to_dict() if self.known is not None else {},
+            **({"novelty": self.novelty.to_dict()} if self.novelty is not None else {})}
 
     def save(self, path: str) -> None:
         """Atomically replace `path` (0600)."""
@@ -207,18 +212,42 @@ class BaselineStore:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def load_dict(self, d: object) -> None:
-        """Replace the profiles with validated ones from `d` (BaselineFormatError if bad)."""
+    def load_dict(self, d: object) -> str:
+        """Replace the profiles, known destinations and novelty memories with validated ones
+        from `d` (BaselineFormatError if any part is bad; nothing is replaced then).
+        Returns what the novelty part says, for the load message ("" if nothing to say)."""
         profiles = _parse_state(d, self.n_features)
+        known = None
         if self.known is not None:
             try:
                 known = type(self.known).from_dict(d.get("known", {}))
             except (ValueError, TypeError, AttributeError) as e:
                 raise BaselineFormatError(f"known: {e}") from None
+        memories = _parse_novelty(d, profiles)
+        if known is not None:
             self.known.replace_with(known)
+        if self.novelty is not None:
+            self.novelty.restore(memories or {})
         self.profiles = {p.mac: p for p in profiles}
         self._priors_dirty = True
         self._fit_priors(time.time())
+        return self._novelty_note(memories, sum(1 for p in profiles if p.baseline is not None))
+
+    def _novelty_note(self, memories: dict | None, baselined: int) -> str:
+        """Which baselined devices re-learn their novelty memory (meanwhile what they do
+        becomes normal to them): worth a warning when it is all of them."""
+        if self.novelty is None or not baselined:
+            return ""
+        if memories is None:
+            note = (f"it has no novelty memory (saved before iotguard kept it): {_devices(baselined)} "
+                    f"with a baseline learn what is new to them again for {self.learn_seconds:g} s, "
+                    f"without novelty alerts meanwhile")
+            LOG.warning(note)
+            return note
+        missing = baselined - len(memories)
+        return (f"novelty memory of {_devices(len(memories))}" +
+                (f"; {_devices(missing)} with a baseline had none frozen yet and learn it again"
+                 if missing else ""))
 
     def load(self, path: str) -> str:
         """Load state; a bad file is moved aside and reported, never fatal."""
@@ -229,8 +258,8 @@ class BaselineStore:
                 raise BaselineFormatError(f"file is larger than {MAX_STATE_BYTES} bytes")
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            self.load_dict(data)
-            return f"loaded {len(self.profiles)} device profiles from {path}"
+            note = self.load_dict(data)
+            return f"loaded {len(self.profiles)} device profiles from {path}" + (f"; {note}" if note else "")
         except (OSError, ValueError, RecursionError) as e:   # JSONDecodeError, BaselineFormatError
             aside = f"{path}.corrupt-{int(time.time())}"
             try:
@@ -239,6 +268,8 @@ class BaselineStore:
                 aside = "(could not move it)"
             self.profiles = {}
             self.priors = {}
+            if self.novelty is not None:
+                self.novelty.restore({})
             msg = f"{path}: unusable baseline state ({e}); moved to {aside}, learning from scratch"
             LOG.error(msg)
             return msg
@@ -293,6 +324,26 @@ def _parse_state(d: object, n_features: int) -> list[Profile]:
                            sample=sample, baseline=baseline, fitted_at=nums["fitted_at"],
                            burst_max=int(nums["burst_max"])))
     return out
+
+
+def _devices(n: int) -> str:
+    return f"{n} device{'s' if n != 1 else ''}"
+
+
+def _parse_novelty(d: dict, profiles: list[Profile]) -> dict | None:
+    """The frozen novelty memories in `d`, each of a device with a baseline in the same file
+    (None: a file from before they were saved)."""
+    if "novelty" not in d:
+        return None
+    try:
+        memories = NoveltyMemory.parse(d["novelty"])
+    except NoveltyFormatError as e:
+        raise BaselineFormatError(f"novelty: {e}") from None
+    baselined = {p.mac for p in profiles if p.baseline is not None}
+    for i, mac in enumerate(memories):
+        if mac not in baselined:
+            raise BaselineFormatError(f"novelty: devices[{i}].mac: {mac} has no baseline in this file")
+    return memories
 
 
 def _matrix(v: object, where: str, n_features: int, allow_none: bool) -> np.ndarray | None:

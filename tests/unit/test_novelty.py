@@ -163,12 +163,12 @@ def test_a_fast_scan_is_the_burst_alert_not_a_novelty_alert():
     assert [a.kind for a in r.alerts] == ["new_flow_burst"]
 
 
-def test_nothing_new_while_learning_and_a_restart_learns_again():
+def test_nothing_new_while_learning_and_a_memory_not_restored_learns_again():
     mem = NoveltyMemory(["10.0.0.0/8"], learn_seconds=30)
     for k in range(40):
         assert mem.observe(CAM, TCP, ip("10.0.0.2"), 554, T0 + k, learning=k < 35) is None
     assert mem.observe(CAM, TCP, ip("10.0.0.9"), 22, T0 + 41, learning=False) is not None
-    fresh = NoveltyMemory(["10.0.0.0/8"], learn_seconds=30)     # a restart: the baseline is loaded
+    fresh = NoveltyMemory(["10.0.0.0/8"], learn_seconds=30)     # a baseline loaded, no memory saved with it
     assert fresh.observe(CAM, TCP, ip("10.0.0.9"), 22, T0, learning=False) is None, "memory learns first"
 
 
