@@ -95,6 +95,7 @@ class Config:
     learn_seconds: float = 300.0
     far: float = 1e-4
     burst_floor: int = 20
+    fast_poll: float = 0.25         # s between port-counter reads for the volume fast path; 0: off
     outbreak_devices: int = 3
     outbreak_seconds: float = 30.0
     max_shift_per_day: float = 0.7
@@ -162,7 +163,7 @@ _API_KEYS = ("listen_host", "port", "token")
 _FWD_KEYS = ("idle_timeout", "packet_in_rate", "packet_in_burst")
 _DEVICE_KEYS = ("name", "mac", "ip", "ips", "tags")
 _DETECT_KEYS = ("learn_seconds", "false_alarm_rate", "burst_floor", "outbreak_devices",
-                "outbreak_seconds", "max_shift_per_day", "exclude_tags")
+                "outbreak_seconds", "max_shift_per_day", "exclude_tags", "fast_poll")
 _RESP_KEYS = ("playbooks", "dry_run", "dns_servers", "approve_within")
 _METRICS_KEYS = ("listen_host", "port")
 
@@ -225,6 +226,12 @@ def _build(doc: _Doc, root: Node | None) -> Config:
                  out, "outbreak_seconds")
     doc.optional(det, "max_shift_per_day", "detection", lambda n, p: doc.number(n, p, 0, 10),
                  out, "max_shift_per_day")
+    def fast_poll(node, path: str) -> float:
+        v = doc.number(node, path, 0, 60)
+        if 0 < v < 0.05:
+            doc.fail(node, path, f"must be 0 (off) or at least 0.05 s, got {v:g}")
+        return v
+    doc.optional(det, "fast_poll", "detection", fast_poll, out, "fast_poll")
     if "exclude_tags" in det and det["exclude_tags"].tag != _NULL:
         out["exclude_tags"] = _tags(doc, det["exclude_tags"], "detection.exclude_tags")
 

@@ -26,8 +26,9 @@ from controller.config import Config
 from controller.openflow import rules
 import numpy as np
 
-from controller.telemetry.features import FEATURES, WindowFeatures, shrink_tx_mix
-from controller.detection.alert import Alert, AlertKind
+from controller.telemetry.features import FEATURES, INDEX, WindowFeatures, shrink_tx_mix
+from controller.detection.alert import Alert, AlertKind, Evidence
+from controller.detection.baseline import RANGE_K
 from controller.detection.attribution import Attribution
 from controller.detection.novelty import HORIZONS, Novelty, NoveltyMemory, service_name
 from controller.detection.profiles import BaselineStore
@@ -39,6 +40,10 @@ ESCALATION = 1.5         # an open alert is handed to the playbooks again when i
 EVERYDAY_CLOUD_PORTS = frozenset({53, 80, 123, 443, 853, 8443})   # DNS, HTTP(S), NTP, DoT
 REHAND_SECONDS = 5.0     # ... and with its current window at least this often while it stays anomalous
 MAX_ALERTS = 10000
+# The volume fast path (`Detector.on_port_rates`) acts only on a device sending at least this
+# many packets/s, and this many times the top of its own packet-rate band: a flood, not a peak.
+FAST_MIN_PPS = 500.0
+FAST_FACTOR = 10.0
 NOVELTY_GRACE = 1.0      # s a new item waits before novelty decides on it: a burst (1 s) speaks first
 NOVELTY_QUIET = 60.0     # s without new items still over the allowance before a novelty alert closes
 NOVELTY_PENDING = 64     # event snapshots kept per device between two decisions
@@ -168,6 +173,7 @@ class _Open:
     alert: Alert
     quiet: int = 0
     handed: float = -1e18       # when the playbooks last saw this alert's window
+    provisional: bool = False   # raised by the volume fast path; the next window completes it
 
 
 class Detector:
@@ -256,6 +262,19 @@ class Detector:
                     self.store.fold(mac, x, now, score=score)
                 continue
             opened = self._open.get(key)
+            if opened is not None and opened.provisional:
+                # Raised by the volume fast path from two port counters: this first full
+                # window completes it (words, evidence, every feature), and the playbooks
+                # see it again, so conditions on other features (an exfiltration's new
+                # destination) can match although the flood may already be over.
+                contribs, text = self._words(name, baseline, x, wf, i)
+                opened.provisional, opened.quiet, opened.handed = False, 0, now
+                alert = self._update(opened, count=opened.alert.count + 1, last_time=now,
+                                     score=max(score, opened.alert.score), explanation=text,
+                                     features=[asdict(c) for c in contribs],
+                                     window=_observed(wf, i), remote=self._remote(mac) or opened.alert.remote)
+                self.escalated.append(alert)
+                continue
             if opened is not None:
                 opened.quiet = 0
                 changes: dict = {"count": opened.alert.count + 1, "last_time": now}
@@ -276,17 +295,7 @@ class Detector:
                 if worse or stale:
                     self.escalated.append(alert)
                 continue
-            contribs = baseline.explain(x, FEATURES, top=3)
-            if contribs:
-                lead = contribs[0]
-                text = describe(name, lead, wf.window, int(wf.top_port[i]), int(wf.top_port_hosts[i]),
-                                dict(zip(FEATURES, x.tolist())))
-                if lead.z <= baseline.threshold_:   # the multivariate model, not one feature, tripped
-                    others = ", ".join(c.feature.replace("_", " ") for c in contribs[1:])
-                    text = (f"unusual combination{' with ' + others if others else ''}: {text}")
-            else:
-                lead = None
-                text = f"{name}'s traffic is an unusual combination of otherwise normal values"
+            contribs, text = self._words(name, baseline, x, wf, i)
             alert = self._emit(Alert(
                 id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.ANOMALY, device=name, mac=mac,
                 score=score, threshold=float(baseline.threshold_), explanation=text, baseline=source,
@@ -301,6 +310,58 @@ class Detector:
         out += self.decide_novelty(now)
         self.store.fit_pending(now)
         return out
+
+    def on_port_rates(self, rates: dict[str, tuple[float, float, float]], now: float) -> list[Alert]:
+        """The volume fast path: each device's transmit rate read from its own edge port's
+        counters (`mac -> (packets/s, bytes/s, seconds measured)`), several times between
+        two flow polls.  A flood is plain from those two numbers, so it need not wait for
+        the next window: a baselined device sending FAST_FACTOR times the top of its own
+        packet-rate band, and at least FAST_MIN_PPS, is alerted now.  It opens the same
+        anomaly alert the window path would (its next window updates it, no second
+        alert), with a window of just the two rates, which playbooks such as
+        `tx_packets > 1000` read like any window."""
+        out: list[Alert] = []
+        j = INDEX["tx_packets"]
+        for mac, (pps, bps, seconds) in rates.items():
+            if pps < FAST_MIN_PPS or (mac, "anomaly") in self._open:
+                continue
+            p = self.store.profiles.get(mac)
+            if p is None or p.baseline is None:
+                continue                  # learning or judged by a prior: the window path decides
+            name, tags = self.who(mac)
+            if self.excluded(tags):
+                continue
+            b = p.baseline
+            low = max(float(np.expm1(b.median_[j] - RANGE_K * b.scale_[j])), 0.0)
+            high = float(np.expm1(b.median_[j] + RANGE_K * b.scale_[j]))
+            z = float((math.log1p(pps) - b.median_[j]) / b.scale_[j])
+            if pps < FAST_FACTOR * max(high, 1.0) or z <= b.threshold_:
+                continue
+            text = (f"{name} sent {_num(pps)} packets/s ({_bytes(bps)}/s, its switch port's counters over "
+                    f"{seconds:.2f} s); its baseline is {_range(low, high)} packets/s")
+            alert = self._emit(Alert(
+                id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.ANOMALY, device=name, mac=mac,
+                score=z, threshold=float(b.threshold_), explanation=text, baseline="own",
+                features=(Evidence(feature="tx_packets", observed=pps, low=low, high=high, z=z, share=1.0),),
+                tags=tags, last_time=now, window={"tx_packets": pps, "tx_bytes": bps},
+                remote=self._remote(mac)))
+            self._open[(mac, "anomaly")] = _Open(alert, handed=now, provisional=True)
+            out.append(alert)
+            out += self._correlate(now, mac, tags, ("tx_packets",), attribute=True)
+        return out
+
+    def _words(self, name: str, baseline, x: np.ndarray, wf: WindowFeatures, i: int):
+        """An anomalous window's top 3 contributions and its sentence."""
+        contribs = baseline.explain(x, FEATURES, top=3)
+        if not contribs:
+            return contribs, f"{name}'s traffic is an unusual combination of otherwise normal values"
+        lead = contribs[0]
+        text = describe(name, lead, wf.window, int(wf.top_port[i]), int(wf.top_port_hosts[i]),
+                        dict(zip(FEATURES, x.tolist())))
+        if lead.z <= baseline.threshold_:   # the multivariate model, not one feature, tripped
+            others = ", ".join(c.feature.replace("_", " ") for c in contribs[1:])
+            text = f"unusual combination{' with ' + others if others else ''}: {text}"
+        return contribs, text
 
     def _quiet(self, key: tuple[str, str]) -> None:
         opened = self._open.get(key)

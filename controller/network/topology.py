@@ -45,6 +45,8 @@ class Topology:
         self.max_devices, self.stale_after = max_devices, stale_after
         self.full = 0      # new MACs not located because the table was full
         self.version = 0   # bumped whenever any device location may have changed
+        self._sole: dict[int, dict[int, str]] = {}
+        self._sole_version = -1
 
     # ------------------------------------------------------------ switches
     def add_switch(self, dpid: int) -> None:
@@ -153,6 +155,23 @@ class Topology:
     def location(self, mac: str) -> Location | None:
         s = self._where.get(mac)
         return s.loc if s else None
+
+    def sole_devices(self, dpid: int) -> dict[int, str]:
+        """Edge ports of `dpid` with exactly one device located on them: port -> MAC.
+
+        Such a port's receive counters are that device's transmit counters (the volume
+        fast path reads them).  A port with several devices behind it (a hub, an
+        unmanaged switch) is nobody's alone and is left out.  Cached until the next change."""
+        if self._sole_version != self.version:
+            ports: dict[tuple[int, int], list[str]] = {}
+            for mac, s in self._where.items():
+                ports.setdefault((s.loc.dpid, s.loc.port), []).append(mac)
+            sole: dict[int, dict[int, str]] = {}
+            for (d, port), macs in ports.items():
+                if len(macs) == 1:
+                    sole.setdefault(d, {})[port] = macs[0]
+            self._sole, self._sole_version = sole, self.version
+        return self._sole.get(dpid, {})
 
     def edge_dpid(self, mac: str) -> int | None:
         s = self._where.get(mac)

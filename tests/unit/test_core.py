@@ -243,3 +243,21 @@ def test_health_says_when_the_state_disk_is_full(tmp_path, monkeypatch):
     assert h["status"] == "degraded"
     assert h["reasons"] == [f"the state directory {tmp_path} has 40960 bytes free: responses and the audit "
                             "log cannot be written (forwarding goes on)"]
+
+
+def test_port_counters_of_a_port_with_one_device_reach_the_volume_fast_path(monkeypatch):
+    c, clock = core()
+    c.switch_connected(1)
+    other = "00:00:00:00:00:13"
+    c.packet_in(1, 3, arp(CAM, "10.0.0.11", "10.0.0.1"))      # camera alone on port 3
+    c.packet_in(1, 4, arp(HUB, "10.0.0.12", "10.0.0.1"))      # two devices behind port 4
+    c.packet_in(1, 4, arp(other, "10.0.0.13", "10.0.0.1"))
+    seen = []
+    monkeypatch.setattr(c.detector, "on_port_rates", lambda rates, now: seen.append(rates) or [])
+    c.port_stats(1, [(3, 0, 0, 0, 0), (4, 0, 0, 0, 0), (5, 0, 0, 0, 0)])
+    clock.t += 0.25
+    c.port_stats(1, [(3, 42_000, 0, 1000, 0), (4, 42_000, 0, 1000, 0), (5, 42_000, 0, 1000, 0)])
+    assert seen == [{CAM: (4000.0, 168_000.0, 0.25)}]        # receive counters: what the device sent
+    clock.t += 0.25
+    c.port_stats(1, [(3, 10, 0, 1, 0)])                       # counters went back: a reset, not a rate
+    assert len(seen) == 1
