@@ -229,7 +229,6 @@ def test_the_packet_in_frame_counts_in_its_window():
 
 
 def test_health_says_when_the_state_disk_is_full(tmp_path, monkeypatch):
-    import os
     from controller import core as core_module
     from controller.config import parse_config
     from controller.core import Core
