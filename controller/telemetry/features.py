@@ -90,6 +90,10 @@ class WindowFeatures:
         i = self._rows.get(mac)
         return None if i is None else self.X[i]
 
+    def index(self, mac: str) -> int | None:
+        """The row of `mac` in X (None: not active in this window)."""
+        return self._rows.get(mac)
+
     def as_dict(self) -> dict[str, dict[str, float]]:
         return {mac: dict(zip(FEATURES, values)) for mac, values in zip(self.macs, self.X.tolist())}
 
@@ -586,10 +590,11 @@ def shrink_tx_mix(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
     k = MIX_PSEUDO_PACKETS, so a window of pure listening (p = 0) says nothing
     and a scan of hundreds of packets keeps its own mix.  Training and scoring
     apply the same blend, so the baseline band matches what is scored.
+    `fill` is one row for every window, or one row per window (each device's own median).
     """
     p = np.maximum(X[:, INDEX["tx_packets"]], 0.0)
     X = np.array(X, dtype=np.float64, copy=True)
     w = (p / (p + MIX_PSEUDO_PACKETS))[:, None]
     cols = list(TX_MIX)
-    X[:, cols] = w * X[:, cols] + (1.0 - w) * np.asarray(fill, dtype=np.float64)[cols]
+    X[:, cols] = w * X[:, cols] + (1.0 - w) * np.asarray(fill, dtype=np.float64)[..., cols]
     return X
