@@ -296,11 +296,20 @@ def _per_fid(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def _distinct(a: np.ndarray) -> np.ndarray:
+    """np.unique(a) by sorting: numpy 2.x's hashing unique is 30x slower on these 64-bit
+    (owner << 32 | value) keys (75 ms against 2 ms for 100k of them)."""
+    s = np.sort(a)
+    keep = np.ones(len(s), dtype=bool)
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
 def _count_distinct(owner: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
     """Per owner in 0..n-1: how many distinct values (value fits in 32 bits)."""
     if not len(owner):
         return np.zeros(n, dtype=np.int64)
-    pairs = np.unique((owner.astype(np.uint64) << np.uint64(32)) | value.astype(np.uint64))
+    pairs = _distinct((owner.astype(np.uint64) << np.uint64(32)) | value.astype(np.uint64))
     return np.bincount((pairs >> np.uint64(32)).astype(np.int64), minlength=n)
 
 
@@ -510,7 +519,7 @@ class FeatureExtractor:
         # it chose: a scanned device must not look like it contacted its scanner.
         c_answer = ((c_proto == rules.IPPROTO_TCP) | (c_proto == rules.IPPROTO_UDP)) & (c_port < 0)
         v4 = (c_ip != 0) & ~c_answer
-        dest_pairs = np.unique((c_src[v4].astype(np.uint64) << np.uint64(32)) | c_ip[v4].astype(np.uint64))
+        dest_pairs = _distinct((c_src[v4].astype(np.uint64) << np.uint64(32)) | c_ip[v4].astype(np.uint64))
         distinct_ips = np.bincount((dest_pairs >> np.uint64(32)).astype(np.int64), minlength=n)
         internal = np.zeros(len(c_ip), dtype=bool)
         for net, mask in zip(self._nets.tolist(), self._masks.tolist()):
