@@ -230,8 +230,9 @@ class Detector:
         Only a device over its threshold (rare) goes through the per-device code that
         explains it and raises or updates its alert.
         """
-        store, who, excluded = self.store, self.who, self.excluded
-        profiles = store.profiles
+        store, who = self.store, self.who
+        profiles, bank_row = store.profiles, store.bank.row
+        exclude = frozenset(self.config.exclude_tags)       # excluded(tags), without a call per device
         active: set[str] = set()
         learners: list[str] = []
         own_i: list[int] = []
@@ -239,17 +240,19 @@ class Detector:
         others: list[tuple[int, str, str | None]] = []
         for i, mac in enumerate(wf.macs):
             tags = who(mac)[1]
-            if excluded(tags):
+            if not exclude.isdisjoint(tags):
                 continue
             active.add(mac)
-            p = profiles.get(mac)
-            if p is None or p.learning:
-                learners.append(mac)
             cls = tags[0] if tags else None
-            p = store.profile(mac, cls, now)
-            if p.baseline is not None:
+            p = profiles.get(mac)
+            if p is None or p.baseline is None:
+                learners.append(mac)
+            if p is None or (cls is not None and p.cls != cls):
+                p = store.profile(mac, cls, now)          # creates it, or records the class named since
+            b = p.baseline
+            if b is not None:
                 own_i.append(i)
-                own_r.append(store.own_row(p))
+                own_r.append(bank_row(mac, b))
             else:
                 others.append((i, mac, cls))
         if self.attribution is not None:

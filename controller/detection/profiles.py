@@ -194,10 +194,6 @@ class BaselineStore:
         """Fold window X[k] into bank row rows[k] for every k: windows already judged normal."""
         self.bank.fold(rows, X, now, max_shift_per_day=self.max_shift_per_day)
 
-    def own_row(self, p: Profile) -> int:
-        """The bank row of a profile with its own baseline (banked now if it was not)."""
-        return self.bank.row(p.mac, p.baseline)
-
     def forget(self, mac: str) -> None:
         """Drop a device's profile and its banked baseline."""
         self.profiles.pop(mac, None)
