@@ -226,90 +226,137 @@ class Detector:
     def _remote(self, mac: str) -> str | None:
         return self.attribution.remote(mac) if self.attribution is not None else None
 
-    def _learn(self, macs) -> None:
-        """Devices still learning add their window's destinations to the known ones
-        (not an excluded one: a gateway relays everybody's traffic, not a habit)."""
-        if self.attribution is None:
-            return
-
-        def learning(mac: str) -> bool:
-            p = self.store.profiles.get(mac)
-            return (p is None or p.learning) and not self.excluded(self.who(mac)[1])
-        self.attribution.learn(macs, learning)
-
     # -------------------------------------------------------------- periodic path
     def on_window(self, wf: WindowFeatures, now: float) -> list[Alert]:
-        """Score every active device's window; returns the alerts raised."""
-        out: list[Alert] = []
-        active = set()
-        self._learn(wf.macs)
+        """Score every active device's window; returns the alerts raised.
+
+        One pass in Python per device looks up what it is (name, tags, exclusion) and
+        whose baseline judges it; the numbers are then done for all devices at once:
+        the devices with their own baseline in one pass over the store's bank (shrink,
+        score, fold), those judged by a class or global prior in one pass per prior.
+        Only a device over its threshold (rare) goes through the per-device code that
+        explains it and raises or updates its alert.
+        """
+        store, who = self.store, self.who
+        profiles, bank_row = store.profiles, store.bank.row
+        exclude = frozenset(self.config.exclude_tags)       # excluded(tags), without a call per device
+        active: set[str] = set()
+        learners: list[str] = []
+        own_i: list[int] = []
+        own_r: list[int] = []
+        others: list[tuple[int, str, str | None]] = []
         for i, mac in enumerate(wf.macs):
-            name, tags = self.who(mac)
-            if self.excluded(tags):
+            tags = who(mac)[1]
+            if not exclude.isdisjoint(tags):
                 continue
             active.add(mac)
-            x = wf.X[i]
-            baseline, source = self.store.judge(mac, tags[0] if tags else None, x, now)
-            if baseline is None:
-                continue
-            self.windows_scored += 1
-            x = shrink_tx_mix(x[None, :], np.expm1(baseline.median_))[0]
-            score = baseline.score_one(x)
-            key = (mac, "anomaly")
-            if score <= baseline.threshold_:
+            cls = tags[0] if tags else None
+            p = profiles.get(mac)
+            if p is None or p.baseline is None:
+                learners.append(mac)
+            if p is None or (cls is not None and p.cls != cls):
+                p = store.profile(mac, cls, now)          # creates it, or records the class named since
+            b = p.baseline
+            if b is not None:
+                own_i.append(i)
+                own_r.append(bank_row(mac, b))
+            else:
+                others.append((i, mac, cls))
+        if self.attribution is not None:
+            self.attribution.learn(learners, lambda _mac: True)   # learners: not excluded, still learning
+
+        n = len(wf.macs)
+        scored = np.zeros(n, dtype=bool)
+        score = np.zeros(n)
+        threshold = np.zeros(n)
+        judged: dict[int, tuple[object, str]] = {}     # window row -> (baseline, source), for alerts
+        X = np.array(wf.X, dtype=np.float64).reshape(n, len(FEATURES))
+        if own_i:
+            idx, rows = np.asarray(own_i), np.asarray(own_r)
+            bank = store.bank
+            X[idx] = shrink_tx_mix(X[idx], np.expm1(bank.medians(rows)))
+            score[idx] = bank.scores(rows, X[idx])
+            threshold[idx] = bank.thresholds(rows)
+            scored[idx] = True
+            calm = score[idx] < SUSPICION * threshold[idx]
+            store.fold_rows(rows[calm], X[idx[calm]], now)
+        by_prior: dict[int, tuple[object, str, list[int]]] = {}
+        for i, mac, cls in others:
+            baseline, source = store.judge(mac, cls, wf.X[i], now)
+            if baseline is not None:
+                by_prior.setdefault(id(baseline), (baseline, source, []))[2].append(i)
+        for baseline, source, ii in by_prior.values():
+            idx = np.asarray(ii)
+            X[idx] = shrink_tx_mix(X[idx], np.expm1(baseline.median_))
+            score[idx] = baseline.anomaly_score(X[idx])      # one call per prior, not per device
+            threshold[idx] = baseline.threshold_
+            scored[idx] = True
+            judged.update((i, (baseline, source)) for i in ii)
+        self.windows_scored += int(scored.sum())
+
+        for key in [k for k in self._open if k[1] == "anomaly"]:
+            i = wf.index(key[0])
+            if i is not None and scored[i] and score[i] <= threshold[i]:
                 self._quiet(key)
-                if source == "own" and score < SUSPICION * baseline.threshold_:
-                    self.store.fold(mac, x, now, score=score)
-                continue
-            opened = self._open.get(key)
-            if opened is not None and opened.provisional:
-                # Raised by the volume fast path from two port counters: this first full
-                # window completes it (words, evidence, every feature), and the playbooks
-                # see it again, so conditions on other features (an exfiltration's new
-                # destination) can match although the flood may already be over.
-                contribs, text = self._words(name, baseline, x, wf, i)
-                opened.provisional, opened.quiet, opened.handed = False, 0, now
-                alert = self._update(opened, count=opened.alert.count + 1, last_time=now,
-                                     score=max(score, opened.alert.score), explanation=text,
-                                     features=[asdict(c) for c in contribs],
-                                     window=_observed(wf, i), remote=self._remote(mac) or opened.alert.remote)
-                self.escalated.append(alert)
-                continue
-            if opened is not None:
-                opened.quiet = 0
-                changes: dict = {"count": opened.alert.count + 1, "last_time": now}
-                worse = score > ESCALATION * opened.alert.score
-                if opened.handed < opened.alert.time:
-                    opened.handed = opened.alert.time
-                stale = now - opened.handed >= REHAND_SECONDS
-                if worse or stale:
-                    # Worse than when it was raised, or still going: the playbooks see the
-                    # new window (a flood's first window is often a partial one, so a
-                    # condition such as tx_packets > 1000 may only match later).
-                    # Re-applying is idempotent: an active response is refreshed.
-                    changes.update(window=_observed(wf, i), remote=self._remote(mac) or opened.alert.remote)
-                    if worse:
-                        changes["score"] = score
-                    opened.handed = now
-                alert = self._update(opened, **changes)
-                if worse or stale:
-                    self.escalated.append(alert)
-                continue
-            contribs, text = self._words(name, baseline, x, wf, i)
-            alert = self._emit(Alert(
-                id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.ANOMALY, device=name, mac=mac,
-                score=score, threshold=float(baseline.threshold_), explanation=text, baseline=source,
-                features=[asdict(c) for c in contribs], tags=tags, last_time=now,
-                window=_observed(wf, i), remote=self._remote(mac)))
-            self._open[key] = _Open(alert)
-            out.append(alert)
-            out += self._correlate(now, mac, tags, tuple(c.feature for c in contribs) or ("combination",),
-                                   attribute=True)
+        out: list[Alert] = []
+        for i in np.flatnonzero(scored & ~(score <= threshold)).tolist():
+            mac = wf.macs[i]
+            name, tags = who(mac)
+            baseline, source = judged.get(i) or (profiles[mac].baseline, "own")
+            out += self._anomalous(wf, i, mac, name, tags, baseline, source, X[i], float(score[i]), now)
         for key in [k for k in self._open if k[1] == "anomaly" and k[0] not in active]:
             self._quiet(key)
         out += self.decide_novelty(now)
         self.store.fit_pending(now)
         return out
+
+    def _anomalous(self, wf: WindowFeatures, i: int, mac: str, name: str, tags: tuple[str, ...],
+                   baseline, source: str, x: np.ndarray, score: float, now: float) -> list[Alert]:
+        """A device over its threshold: update its open alert, or explain it in a new one."""
+        key = (mac, "anomaly")
+        opened = self._open.get(key)
+        if opened is not None and opened.provisional:
+            # Raised by the volume fast path from two port counters: this first full
+            # window completes it (words, evidence, every feature), and the playbooks
+            # see it again, so conditions on other features (an exfiltration's new
+            # destination) can match although the flood may already be over.
+            contribs, text = self._words(name, baseline, x, wf, i)
+            opened.provisional, opened.quiet, opened.handed = False, 0, now
+            alert = self._update(opened, count=opened.alert.count + 1, last_time=now,
+                                 score=max(score, opened.alert.score), explanation=text,
+                                 features=[asdict(c) for c in contribs],
+                                 window=_observed(wf, i), remote=self._remote(mac) or opened.alert.remote)
+            self.escalated.append(alert)
+            return []
+        if opened is not None:
+            opened.quiet = 0
+            changes: dict = {"count": opened.alert.count + 1, "last_time": now}
+            worse = score > ESCALATION * opened.alert.score
+            if opened.handed < opened.alert.time:
+                opened.handed = opened.alert.time
+            stale = now - opened.handed >= REHAND_SECONDS
+            if worse or stale:
+                # Worse than when it was raised, or still going: the playbooks see the
+                # new window (a flood's first window is often a partial one, so a
+                # condition such as tx_packets > 1000 may only match later).
+                # Re-applying is idempotent: an active response is refreshed.
+                changes.update(window=_observed(wf, i), remote=self._remote(mac) or opened.alert.remote)
+                if worse:
+                    changes["score"] = score
+                opened.handed = now
+            alert = self._update(opened, **changes)
+            if worse or stale:
+                self.escalated.append(alert)
+            return []
+        contribs, text = self._words(name, baseline, x, wf, i)
+        alert = self._emit(Alert(
+            id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.ANOMALY, device=name, mac=mac,
+            score=score, threshold=float(baseline.threshold_), explanation=text, baseline=source,
+            features=[asdict(c) for c in contribs], tags=tags, last_time=now,
+            window=_observed(wf, i), remote=self._remote(mac)))
+        self._open[key] = _Open(alert)
+        return [alert] + self._correlate(now, mac, tags, tuple(c.feature for c in contribs) or ("combination",),
+                                         attribute=True)
 
     def on_port_rates(self, rates: dict[str, tuple[float, float, float]], now: float) -> list[Alert]:
         """The volume fast path: each device's transmit rate read from its own edge port's

@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from controller.detection.bank import BaselineBank
 from controller.detection.baseline import BaselineFormatError, DeviceBaseline
 from controller.detection.novelty import NoveltyFormatError, NoveltyMemory
 
@@ -71,6 +72,7 @@ class BaselineStore:
         self.fit_budget = fit_budget
         self.prior_refresh = prior_refresh
         self.profiles: dict[str, Profile] = {}
+        self.bank = BaselineBank(n_features)   # the profiles' own baselines, stacked for scoring
         self.priors: dict[str | None, DeviceBaseline] = {}   # None: the global prior
         self._priors_at = -1e18
         self._first_prior_at = math.inf   # when any prior first existed (this process)
@@ -136,6 +138,7 @@ class BaselineStore:
         for p in self.ready(now)[: self.fit_budget]:
             X = self._defined(np.vstack(p.windows).astype(np.float64))
             p.baseline = self._new_baseline(len(X)).fit(X)
+            self.bank.put(p.mac, p.baseline)
             p.fitted_at = now
             keep = self._rng.sample(range(len(X)), min(SAMPLE_SIZE, len(X)))
             p.sample = X[sorted(keep)].astype(np.float32)
@@ -176,10 +179,29 @@ class BaselineStore:
             self._first_prior_at = now
 
     def fold(self, mac: str, x: np.ndarray, now: float, score: float | None = None) -> bool:
+        """`DeviceBaseline.fold` of one window, through the bank (which holds its numbers)."""
         p = self.profiles.get(mac)
         if p is None or p.baseline is None:
             return False
-        return p.baseline.fold(x, now, max_shift_per_day=self.max_shift_per_day, score=score)
+        if not math.isfinite(now):
+            raise ValueError(f"fold: now must be a finite time in seconds, got {now!r}")
+        r = self.bank.row(mac, p.baseline)
+        x = np.asarray(x, dtype=np.float64).reshape(1, self.n_features)
+        if score is None:
+            score = float(self.bank.scores(np.array([r]), x)[0])
+        if score > 0.5 * p.baseline.threshold_:     # DeviceBaseline.fold's default suspicion
+            return False
+        self.bank.fold(np.array([r]), x, now, max_shift_per_day=self.max_shift_per_day)
+        return True
+
+    def fold_rows(self, rows: np.ndarray, X: np.ndarray, now: float) -> None:
+        """Fold window X[k] into bank row rows[k] for every k: windows already judged normal."""
+        self.bank.fold(rows, X, now, max_shift_per_day=self.max_shift_per_day)
+
+    def forget(self, mac: str) -> None:
+        """Drop a device's profile and its banked baseline."""
+        self.profiles.pop(mac, None)
+        self.bank.forget(mac)
 
     def note_burst(self, mac: str, count: int, floor: int) -> int:
         """Learn a learning device's normal burst size; returns its burst threshold."""
@@ -229,6 +251,10 @@ class BaselineStore:
         if self.novelty is not None:
             self.novelty.restore(memories or {})
         self.profiles = {p.mac: p for p in profiles}
+        self.bank.clear()
+        for p in profiles:
+            if p.baseline is not None:
+                self.bank.put(p.mac, p.baseline)
         self._priors_dirty = True
         self._fit_priors(time.time())
         return self._novelty_note(memories, sum(1 for p in profiles if p.baseline is not None))
@@ -267,6 +293,7 @@ class BaselineStore:
             except OSError:
                 aside = "(could not move it)"
             self.profiles = {}
+            self.bank.clear()
             self.priors = {}
             if self.novelty is not None:
                 self.novelty.restore({})

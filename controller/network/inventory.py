@@ -100,5 +100,8 @@ class Inventory:
 
     def who(self, mac: str) -> tuple[str, tuple[str, ...]]:
         """A device's name and tags, named after its MAC when nobody knows it."""
+        rec = self.devices.get(mac)
+        if rec is not None and type(rec.tags) is tuple:   # the detector asks for every device every window:
+            return rec.name, rec.tags                      # what device() would say, without building it
         dev = self.device(mac)
         return (dev.name, dev.tags) if dev is not None else (self._default_name(mac), ())

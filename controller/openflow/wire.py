@@ -24,7 +24,7 @@ FLOW_STATS_HEAD = np.dtype([
 HEAD_SIZE = FLOW_STATS_HEAD.itemsize  # 48
 MIN_ENTRY = HEAD_SIZE + 8              # head plus an empty ofp_match
 _LEN = struct.Struct("!H")
-_COLS = np.arange(HEAD_SIZE)
+_WORDS = np.arange(HEAD_SIZE // 8)
 
 
 class WireError(ValueError):
@@ -35,7 +35,45 @@ def flow_stats_heads(body: bytes | bytearray | memoryview) -> np.ndarray:
     """Return the entries' heads of one or more concatenated flow-stats bodies."""
     buf = bytes(body)
     n = len(buf)
-    offsets = []
+    offsets = _offsets(buf, n)
+    if offsets is None:
+        offsets = _checked_offsets(buf, n)      # raises WireError naming the first bad entry
+    if not offsets:
+        return np.zeros(0, dtype=FLOW_STATS_HEAD)
+    # Entries are multiples of 8 bytes from byte 0, so each head is 6 whole 8-byte words.
+    words = np.frombuffer(buf, dtype=np.uint64)
+    rows = words[(np.asarray(offsets, dtype=np.int64) >> 3)[:, None] + _WORDS]
+    return rows.view(FLOW_STATS_HEAD).reshape(-1)
+
+
+def _offsets(buf: bytes, n: int) -> list[int] | None:
+    """Each entry's offset, following the length fields; None if any entry is malformed.
+
+    The only per-entry Python of a poll, so it does the least per step (two byte reads, an
+    add); the rules it skips (multiple of 8, no overrun) are checked on all lengths at once.
+    """
+    offsets: list[int] = []
+    append = offsets.append
+    off = 0
+    try:
+        while off < n:
+            append(off)
+            step = buf[off] << 8 | buf[off + 1]
+            if step < MIN_ENTRY:
+                return None
+            off += step
+    except IndexError:              # a stray byte at the end
+        return None
+    if off != n:                    # the last entry overruns the body
+        return None
+    if offsets and np.any(np.diff(np.asarray(offsets + [n], dtype=np.int64)) % 8):
+        return None
+    return offsets
+
+
+def _checked_offsets(buf: bytes, n: int) -> list[int]:
+    """The same walk with every rule checked in turn: raises WireError at the first bad entry."""
+    offsets: list[int] = []
     off = 0
     unpack = _LEN.unpack_from
     while off < n:
@@ -46,8 +84,4 @@ def flow_stats_heads(body: bytes | bytearray | memoryview) -> np.ndarray:
             raise WireError(f"bad flow stats entry length {length} at byte {off}")
         offsets.append(off)
         off += length
-    if not offsets:
-        return np.zeros(0, dtype=FLOW_STATS_HEAD)
-    raw = np.frombuffer(buf, dtype=np.uint8)
-    rows = raw[np.asarray(offsets, dtype=np.int64)[:, None] + _COLS]
-    return rows.view(FLOW_STATS_HEAD).reshape(-1)
+    return offsets
