@@ -49,20 +49,32 @@ CHECKIN = f"while :; do sleep 5; ping -c 1 -W 1 -q {{gw}}; {GET}; done"
 
 
 def start_benign(net, seconds: float, roles: dict[str, str] | None = None) -> list:
-    """Start every host's profile (and its check-in) for `seconds`; returns the processes."""
-    from topologies.net import DNS_SERVER, inventory, start_process
-    import sys
-
-    dns = f"{sys.executable} {DNS_SERVER} --server {INET} --timeout 1 --query"
+    """Start every host's profile (and its check-in) for `seconds`; returns the processes.
+    `roles` overrides a host's role; a role with no profile (e.g. "off") keeps it silent."""
+    from topologies.net import inventory
     procs = []
     for host in inventory(net):
         role = (roles or {}).get(host["name"]) or (host["tags"][0] if host["tags"] else "")
+        procs += start_host(net, host["name"], seconds, role=role)
+    return procs
+
+
+def start_host(net, name: str, seconds: float, role: str | None = None, loop: str | None = None) -> list:
+    """One host's profile (its role's, or `loop`) and its check-in for `seconds`; [] if it
+    has neither."""
+    from topologies.net import DNS_SERVER, inventory, start_process
+    import sys
+
+    if loop is None:
+        if role is None:
+            tags = next(h["tags"] for h in inventory(net) if h["name"] == name)
+            role = tags[0] if tags else ""
         loop = PROFILES.get(role)
         if loop is None:
-            continue
-        cmd = ["timeout", str(int(seconds)), "sh", "-c", loop.replace("{dns}", dns) + " >/dev/null 2>&1"]
-        procs.append(start_process(net, host["name"], cmd, name="benign"))
-        checkin = CHECKIN.replace("{gw}", net.topo.GW_IP)
-        procs.append(start_process(net, host["name"], ["timeout", str(int(seconds)), "sh", "-c",
-                                                       checkin + " >/dev/null 2>&1"], name="checkin"))
-    return procs
+            return []
+    dns = f"{sys.executable} {DNS_SERVER} --server {INET} --timeout 1 --query"
+    cmd = ["timeout", str(int(seconds)), "sh", "-c", loop.replace("{dns}", dns) + " >/dev/null 2>&1"]
+    checkin = CHECKIN.replace("{gw}", net.topo.GW_IP)
+    return [start_process(net, name, cmd, name="benign"),
+            start_process(net, name, ["timeout", str(int(seconds)), "sh", "-c", checkin + " >/dev/null 2>&1"],
+                          name="checkin")]

@@ -364,9 +364,9 @@ class Detector:
         two flow polls.  A flood is plain from those two numbers, so it need not wait for
         the next window: a baselined device sending FAST_FACTOR times the top of its own
         packet-rate band, and at least FAST_MIN_PPS, is alerted now.  It opens the same
-        anomaly alert the window path would (its next window updates it, no second
-        alert), with a window of just the two rates, which playbooks such as
-        `tx_packets > 1000` read like any window."""
+        anomaly alert the window path would (its next window completes it, no second
+        alert), with a window of just the two rates and their ratio (tx_packets, tx_bytes,
+        mean_pkt_size), which playbooks such as `tx_packets > 1000` read like any window."""
         out: list[Alert] = []
         j = INDEX["tx_packets"]
         for mac, (pps, bps, seconds) in rates.items():
@@ -390,7 +390,8 @@ class Detector:
                 id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.ANOMALY, device=name, mac=mac,
                 score=z, threshold=float(b.threshold_), explanation=text, baseline="own",
                 features=(Evidence(feature="tx_packets", observed=pps, low=low, high=high, z=z, share=1.0),),
-                tags=tags, last_time=now, window={"tx_packets": pps, "tx_bytes": bps},
+                tags=tags, last_time=now,
+                window={"tx_packets": pps, "tx_bytes": bps, "mean_pkt_size": bps / pps},
                 remote=self._remote(mac)))
             self._open[(mac, "anomaly")] = _Open(alert, handed=now, provisional=True)
             out.append(alert)

@@ -294,7 +294,7 @@ def test_a_flood_seen_on_the_port_counters_is_alerted_before_the_next_window():
     assert alert.kind == "anomaly" and alert.baseline == "own" and alert.score > alert.threshold == band.threshold_
     assert alert.explanation.startswith("camera-1 sent 9,000 packets/s (378 kB/s, its switch port's counters "
                                         "over 0.25 s); its baseline is ")
-    assert alert.window == {"tx_packets": 9000.0, "tx_bytes": 9000.0 * 42}
+    assert alert.window == {"tx_packets": 9000.0, "tx_bytes": 9000.0 * 42, "mean_pkt_size": 42.0}
     assert alert.value("tx_packets") == 9000.0          # what `tx_packets > 1000` reads
     # the same alert, not a second one: the next window updates it
     x = normal(rng)
