@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import OrderedDict
 import json
 import logging
 import math
@@ -78,6 +79,7 @@ from controller.network.topology import Location
 LOG = logging.getLogger("iotguard.engine")
 
 STATES = ("active", "released", "expired", "failed", "pending", "denied")
+MAX_RELEASED = 4096          # (alert, response) pairs an operator released, remembered (oldest forgotten)
 APPROVE_WITHIN = 900.0       # seconds a pending response waits for an operator; then it is denied
 MODES = ("enforce", "dry-run")
 Spec = FlowSpec | MeterSpec
@@ -499,6 +501,10 @@ class Engine:
         self.switches = switches
         self.dry_run = dry_run
         self.approve_within = approve_within
+        # (alert id, response key) an operator released: that alert, handed over again by
+        # a later window while it stays open, must not put the response back (a new
+        # alert still may).  Bounded; not persisted (a restart forgets it).
+        self._released: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.protection = protection if protection is not None else Protection(
             internal=Subnets(self.internal_subnets), gateway=gateway, dns_servers=self._dns)
 
@@ -647,6 +653,12 @@ class Engine:
                              detail={**detail, "expires": r.expires, "previous_expires": existing.expires,
                                      "record": r.record()})
             return out, decided(response_id=r.id, outcome="refreshed")
+        if g.mode != "dry-run" and (alert.id, g.key) in self._released:
+            self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
+                             mode=g.mode, outcome="unchanged",
+                             detail={**detail, "why": "an operator released this alert's response; "
+                                                      "only a new alert applies it again"})
+            return [], decided(outcome="unchanged")
         try:
             meter = self._meter() if action.uses_meter else None
             r = Stored(id=self.store.next_id(), action=first_act.kind, entity=g.entity, params=g.params,
@@ -743,6 +755,10 @@ class Engine:
         r = self._get_active(rid)
         out = self._removal(r)
         self.store.mark(rid, "released", now)
+        if r.alert_id:
+            self._released[(r.alert_id, r.key)] = None
+            while len(self._released) > MAX_RELEASED:
+                self._released.popitem(last=False)
         self.audit.write("released", time=now, playbook=r.playbook, action=r.action, mode=r.mode,
                          response_id=rid, rules=out, outcome="released", detail={"reason": reason})
         return out

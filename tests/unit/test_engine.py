@@ -339,6 +339,20 @@ def test_release_deletes_by_cookie_and_is_audited(tmp_path):
         engine.release(999, now=201.0)
 
 
+def test_a_released_response_is_not_put_back_by_the_same_alert_only_by_a_new_one(tmp_path):
+    engine, _ = make(tmp_path)
+    engine.on_alert(burst("a1"), CAMERA, now=100.0)
+    rid = engine.active_view(100.0)[0]["id"]
+    engine.release(rid, now=103.0, reason="operator: handled")
+    msgs, _notify, decisions = engine.on_alert(burst("a1", t=109.0), CAMERA, now=109.0)   # the next window
+    assert msgs == [] and engine.active_view(109.0) == []
+    assert [d.outcome for d in decisions if d.action == "quarantine"] == ["unchanged"]
+    why = [e for e in events(engine, "decision") if e["time"] == 109.0]
+    assert why and "an operator released this alert's response" in why[0]["detail"]["why"]
+    engine.on_alert(burst("a2", t=150.0), CAMERA, now=150.0)          # a new alert: applied again
+    assert [r["id"] for r in engine.active_view(150.0)] == [rid + 1]
+
+
 def test_rate_limit_allocates_a_meter_and_release_deletes_it(tmp_path):
     engine, _ = make(tmp_path)
     msgs, _, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=0.0)
