@@ -546,9 +546,10 @@ class Core:
         for d in deltas:
             sw.port_deltas[d.port] = d
         # The volume fast path: an edge port with one device on it counts what that device
-        # sends; a flood shows there before the next flow poll (Detector.on_port_rates).
+        # sends (the port's receive counters) and receives (its transmit counters); a flood
+        # shows there before the next flow poll (Detector.on_port_rates).
         sole = self.topology.sole_devices(dpid)
-        rates = {sole[d.port]: (d.rx_packets / d.window, d.rx_bytes / d.window, d.window)
+        rates = {sole[d.port]: (d.rx_packets / d.window, d.rx_bytes / d.window, d.tx_bytes / d.window, d.window)
                  for d in deltas if d.port in sole and not d.reset and d.window >= 0.05}
         if rates:
             self._raised(self.detector.on_port_rates(rates, self.wall()))

@@ -26,7 +26,7 @@ from controller.config import Config
 from controller.openflow import rules
 import numpy as np
 
-from controller.telemetry.features import FEATURES, INDEX, WindowFeatures, shrink_tx_mix
+from controller.telemetry.features import FEATURES, INDEX, RX_PER_TX, WindowFeatures, rx_per_tx, shrink_tx_mix
 from controller.detection.alert import Alert, AlertKind, Evidence
 from controller.detection.baseline import RANGE_K
 from controller.detection.attribution import Attribution
@@ -163,6 +163,7 @@ def _lateral_words(name: str, hits, count: int, h: float, r) -> str:
 def _observed(wf: WindowFeatures, i: int) -> dict[str, float]:
     """Device `i`'s whole window, as an alert carries it."""
     observed = {f: round(float(v), 6) for f, v in zip(FEATURES, wf.X[i].tolist())}
+    observed[RX_PER_TX] = round(rx_per_tx(observed["tx_bytes"], observed["rx_bytes"]), 6)
     observed["top_port"] = int(wf.top_port[i])
     observed["top_port_hosts"] = int(wf.top_port_hosts[i])
     return observed
@@ -358,18 +359,18 @@ class Detector:
         return [alert] + self._correlate(now, mac, tags, tuple(c.feature for c in contribs) or ("combination",),
                                          attribute=True)
 
-    def on_port_rates(self, rates: dict[str, tuple[float, float, float]], now: float) -> list[Alert]:
-        """The volume fast path: each device's transmit rate read from its own edge port's
-        counters (`mac -> (packets/s, bytes/s, seconds measured)`), several times between
+    def on_port_rates(self, rates: dict[str, tuple[float, float, float, float]], now: float) -> list[Alert]:
+        """The volume fast path: each device's rates read from its own edge port's counters
+        (`mac -> (packets/s sent, bytes/s sent, bytes/s received, seconds measured)`), several times between
         two flow polls.  A flood is plain from those two numbers, so it need not wait for
         the next window: a baselined device sending FAST_FACTOR times the top of its own
         packet-rate band, and at least FAST_MIN_PPS, is alerted now.  It opens the same
         anomaly alert the window path would (its next window completes it, no second
-        alert), with a window of just the two rates and their ratio (tx_packets, tx_bytes,
-        mean_pkt_size), which playbooks such as `tx_packets > 1000` read like any window."""
+        alert), with a window of just what the counters tell (tx_packets, tx_bytes, rx_bytes,
+        mean_pkt_size, rx_per_tx_bytes), which playbooks read like any window."""
         out: list[Alert] = []
         j = INDEX["tx_packets"]
-        for mac, (pps, bps, seconds) in rates.items():
+        for mac, (pps, bps, rx_bps, seconds) in rates.items():
             if pps < FAST_MIN_PPS or (mac, "anomaly") in self._open:
                 continue
             p = self.store.profiles.get(mac)
@@ -391,7 +392,8 @@ class Detector:
                 score=z, threshold=float(b.threshold_), explanation=text, baseline="own",
                 features=(Evidence(feature="tx_packets", observed=pps, low=low, high=high, z=z, share=1.0),),
                 tags=tags, last_time=now,
-                window={"tx_packets": pps, "tx_bytes": bps, "mean_pkt_size": bps / pps},
+                window={"tx_packets": pps, "tx_bytes": bps, "rx_bytes": rx_bps, "mean_pkt_size": bps / pps,
+                        RX_PER_TX: rx_per_tx(bps, rx_bps)},
                 remote=self._remote(mac)))
             self._open[(mac, "anomaly")] = _Open(alert, handed=now, provisional=True)
             out.append(alert)

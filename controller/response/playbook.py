@@ -40,7 +40,7 @@ from controller.response.actions import REGISTRY
 from controller.response.validation import (DEFAULT_TTL, MAX_TTL, REQUIRED, Checker, PlaybookError,
                                             Problem, Skip, child, duration, fmt_duration, host_name,
                                             mac_value, name_value, parse_record, port_value, tag_value)
-from controller.telemetry.features import FEATURES
+from controller.telemetry.features import FEATURES, RX_PER_TX
 from controller.yamlnodes import NAME_RE, join, short
 
 __all__ = [
@@ -60,7 +60,9 @@ _duration, _fmt, _host_name, _mac, _name, _port, _tag = (duration, fmt_duration,
 ALERT_KINDS: tuple[str, ...] = tuple(k.value for k in DETECTED_KINDS)
 # The window features, the burst's own measure, and the novelty counts per horizon
 # (new_internal_peers_60s, ...) that lateral_probe, port_probe and new_service alerts carry.
-CONDITION_FEATURES: tuple[str, ...] = FEATURES + ("new_flows_per_s",) + NOVELTY_VALUES
+# and rx_per_tx_bytes, bytes received per byte sent in the window (every anomaly window carries
+# it), which tells a flood (about 1 or less) from a download's acknowledgements (many).
+CONDITION_FEATURES: tuple[str, ...] = FEATURES + ("new_flows_per_s", RX_PER_TX) + NOVELTY_VALUES
 MODES: tuple[str, ...] = ("enforce", "dry-run", "approve")
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}

@@ -54,6 +54,18 @@ UNITS: dict[str, str] = {
     "dns_queries": "packets/window",
 }
 
+# Derived from a window for playbook conditions, not scored: bytes received per byte sent.
+# A flood is about 1 (a SYN and its RST) or near 0 (UDP into the void); a download's
+# acknowledgements are small packets at a high rate too, but come with many times their
+# bytes back.
+RX_PER_TX = "rx_per_tx_bytes"
+
+
+def rx_per_tx(tx_bytes: float, rx_bytes: float) -> float:
+    """`RX_PER_TX` of one window (a window that sent nothing counts as one byte sent)."""
+    return float(rx_bytes) / max(float(tx_bytes), 1.0)
+
+
 # A drop is as unusual as a rise for the protocol mix and the packet size.  Not
 # for new_dst_share: talking only to known destinations is the normal state.
 TWO_SIDED: tuple[int, ...] = tuple(INDEX[n] for n in (

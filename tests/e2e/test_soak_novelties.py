@@ -63,12 +63,13 @@ def test_a_day_of_benign_novelties_gets_no_response():
             story.append((time.time() - t0, "tv downloads 30 MB"))
             r = net.get("tv").cmd(f"timeout 90 curl -s -m 80 -o /dev/null -w '%{{size_download}}' "
                                   f"http://{inet_ip}/firmware/big.bin")
-            assert r.strip().endswith("30000000"), f"the download did not complete: {r!r}"
+            assert r.strip().endswith("30000000"), f"the download did not complete: {r!r}\n" + \
+                _report(ctl, t0, story, ctl.responses())
             at(t0, 25)
             story.append((time.time() - t0, "laptop uploads a 40 MB backup"))
             r = net.get("laptop").cmd(f"head -c 40000000 /dev/urandom | timeout 90 curl -s -m 80 -o /dev/null "
                                       f"-w '%{{http_code}}' --data-binary @- http://{inet_ip}/upload")
-            assert r.strip().endswith("200"), f"the upload failed: {r!r}"
+            assert r.strip().endswith("200"), f"the upload failed: {r!r}\n" + _report(ctl, t0, story, ctl.responses())
             at(t0, 45)
             story.append((time.time() - t0, "camera reboots (20 s silent, ARP cache flushed)"))
             for p in camera:

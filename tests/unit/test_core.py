@@ -255,8 +255,9 @@ def test_port_counters_of_a_port_with_one_device_reach_the_volume_fast_path(monk
     monkeypatch.setattr(c.detector, "on_port_rates", lambda rates, now: seen.append(rates) or [])
     c.port_stats(1, [(3, 0, 0, 0, 0), (4, 0, 0, 0, 0), (5, 0, 0, 0, 0)])
     clock.t += 0.25
-    c.port_stats(1, [(3, 42_000, 0, 1000, 0), (4, 42_000, 0, 1000, 0), (5, 42_000, 0, 1000, 0)])
-    assert seen == [{CAM: (4000.0, 168_000.0, 0.25)}]        # receive counters: what the device sent
+    c.port_stats(1, [(3, 42_000, 6_000, 1000, 100), (4, 42_000, 0, 1000, 0), (5, 42_000, 0, 1000, 0)])
+    # the port's receive counters are what the device sent, its transmit counters what it received
+    assert seen == [{CAM: (4000.0, 168_000.0, 24_000.0, 0.25)}]
     clock.t += 0.25
     c.port_stats(1, [(3, 10, 0, 1, 0)])                       # counters went back: a reset, not a rate
     assert len(seen) == 1

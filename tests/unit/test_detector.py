@@ -290,11 +290,12 @@ def test_a_sustained_anomaly_is_handed_to_the_playbooks_again_with_its_current_w
 def test_a_flood_seen_on_the_port_counters_is_alerted_before_the_next_window():
     det, rng = trained()
     band = det.store.profiles[CAM].baseline
-    (alert,) = det.on_port_rates({CAM: (9000.0, 9000.0 * 42, 0.25)}, 2000.0)
+    (alert,) = det.on_port_rates({CAM: (9000.0, 9000.0 * 42, 0.0, 0.25)}, 2000.0)
     assert alert.kind == "anomaly" and alert.baseline == "own" and alert.score > alert.threshold == band.threshold_
     assert alert.explanation.startswith("camera-1 sent 9,000 packets/s (378 kB/s, its switch port's counters "
                                         "over 0.25 s); its baseline is ")
-    assert alert.window == {"tx_packets": 9000.0, "tx_bytes": 9000.0 * 42, "mean_pkt_size": 42.0}
+    assert alert.window == {"tx_packets": 9000.0, "tx_bytes": 9000.0 * 42, "rx_bytes": 0.0, "mean_pkt_size": 42.0,
+                            "rx_per_tx_bytes": 0.0}
     assert alert.value("tx_packets") == 9000.0          # what `tx_packets > 1000` reads
     # the same alert, not a second one: the next window updates it
     x = normal(rng)
@@ -308,14 +309,14 @@ def test_a_flood_seen_on_the_port_counters_is_alerted_before_the_next_window():
     assert len(full.features) == 3
     assert det.escalated == [full]
     det.escalated.clear()
-    assert det.on_port_rates({CAM: (9000.0, 9000.0 * 42, 0.25)}, 2000.75) == []
+    assert det.on_port_rates({CAM: (9000.0, 9000.0 * 42, 0.0, 0.25)}, 2000.75) == []
     assert det.on_window(window(2001.5, {CAM: x}), 2001.5) == [] and det.escalated == []   # once, not each window
 
 
 @pytest.mark.parametrize("pps", [0.0, 12.0, 60.0, 400.0])
 def test_the_fast_path_leaves_normal_rates_peaks_and_small_bursts_to_the_window(pps):
     det, _ = trained()          # a camera at about 10 packets/s: 400/s is a burst, not yet a flood
-    assert det.on_port_rates({CAM: (pps, pps * 200, 0.25)}, 2000.0) == []
+    assert det.on_port_rates({CAM: (pps, pps * 200, 0.0, 0.25)}, 2000.0) == []
 
 
 def test_the_fast_path_needs_ten_times_the_band_not_just_the_floor():
@@ -329,8 +330,8 @@ def test_the_fast_path_needs_ten_times_the_band_not_just_the_floor():
     b = det.store.profiles[CAM].baseline
     top = float(np.expm1(b.median_[INDEX["tx_packets"]] + 2.33 * b.scale_[INDEX["tx_packets"]]))
     assert top > 200          # so 9 times it is well over FAST_MIN_PPS
-    assert det.on_port_rates({CAM: (9 * top, 0.0, 0.25)}, 2000.0) == []      # over the floor, under 10x
-    (alert,) = det.on_port_rates({CAM: (11 * top, 0.0, 0.25)}, 2000.25)
+    assert det.on_port_rates({CAM: (9 * top, 0.0, 0.0, 0.25)}, 2000.0) == []      # over the floor, under 10x
+    (alert,) = det.on_port_rates({CAM: (11 * top, 0.0, 0.0, 0.25)}, 2000.25)
     assert alert.window["tx_packets"] == 11 * top
 
 
@@ -339,7 +340,7 @@ def test_the_fast_path_ignores_learning_excluded_and_unknown_devices():
     det = Detector(config, store_for(config), who)
     rng = np.random.default_rng(0)
     det.on_window(window(1000.0, {CAM: normal(rng)}), 1000.0)      # learning
-    assert det.on_port_rates({CAM: (50000.0, 5e6, 0.25)}, 1001.0) == []
-    assert det.on_port_rates({"00:00:00:00:00:99": (50000.0, 5e6, 0.25)}, 1001.0) == []
+    assert det.on_port_rates({CAM: (50000.0, 5e6, 0.0, 0.25)}, 1001.0) == []
+    assert det.on_port_rates({"00:00:00:00:00:99": (50000.0, 5e6, 0.0, 0.25)}, 1001.0) == []
     det2, _ = trained(macs=(CAM, "00:00:00:00:00:01"))
-    assert det2.on_port_rates({"00:00:00:00:00:01": (50000.0, 5e6, 0.25)}, 2000.0) == []   # the gateway
+    assert det2.on_port_rates({"00:00:00:00:00:01": (50000.0, 5e6, 0.0, 0.25)}, 2000.0) == []   # the gateway

@@ -57,7 +57,8 @@ def burst(alert_id="a1", t=100.0) -> Alert:
 def anomaly(mac=CAM, name="camera", alert_id="b1", **window) -> Alert:
     return Alert.from_dict({"id": alert_id, "time": 0.0, "kind": "anomaly", "device": name, "mac": mac, "score": 9.0,
             "threshold": 4.0, "explanation": f"{name} sent a lot", "features": [],
-            "window": {"tx_packets": 5000, "distinct_dst_ports": 3, **window}})
+            "window": {"tx_packets": 5000, "mean_pkt_size": 60, "rx_per_tx_bytes": 1.0, "distinct_dst_ports": 3,
+                       **window}})
 
 
 class Net:

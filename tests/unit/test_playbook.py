@@ -84,7 +84,8 @@ def test_shipped_playbooks_load() -> None:
     assert honeypot.do[0] == Action("redirect", Redirect(to="honeypot", ports=(22, 23), proto="tcp"), ttl=1800)
 
     flood = books["ratelimit-flood"]
-    assert flood.when.conditions == (Condition("tx_packets", ">", 1000),)
+    assert flood.when.conditions == (Condition("tx_packets", ">", 1000), Condition("mean_pkt_size", "<", 400),
+                                     Condition("rx_per_tx_bytes", "<", 4))
     assert [a.kind for a in flood.do] == ["rate_limit", "notify"]
     assert flood.do[0] == Action("rate_limit", RateLimit(kbps=1000), ttl=300)
 
@@ -98,8 +99,15 @@ def test_shipped_playbooks_fire_on_the_alerts_they_are_for() -> None:
     books = load_playbooks([str(SHIPPED)])
     cam = Device("camera", "00:00:00:00:00:11", ("10.0.0.11",), ("camera", "iot"))
     scan = alert(kind="anomaly", score=40.0, window={"distinct_dst_ports": 900, "new_flows": 950,
-                                                     "lateral_peers": 1, "tx_packets": 2000})
+                                                     "lateral_peers": 1, "tx_packets": 2000,
+                                                     "mean_pkt_size": 60, "rx_per_tx_bytes": 0.9})
     assert [p.name for p in matching(books, scan, cam)] == ["quarantine-scanner-ports", "ratelimit-flood"]
+    # a high packet rate that is not a flood: a download's acknowledgements, a backup's full-size packets
+    download = alert(kind="anomaly", score=12.0, window={"tx_packets": 1335, "mean_pkt_size": 73,
+                                                         "rx_per_tx_bytes": 300.0})
+    backup = alert(kind="anomaly", score=12.0, window={"tx_packets": 27000, "mean_pkt_size": 1480,
+                                                       "rx_per_tx_bytes": 0.03})
+    assert matching(books, download, cam) == [] and matching(books, backup, cam) == []
     brute = alert(kind="anomaly", score=9.0,
                   window={"new_flows": 120, "distinct_dst_ports": 1, "top_port": 23, "lateral_peers": 9})
     assert [p.name for p in matching(books, brute, cam)] == ["honeypot-bruteforce", "block-lateral-iot"]
@@ -183,7 +191,7 @@ def test_alert_kinds_are_the_detectors() -> None:
     src = (REPO / "controller" / "detection" / "detector.py").read_text(encoding="utf-8")
     declared = [k.value for k in DETECTED_KINDS]
     assert tuple(declared) == pb.ALERT_KINDS
-    assert pb.CONDITION_FEATURES[:len(FEATURES) + 1] == FEATURES + ("new_flows_per_s",)
+    assert pb.CONDITION_FEATURES[:len(FEATURES) + 2] == FEATURES + ("new_flows_per_s", "rx_per_tx_bytes")
     assert "new_internal_peers_60s" in pb.CONDITION_FEATURES    # the novelty counts per horizon
     assert '"feature": "new_flows_per_s"' in src   # the burst's measure, as conditions name it
 
