@@ -51,42 +51,19 @@ def embedded(ofp_port: int, api_port: int, metrics_port: int = 0) -> subprocess.
         subprocess.run(["rm", "-rf", d], timeout=10)
 
 
-def test_openflow_port_taken_after_the_check_exits_1_naming_it():
+@pytest.mark.parametrize("which, what", [("openflow", "OpenFlow switches"), ("api", "the REST API"),
+                                         ("metrics", "Prometheus metrics")])
+def test_a_port_taken_after_the_check_exits_1_naming_it(which, what):
     held = held_port()
     try:
         port = held.getsockname()[1]
-        r = embedded(port, free_port())
+        ports = {"openflow": free_port(), "api": free_port(), "metrics": free_port(), which: port}
+        r = embedded(ports["openflow"], ports["api"], ports["metrics"])
     finally:
         held.close()
     assert r.returncode == 1, r.stderr[-2000:]
-    assert f"iotguard: cannot listen for OpenFlow switches on 127.0.0.1:{port}: Address already in use; " \
-           "exiting" in r.stderr
+    assert f"iotguard: cannot listen for {what} on 127.0.0.1:{port}: Address already in use; exiting" in r.stderr
     assert "iotguard ready" not in r.stderr
-
-
-def test_api_port_taken_after_the_check_exits_1_naming_it():
-    held = held_port()
-    try:
-        port = held.getsockname()[1]
-        r = embedded(free_port(), port)
-    finally:
-        held.close()
-    assert r.returncode == 1, r.stderr[-2000:]
-    assert f"iotguard: cannot listen for the REST API on 127.0.0.1:{port}: Address already in use; " \
-           "exiting" in r.stderr
-    assert "iotguard ready" not in r.stderr
-
-
-def test_metrics_port_taken_after_the_check_exits_1_naming_it():
-    held = held_port()
-    try:
-        port = held.getsockname()[1]
-        r = embedded(free_port(), free_port(), metrics_port=port)
-    finally:
-        held.close()
-    assert r.returncode == 1, r.stderr[-2000:]
-    assert f"iotguard: cannot listen for Prometheus metrics on 127.0.0.1:{port}: Address already in use; " \
-           "exiting" in r.stderr
 
 
 def test_ready_is_said_once_every_listener_accepts():

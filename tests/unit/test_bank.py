@@ -10,7 +10,8 @@ from controller.detection.bank import BaselineBank
 from controller.detection.baseline import DAY, DeviceBaseline
 from controller.detection.detector import Detector
 from controller.detection.profiles import Profile, store_for
-from controller.telemetry.features import FEATURES, INDEX, WindowFeatures
+from controller.telemetry.features import INDEX, WindowFeatures
+from tests.unit.test_detector import normal   # the same benign camera window
 
 F = 6
 
@@ -112,19 +113,6 @@ def test_added_refitted_folded_forgotten_are_reflected():
     assert bank.medians(bank.rows_of(["n0"]))[0, 0] == 42.0
 
 
-def normal_row(rng) -> np.ndarray:
-    x = np.zeros(len(FEATURES))
-    x[INDEX["tx_bytes"]] = 2000 * rng.uniform(0.8, 1.2)
-    x[INDEX["rx_bytes"]] = 300 * rng.uniform(0.8, 1.2)
-    x[INDEX["tx_packets"]] = 10 * rng.uniform(0.8, 1.2)
-    x[INDEX["rx_packets"]] = 6 * rng.uniform(0.8, 1.2)
-    x[INDEX["distinct_dst_ips"]] = rng.integers(1, 3)
-    x[INDEX["distinct_dst_ports"]] = rng.integers(1, 3)
-    x[INDEX["tcp_share"]] = 1.0
-    x[INDEX["mean_pkt_size"]] = 200 * rng.uniform(0.9, 1.1)
-    return x
-
-
 def test_5000_devices_scored_without_per_device_calls(monkeypatch):
     """Under the threshold, no device reaches DeviceBaseline's per-device code; the one
     over it does (and only it), and the folds match the per-device fold."""
@@ -132,7 +120,7 @@ def test_5000_devices_scored_without_per_device_calls(monkeypatch):
     rng = np.random.default_rng(1)
     config = Config(learn_seconds=30)
     store = store_for(config)
-    X0 = np.vstack([normal_row(rng) for _ in range(300)])
+    X0 = np.vstack([normal(rng) for _ in range(300)])
     model = store._new_baseline(len(X0)).fit(store._defined(X0))
     assert model.multivariate                     # the default warm-up's model has the covariance part
     macs = [f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}" for i in range(n)]
@@ -140,7 +128,7 @@ def test_5000_devices_scored_without_per_device_calls(monkeypatch):
         p = store.profiles[mac] = Profile(mac, "camera", 0.0, baseline=copy.deepcopy(model))
         store.bank.put(mac, p.baseline)
     det = Detector(config, store, lambda m: ("cam-" + m[-5:], ("camera", "iot")))
-    X = np.vstack([normal_row(rng) for _ in range(n)])
+    X = np.vstack([normal(rng) for _ in range(n)])
     X[17, INDEX["distinct_dst_ports"]] = 400          # one scan
     X[17, INDEX["new_flows"]] = 400
     wf = WindowFeatures(time=2000.0, window=1.0, macs=macs, X=X, top_port=np.full(n, 23),
@@ -175,10 +163,10 @@ def test_store_keeps_the_bank_in_step_with_fit_load_and_forget():
     rng = np.random.default_rng(2)
     for t in range(12):
         for mac in ("02:00:00:00:00:01", "02:00:00:00:00:02"):
-            store.judge(mac, "camera", normal_row(rng), float(t))
+            store.judge(mac, "camera", normal(rng), float(t))
     store.fit_pending(20.0)
     assert sorted(store.bank.macs) == ["02:00:00:00:00:01", "02:00:00:00:00:02"]
-    x = normal_row(rng)
+    x = normal(rng)
     b = store.profiles["02:00:00:00:00:01"].baseline
     r = store.bank.rows_of(["02:00:00:00:00:01"])
     assert store.bank.scores(r, x[None, :])[0] == pytest.approx(b.score_one(x), abs=1e-9)
