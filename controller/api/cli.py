@@ -436,7 +436,7 @@ def _utc(t: float) -> str:
 def print_pcap_summary(r: dict, windows: bool = False) -> None:
     """The human form of `replay --pcap`: what was replayed, then one row per device."""
     sw = r["switch"]
-    print(f"{r['file']}: {r['frames']:,} frames over {r['duration_s']:,.0f} s from {_utc(r['start'])}; "
+    print(f"{r['file']}: {r[r['unit']]:,} {r['unit']} over {r['duration_s']:,.0f} s from {_utc(r['start'])}; "
           f"{r['windows']:,} windows of {r['poll_interval_s']:g} s, learning the first "
           f"{r['learn_seconds']:g} s")
     print(f"switch: {sw['packet_ins']:,} packet-ins, {sw['flows_installed']:,} flows installed, "
