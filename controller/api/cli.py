@@ -436,7 +436,9 @@ def cmd_replay_pcap(args) -> int:
         config = with_learning(config, args.learn)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    logging.getLogger("iotguard").setLevel(logging.ERROR)   # the summary says it; no ALERT log lines
+    log = logging.getLogger("iotguard")
+    level = log.level
+    log.setLevel(logging.ERROR)   # the summary says it; no ALERT log lines
     try:
         if args.conn_log is not None:
             result = replay_conn_log(args.conn_log, config)
@@ -445,6 +447,8 @@ def cmd_replay_pcap(args) -> int:
     except CaptureError as e:
         print(f"iotguard: {e}", file=sys.stderr)
         return 2
+    finally:
+        log.setLevel(level)       # main() may be called again in the same process (tests)
     for w in result.warnings:
         print(f"iotguard: warning: {w}", file=sys.stderr)
     out = result.to_dict()
