@@ -34,7 +34,8 @@ normally behaves and answers misbehaviour with operator-written playbooks.
 commands:
   run        start the controller (OpenFlow listener, stats polling, detection, REST API)
   replay     run the detector offline over a recording made with 'run --record', or the
-             whole controller over a packet capture ('replay --pcap FILE.pcap')
+             whole controller over a packet capture ('replay --pcap FILE.pcap') or a Zeek
+             conn.log ('replay --conn-log conn.log')
   playbook   validate response playbooks ('playbook validate FILE...'), or make the
              running controller reload them ('playbook reload')
   config     validate a configuration file and print the effective settings
@@ -96,9 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="log verbosity (default INFO)")
 
     rep = sub.add_parser(
-        "replay", help="run the detector offline over a recording or a packet capture",
+        "replay", help="run the detector offline over a recording, a packet capture or a Zeek conn.log",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Two forms, both offline (no switch, no root):\n\n"
+        description="Three forms, all offline (no switch, no root):\n\n"
                     "  iotguard replay FILE [--config FILE]\n"
                     "      feed a recording made with 'iotguard run --record' to a fresh detector and\n"
                     "      print its alerts as JSON lines, oldest first.\n\n"
@@ -112,21 +113,37 @@ def _parser() -> argparse.ArgumentParser:
                     "      a summary per device: windows, packets counted, alerts, flagged windows.\n"
                     "      Responses (playbooks) stay off. Exit status 2 if the capture cannot be\n"
                     "      read or is not Ethernet.\n\n"
+                    "  iotguard replay --conn-log CONN_LOG [--devices INVENTORY] [--windows] [--json]\n"
+                    "                  [--learn SECONDS] [--config FILE]\n"
+                    "      the same over a Zeek conn.log (tab-separated with its #fields header, JSON\n"
+                    "      lines, or CSV with a header row; gzip or not): each connection becomes its\n"
+                    "      first packet(s) as table-misses (a TCP SYN, a UDP datagram, an ICMP echo;\n"
+                    "      the answer conn_state says was sent) and its other packets and bytes counted\n"
+                    "      on the flows the core installed, spread over its duration. A conn.log has\n"
+                    "      no MAC addresses: each address inside internal_subnets gets a synthetic MAC,\n"
+                    "      02:00 and its four bytes (192.168.1.195 is 02:00:c0:a8:01:c3), and every\n"
+                    "      other address is behind one gateway MAC, 06:00:00:00:00:01, tagged\n"
+                    "      'gateway'. Devices are named by address; in INVENTORY name them by 'ip:'.\n"
+                    "      Exit status 2, naming the file and line, if the log is malformed.\n\n"
                     "The config's detection settings, poll_interval, forwarding settings and device\n"
                     "inventory apply; --devices replaces the inventory.")
     rep.add_argument("file", metavar="FILE", nargs="?", help="recording (JSON lines)")
     rep.add_argument("--config", metavar="FILE", help="YAML configuration file")
     rep.add_argument("--pcap", metavar="CAPTURE",
                      help="replay a packet capture (pcap or pcapng, Ethernet) instead of a recording")
+    rep.add_argument("--conn-log", metavar="CONN_LOG",
+                     help="replay a Zeek conn.log (TSV, JSON lines or CSV; gzip or not) instead of a recording; "
+                          "addresses get synthetic MACs (see above)")
     rep.add_argument("--devices", metavar="INVENTORY",
-                     help="with --pcap: YAML device inventory, the config's 'devices:' list (or a bare "
-                          "list), for names and tags (tag the gateway 'gateway' to exclude its traffic, "
-                          "devices 'iot' for the appliance rules)")
+                     help="with --pcap or --conn-log: YAML device inventory, the config's 'devices:' list (or a "
+                          "bare list), for names and tags (tag the gateway 'gateway' to exclude its traffic, "
+                          "devices 'iot' for the appliance rules; for a conn log, by 'ip:')")
     rep.add_argument("--windows", action="store_true",
-                     help="with --pcap: also print every flagged window with its alerts' words")
-    rep.add_argument("--json", action="store_true", help="with --pcap: print the whole result as JSON")
+                     help="with --pcap or --conn-log: also print every flagged window with its alerts' words")
+    rep.add_argument("--json", action="store_true", help="with --pcap or --conn-log: print the whole result as JSON")
     rep.add_argument("--learn", type=float, metavar="SECONDS",
-                     help="with --pcap: warm-up length in capture seconds (overrides detection.learn_seconds)")
+                     help="with --pcap or --conn-log: warm-up length in capture seconds (overrides "
+                          "detection.learn_seconds)")
 
     pb = sub.add_parser("playbook", help="validate or reload response playbooks",
                         description="Response playbooks (see docs/playbooks.md).")
@@ -382,16 +399,20 @@ def cmd_run(args) -> int:
 def cmd_replay(args) -> int:
     import json
     from controller.detection.recording import RecordError, replay
-    if args.pcap is not None:
-        if args.file is not None:
-            raise UsageError("replay takes a recording FILE or --pcap CAPTURE, not both")
+    sources = [s for s, v in (("FILE", args.file), ("--pcap", args.pcap), ("--conn-log", args.conn_log))
+               if v is not None]
+    if len(sources) > 1:
+        raise UsageError(f"replay takes one of a recording FILE, --pcap CAPTURE or --conn-log CONN_LOG, "
+                         f"not {' and '.join(sources)}")
+    if args.pcap is not None or args.conn_log is not None:
         return cmd_replay_pcap(args)
     if args.file is None:
-        raise UsageError("replay needs a recording FILE or --pcap CAPTURE (see 'iotguard replay --help')")
+        raise UsageError("replay needs a recording FILE, --pcap CAPTURE or --conn-log CONN_LOG "
+                         "(see 'iotguard replay --help')")
     used = [o for o, v in (("--devices", args.devices), ("--windows", args.windows), ("--json", args.json),
                            ("--learn", args.learn)) if v not in (None, False)]
     if used:
-        raise UsageError(f"{', '.join(used)}: only with 'replay --pcap CAPTURE'")
+        raise UsageError(f"{', '.join(used)}: only with 'replay --pcap CAPTURE' or '--conn-log CONN_LOG'")
     config = load_config(args.config) if args.config else Config()
     try:
         with open(args.file, encoding="utf-8") as f:
@@ -404,7 +425,9 @@ def cmd_replay(args) -> int:
 
 
 def cmd_replay_pcap(args) -> int:
+    """`replay --pcap` and `replay --conn-log`: the same switch emulation, the same summary."""
     from controller.config import load_devices
+    from controller.connreplay import replay_conn_log
     from controller.pcapreplay import CaptureError, replay_pcap, with_learning
     config = load_config(args.config) if args.config else Config()
     if args.devices:
@@ -413,12 +436,19 @@ def cmd_replay_pcap(args) -> int:
         config = with_learning(config, args.learn)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    logging.getLogger("iotguard").setLevel(logging.ERROR)   # the summary says it; no ALERT log lines
+    log = logging.getLogger("iotguard")
+    level = log.level
+    log.setLevel(logging.ERROR)   # the summary says it; no ALERT log lines
     try:
-        result = replay_pcap(args.pcap, config)
+        if args.conn_log is not None:
+            result = replay_conn_log(args.conn_log, config)
+        else:
+            result = replay_pcap(args.pcap, config)
     except CaptureError as e:
         print(f"iotguard: {e}", file=sys.stderr)
         return 2
+    finally:
+        log.setLevel(level)       # main() may be called again in the same process (tests)
     for w in result.warnings:
         print(f"iotguard: warning: {w}", file=sys.stderr)
     out = result.to_dict()
@@ -434,9 +464,9 @@ def _utc(t: float) -> str:
 
 
 def print_pcap_summary(r: dict, windows: bool = False) -> None:
-    """The human form of `replay --pcap`: what was replayed, then one row per device."""
+    """The human form of `replay --pcap` and `--conn-log`: what was replayed, then one row per device."""
     sw = r["switch"]
-    print(f"{r['file']}: {r['frames']:,} frames over {r['duration_s']:,.0f} s from {_utc(r['start'])}; "
+    print(f"{r['file']}: {r[r['unit']]:,} {r['unit']} over {r['duration_s']:,.0f} s from {_utc(r['start'])}; "
           f"{r['windows']:,} windows of {r['poll_interval_s']:g} s, learning the first "
           f"{r['learn_seconds']:g} s")
     print(f"switch: {sw['packet_ins']:,} packet-ins, {sw['flows_installed']:,} flows installed, "

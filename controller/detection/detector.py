@@ -38,6 +38,10 @@ BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
 ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
 EVERYDAY_CLOUD_PORTS = frozenset({53, 80, 123, 443, 853, 8443})   # DNS, HTTP(S), NTP, DoT
+# Asking the LAN's resolver or time server is no news either, however rarely a device does it
+# (an IoT-23 Raspberry Pi first asked its router's DNS hours after warm-up); a sweep of port 53
+# still shows as new internal peers (lateral_probe).
+EVERYDAY_LAN_SERVICES = frozenset({(rules.IPPROTO_UDP, 53), (rules.IPPROTO_TCP, 53), (rules.IPPROTO_UDP, 123)})
 REHAND_SECONDS = 5.0     # ... and with its current window at least this often while it stays anomalous
 MAX_ALERTS = 10000
 # The volume fast path (`Detector.on_port_rates`) acts only on a device sending at least this
@@ -479,14 +483,15 @@ class Detector:
 
     def _telling(self, e: tuple[float, int, int, int]) -> bool:
         """Is a first use of a service a fact worth an alert on its own?  Inside the LAN,
-        always (an appliance has no business opening new services on its neighbours).
+        always (an appliance has no business opening new services on its neighbours),
+        but DNS and NTP (EVERYDAY_LAN_SERVICES).
         Toward the internet only a TCP connection on a port that is not everyday cloud
         traffic: devices talk UDP to ever-changing cloud and P2P relays, and HTTPS to
         new hosts, all the time (seen on the shipped camera capture).  Those still count
         in the novelty values the alert windows carry."""
         _t, ip, proto, port = e
         if self._is_internal(ip):
-            return True
+            return (proto, port) not in EVERYDAY_LAN_SERVICES
         return proto == rules.IPPROTO_TCP and port not in EVERYDAY_CLOUD_PORTS
 
     def _is_internal(self, ip: int) -> bool:

@@ -451,6 +451,8 @@ class FeatureExtractor:
         w = float(window) if ok else math.nan
         if not (math.isfinite(w) and w > 0):
             raise ValueError(f"window must be a positive number of seconds, not {window!r}")
+        if not (self._tx or self._new or self._pin or self._rx_b.any() or self._rx_p.any()):
+            return self._close_quiet(now, w)      # most windows of a quiet network: no numpy work
         tx = _per_fid(_concat(self._tx))
         new = self._new
         rx_b, rx_p = self._rx_b, self._rx_p
@@ -556,6 +558,15 @@ class FeatureExtractor:
         macs = [self.registry.macs[i] for i in rows.tolist()]
         self._last_pairs, self._last_rows = dest_pairs, dict(zip(macs, rows.tolist()))
         return WindowFeatures(float(now), w, macs, X, top_port[rows], top_hosts[rows])
+
+    def _close_quiet(self, now: float, w: float) -> WindowFeatures:
+        """`close` of a window in which nothing moved: no device row (what the full path gives)."""
+        self.dropped_new_flows = self._dropped
+        self.dropped_packet_ins, self._dropped_pin = self._dropped_pin, 0
+        self._reset()
+        self._last_pairs, self._last_rows = np.zeros(0, dtype=np.uint64), {}
+        none = np.zeros(0, dtype=np.int64)
+        return WindowFeatures(float(now), w, [], np.zeros((0, len(FEATURES))), none, none.copy())
 
     @staticmethod
     def _top_ports(n: int, src: np.ndarray, pp: np.ndarray, ip: np.ndarray, is_new: np.ndarray,

@@ -253,8 +253,11 @@ class FlowStatsTracker:
         self._removed: dict[int, set[int]] = {}
 
     def update(self, dpid: int, entries: np.ndarray, now: float) -> FlowDeltas:
-        cookie, packets, nbytes, duration = _aggregate(entries)
         prev = self._prev.get(dpid)
+        if prev is not None and not len(entries) and not len(prev.cookie):
+            self._removed.pop(dpid, None)      # an empty table twice: nothing to subtract
+            return self._empty(dpid, now, max(now - prev.time, 0.0))
+        cookie, packets, nbytes, duration = _aggregate(entries)
         removed = self._removed.pop(dpid, set())
         if prev is None:
             # First sight: counters since install are not this window's traffic.
@@ -283,6 +286,12 @@ class FlowStatsTracker:
             vanished = np.setdiff1d(pcookie, cookie, assume_unique=True)
         self._prev[dpid] = _Snapshot(now, cookie, packets, nbytes, duration)
         return FlowDeltas(dpid, now, window, cookie, d_p, d_b, duration, reset, vanished)
+
+    def _empty(self, dpid: int, now: float, window: float) -> FlowDeltas:
+        z = np.zeros(0, dtype=np.int64)
+        self._prev[dpid] = _Snapshot(now, np.zeros(0, dtype=np.uint64), z, z.copy(), np.zeros(0))
+        return FlowDeltas(dpid, now, window, np.zeros(0, dtype=np.uint64), z.copy(), z.copy(), np.zeros(0),
+                          np.zeros(0, dtype=bool))
 
     def removed(self, dpid: int, cookie: int, packets: int, nbytes: int, duration: float,
                 now: float) -> FlowDeltas:

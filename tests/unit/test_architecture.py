@@ -22,7 +22,8 @@ STAGES = [
     ("response", ("controller.response",)),
     ("api", ("controller.api",)),
     ("core", ("controller.core",)),
-    ("shell", ("controller.app", "controller.api.cli", "controller.pcapreplay")),   # pcapreplay drives the core as app does
+    ("shell", ("controller.app", "controller.api.cli", "controller.replayswitch", "controller.pcapreplay",
+               "controller.connreplay")),   # the replays drive the core as app does
 ]
 FRAMEWORKS = ("os_ken", "ryu", "eventlet")
 SHIM = "controller.openflow.compat"

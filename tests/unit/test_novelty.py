@@ -148,6 +148,18 @@ def test_an_appliance_using_a_service_it_never_used_is_a_fact():
     assert len(r.alerts) == 1, "the same service again is no new fact"
 
 
+def test_asking_the_lans_dns_or_ntp_for_the_first_time_is_no_news_but_a_new_lan_service_is():
+    """The plug never asked DNS over TCP or NTP while learning (an IoT-23 Pi first asked its
+    router's DNS hours after warm-up): not a fact; Telnet to the same router is."""
+    r = Replay(macs=(PLUG,)).warm()
+    t = r.t + 0.4
+    r.run_until(t + 5, [(t, PLUG, TCP, ip("10.0.0.1"), 53), (t + 0.1, PLUG, UDP, ip("10.0.0.1"), 123)])
+    assert r.alerts == []
+    r.run_until(t + 10, [(t + 6, PLUG, TCP, ip("10.0.0.1"), 23)])
+    (a,) = r.alerts
+    assert a.kind == "new_service" and "Telnet" in a.explanation and "10.0.0.1" in a.explanation
+
+
 def test_normal_churn_is_learned_and_raises_nothing():
     """A hub that meets a new peer every 4 s while learning keeps doing so: no alert;
     the camera and the plug keep their habits for ten minutes: no alert."""
