@@ -549,6 +549,9 @@ class IoTGuard(compat.GuardedApp):
         except MultipartOverflow as e:
             raise Malformed(f"port stats reply: {e}", ofp.OFPET_BAD_REQUEST,
                             ofp.OFPBRC_MULTIPART_BUFFER_OVERFLOW) from None
+        finally:
+            if self.core.outbox_pending():   # the volume fast path decided responses
+                self._flush()
 
 
 def _decision_request(q: dict) -> tuple[int, str, str]:

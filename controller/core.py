@@ -422,17 +422,23 @@ class Core:
         if self.score_hook is not None:
             self.score_hook(time.perf_counter() - t0)
         self._raised(alerts)
-        if self.detector.escalated:
-            worse, self.detector.escalated = self.detector.escalated, []
-            for a in worse:
-                LOG.warning("ALERT %s %s escalated (score %.1f): window now %s", a.kind, a.device, a.score,
-                            {k: round(v, 1) for k, v in a.window.items() if k in ("tx_packets", "tx_bytes",
-                                                                                  "new_flows")})
-            if self.responder is not None:
-                out, jobs = self.responder.on_alerts(worse)
-                self.outbox += out
-                self.notify_jobs += jobs
+        self._hand_escalated()
         return alerts
+
+    def _hand_escalated(self) -> None:
+        """Open alerts that grew worse (or show a rate the playbooks have not seen) go to
+        the playbooks again."""
+        if not self.detector.escalated:
+            return
+        worse, self.detector.escalated = self.detector.escalated, []
+        for a in worse:
+            LOG.warning("ALERT %s %s escalated (score %.1f): window now %s", a.kind, a.device, a.score,
+                        {k: round(v, 1) for k, v in a.window.items() if k in ("tx_packets", "tx_bytes",
+                                                                              "new_flows")})
+        if self.responder is not None:
+            out, jobs = self.responder.on_alerts(worse)
+            self.outbox += out
+            self.notify_jobs += jobs
 
     @property
     def state_path(self) -> str:
@@ -553,6 +559,7 @@ class Core:
                  for d in deltas if d.port in sole and not d.reset and d.window >= 0.05}
         if rates:
             self._raised(self.detector.on_port_rates(rates, self.wall()))
+            self._hand_escalated()
         return deltas
 
     # ------------------------------------------------------------ views (each stage gives its part)

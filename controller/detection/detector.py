@@ -371,11 +371,27 @@ class Detector:
         packet-rate band, and at least FAST_MIN_PPS, is alerted now.  It opens the same
         anomaly alert the window path would (its next window completes it, no second
         alert), with a window of just what the counters tell (tx_packets, tx_bytes, rx_bytes,
-        mean_pkt_size, rx_per_tx_bytes), which playbooks read like any window."""
+        mean_pkt_size, rx_per_tx_bytes), which playbooks read like any window.  An alert
+        already open whose window shows less than half the counted rate is handed over
+        again with the counted values (`escalated`)."""
         out: list[Alert] = []
         j = INDEX["tx_packets"]
         for mac, (pps, bps, rx_bps, seconds) in rates.items():
-            if pps < FAST_MIN_PPS or (mac, "anomaly") in self._open:
+            if pps < FAST_MIN_PPS:
+                continue
+            counted = {"tx_packets": pps, "tx_bytes": bps, "rx_bytes": rx_bps, "mean_pkt_size": bps / pps,
+                       RX_PER_TX: rx_per_tx(bps, rx_bps)}
+            opened = self._open.get((mac, "anomaly"))
+            if opened is not None:
+                # Already alerted, perhaps on a flood's first, partial window (a few hundred
+                # packets/s: too few for `tx_packets > 1000`).  When the counters show at
+                # least twice the rate the playbooks last saw, they see it now, not at the
+                # next window.
+                seen = opened.alert.window.get("tx_packets")
+                if seen is not None and pps >= 2 * seen:
+                    opened.handed = now
+                    self.escalated.append(self._update(opened, last_time=now,
+                                                       window={**opened.alert.window, **counted}))
                 continue
             p = self.store.profiles.get(mac)
             if p is None or p.baseline is None:
@@ -395,10 +411,7 @@ class Detector:
                 id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.ANOMALY, device=name, mac=mac,
                 score=z, threshold=float(b.threshold_), explanation=text, baseline="own",
                 features=(Evidence(feature="tx_packets", observed=pps, low=low, high=high, z=z, share=1.0),),
-                tags=tags, last_time=now,
-                window={"tx_packets": pps, "tx_bytes": bps, "rx_bytes": rx_bps, "mean_pkt_size": bps / pps,
-                        RX_PER_TX: rx_per_tx(bps, rx_bps)},
-                remote=self._remote(mac)))
+                tags=tags, last_time=now, window=counted, remote=self._remote(mac)))
             self._open[(mac, "anomaly")] = _Open(alert, handed=now, provisional=True)
             out.append(alert)
             out += self._correlate(now, mac, tags, ("tx_packets",), attribute=True)

@@ -344,3 +344,18 @@ def test_the_fast_path_ignores_learning_excluded_and_unknown_devices():
     assert det.on_port_rates({"00:00:00:00:00:99": (50000.0, 5e6, 0.0, 0.25)}, 1001.0) == []
     det2, _ = trained(macs=(CAM, "00:00:00:00:00:01"))
     assert det2.on_port_rates({"00:00:00:00:00:01": (50000.0, 5e6, 0.0, 0.25)}, 2000.0) == []   # the gateway
+
+
+def test_an_alert_opened_on_a_partial_window_is_handed_again_when_the_counters_show_the_flood():
+    det, rng = trained()
+    x = normal(rng)
+    x[INDEX["tx_packets"]], x[INDEX["tx_bytes"]] = 600, 600 * 60       # the flood's first, partial second
+    (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
+    det.escalated.clear()
+    assert det.on_port_rates({CAM: (900.0, 900.0 * 60, 0.0, 0.25)}, 2000.25) == [] and det.escalated == []
+    assert det.on_port_rates({CAM: (9000.0, 9000.0 * 60, 0.0, 0.25)}, 2000.5) == []
+    (again,) = det.escalated
+    assert again.id == alert.id and again.window["tx_packets"] == 9000.0 and again.window["mean_pkt_size"] == 60.0
+    assert again.window["distinct_dst_ips"] == x[INDEX["distinct_dst_ips"]]     # the rest of its window is kept
+    det.escalated.clear()
+    assert det.on_port_rates({CAM: (9500.0, 9500.0 * 60, 0.0, 0.25)}, 2000.75) == [] and det.escalated == []
