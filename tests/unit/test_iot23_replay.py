@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.iot23_replay import first_malicious, measure, path_of
+from bench.iot23_replay import measure, path_of
 from controller.connreplay import read_conn_log
 
 TEN_MINUTES = 600.0

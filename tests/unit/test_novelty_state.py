@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.unit import test_novelty as replay
-from tests.unit.test_novelty import CAM, HUB, LEARN, PLUG, TCP, UDP, Replay, ip, lateral_probe
+from tests.unit.test_novelty import CAM, HUB, PLUG, TCP, UDP, Replay, ip, lateral_probe
 
 TV = "00:00:00:00:00:41"
 A, B = ip("10.0.0.40"), ip("10.0.0.41")
