@@ -366,19 +366,31 @@ def load_or_create_token(configured: str | None, state_dir: str) -> str:
     if configured:
         return configured
     path = os.path.join(state_dir, "api-token")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        try:
-            with open(path, encoding="utf-8") as f:
-                token = f.read(4096).strip()
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: the API token file is not UTF-8 text; delete it to regenerate it, "
-                             "or set api.token in the config") from None
-        if len(token) < 16:
-            raise ValueError(f"{path}: token is shorter than 16 characters; delete the file to regenerate it")
-        return token
+    if os.path.lexists(path):
+        return _read_token(path)
+    # Written in full to a private file, then linked into place: the link is atomic and
+    # fails if the file exists, so no reader (a client, a second start) ever sees it empty.
     token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.link(tmp, path)
+    except FileExistsError:
+        return _read_token(path)      # another start won the race: its token it is
+    finally:
+        os.unlink(tmp)
+    return token
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read(4096).strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the API token file is not UTF-8 text; delete it to regenerate it, "
+                         "or set api.token in the config") from None
+    if len(token) < 16:
+        raise ValueError(f"{path}: token is shorter than 16 characters; delete the file to regenerate it")
     return token

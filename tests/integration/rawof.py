@@ -262,7 +262,10 @@ class ControllerProcess:
     def _token(self) -> str:
         if self.token is None:
             with open(os.path.join(self.dir, "state", "api-token")) as f:
-                self.token = f.read().strip()
+                token = f.read().strip()
+            if len(token) < 16:      # not there yet: never cache a partial read
+                raise FileNotFoundError("api-token not written yet")
+            self.token = token
         return self.token
 
     def api(self, method: str, path: str, body: dict | None = None) -> dict:

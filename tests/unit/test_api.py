@@ -76,6 +76,31 @@ def test_token_generated_0600_then_reused(tmp_path):
     assert load_or_create_token("configured-token-123", str(tmp_path)) == "configured-token-123"
 
 
+def test_the_token_file_appears_whole_and_a_concurrent_start_gets_the_winners_token(tmp_path, monkeypatch):
+    path = tmp_path / "api-token"
+    seen = []
+    real_link = os.link
+
+    def link(src, dst):
+        seen.append(open(src).read())          # what a reader finds the instant it appears
+        real_link(src, dst)
+    monkeypatch.setattr(os, "link", link)
+    tok = load_or_create_token(None, str(tmp_path))
+    assert seen == [tok + "\n"] and path.read_text() == tok + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api-token"]      # no temporary left
+
+    other = tmp_path / "other"
+    other.mkdir()
+
+    def lost(src, dst):                        # another start linked its token first
+        with open(dst, "w") as f:
+            f.write("the-other-start-won-the-race\n")
+        raise FileExistsError(dst)
+    monkeypatch.setattr(os, "link", lost)
+    assert load_or_create_token(None, str(other)) == "the-other-start-won-the-race"
+    assert sorted(p.name for p in other.iterdir()) == ["api-token"]
+
+
 def test_short_token_file_is_an_error(tmp_path):
     (tmp_path / "api-token").write_text("abc\n")
     with pytest.raises(ValueError, match="shorter than 16"):
