@@ -286,9 +286,24 @@ def framework_flow_stats_parser():
     return _original_flow_stats_reply
 
 
+def _joinall_waking(threads) -> None:
+    """The native hub's joinall, waking twice a second.  Python runs a signal handler only in
+    the main thread, between bytecodes; the framework's main thread sits in `join()`, and when
+    the kernel delivers SIGHUP or SIGTERM to another thread that join is never interrupted, so
+    the handler (reload, shutdown) waited for ever (seen in CI: a SIGHUP reload never came)."""
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)
+
+
+_joinall_waking._iotguard = True  # type: ignore[attr-defined]
+
+
 def run_apps(app_modules: list[str], ofp_host: str, ofp_port: int) -> None:
     """Start the framework's app manager (os-ken 4 ships no manager command)."""
     hub.patch(thread=False)
+    if getattr(hub, "HUB_TYPE", "native") == "native" and not getattr(hub.joinall, "_iotguard", False):
+        hub.joinall = _joinall_waking
     args = ["--ofp-listen-host", ofp_host, "--ofp-tcp-listen-port", str(ofp_port)]
     if FRAMEWORK == "os-ken":
         cfg.CONF(args=args, project="os_ken")
