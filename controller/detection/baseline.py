@@ -59,6 +59,12 @@ _SCALE_SHIFT = 0.25     # fold(): the scale may move by this fraction of the med
 _MAX_FEATURES = 4096    # from_dict() refuses anything larger before allocating it
 
 
+def band(median: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The normal range per feature, in its own units, of a model on log1p (the 1st..99th
+    percentile of a normal): what "its baseline is a–b" says."""
+    return np.maximum(np.expm1(median - RANGE_K * scale), 0.0), np.expm1(median + RANGE_K * scale)
+
+
 class BaselineFormatError(ValueError):
     """A stored baseline is malformed; the message names the field."""
 
@@ -244,6 +250,10 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
     def offset_(self) -> float:
         return -self.threshold_
 
+    def band(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each feature's normal range in its own units (`band`)."""
+        return band(self.median_, self.scale_)
+
     def explain(self, x, feature_names: Sequence[str] | None = None, top: int = 3) -> list[Contribution]:
         """The features that pushed one window up, largest z first (only z > 0)."""
         row = np.asarray(x, dtype=np.float64).reshape(1, -1)
@@ -253,8 +263,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         names = [str(n) for n in feature_names]
         if len(names) != len(z):
             raise ValueError(f"explain: {len(names)} feature names for {len(z)} features")
-        low = np.maximum(np.expm1(self.median_ - RANGE_K * self.scale_), 0.0)
-        high = np.expm1(self.median_ + RANGE_K * self.scale_)
+        low, high = self.band()
         total = float(z[z > 0].sum())
         order = [j for j in np.argsort(-z, kind="stable") if z[j] > 0][:top]
         return [Contribution(names[j], float(max(row[0, j], 0.0)), float(low[j]), float(high[j]),

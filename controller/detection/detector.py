@@ -28,7 +28,6 @@ import numpy as np
 
 from controller.telemetry.features import FEATURES, INDEX, RX_PER_TX, WindowFeatures, rx_per_tx, shrink_tx_mix
 from controller.detection.alert import Alert, AlertKind, Evidence
-from controller.detection.baseline import RANGE_K
 from controller.detection.attribution import Attribution
 from controller.detection.novelty import HORIZONS, Novelty, NoveltyMemory, service_name
 from controller.detection.profiles import BaselineStore
@@ -400,8 +399,8 @@ class Detector:
             if self.excluded(tags):
                 continue
             b = p.baseline
-            low = max(float(np.expm1(b.median_[j] - RANGE_K * b.scale_[j])), 0.0)
-            high = float(np.expm1(b.median_[j] + RANGE_K * b.scale_[j]))
+            lows, highs = b.band()
+            low, high = float(lows[j]), float(highs[j])
             z = float((math.log1p(pps) - b.median_[j]) / b.scale_[j])
             if pps < FAST_FACTOR * max(high, 1.0) or z <= b.threshold_:
                 continue

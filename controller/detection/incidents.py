@@ -174,7 +174,6 @@ def band_of(baseline: Any) -> dict | None:
     """The normal range per feature a baseline implies (the explanations' 'baseline is a–b')."""
     if baseline is None or getattr(baseline, "median_", None) is None:
         return None
-    from controller.detection.baseline import RANGE_K
-    low = np.maximum(np.expm1(baseline.median_ - RANGE_K * baseline.scale_), 0.0)
-    high = np.expm1(baseline.median_ + RANGE_K * baseline.scale_)
+    from controller.detection.baseline import band
+    low, high = band(np.asarray(baseline.median_), np.asarray(baseline.scale_))
     return {"low": np.round(low, 4).tolist(), "high": np.round(high, 4).tolist()}
