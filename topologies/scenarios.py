@@ -45,6 +45,17 @@ class Attack:
     started: float                  # time.time() just before the first packet was sent
     procs: list = field(default_factory=list)
 
+    def outputs(self) -> dict[str, str]:
+        """What each attacker's command printed (for a scenario that prints its progress)."""
+        out = {}
+        for host, p in zip(self.attackers, self.procs):
+            try:
+                with open(p.iotguard_log, errors="replace") as f:
+                    out[host] = f.read()
+            except (OSError, AttributeError):
+                out[host] = ""
+        return out
+
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -73,9 +84,11 @@ def _topo(net) -> IoTTopo:
     return net.topo
 
 
-def _start(net, name: str, hosts: list[str], script: str, seconds: int) -> Attack:
+def _start(net, name: str, hosts: list[str], script: str, seconds: int, output: bool = False) -> Attack:
+    """`output`: keep what the script prints in its log (Attack.outputs), not /dev/null."""
     attack = Attack(name, hosts, 0.0)
-    cmd = lambda: ["timeout", str(int(seconds)), "sh", "-c", script + " >/dev/null 2>&1"]  # noqa: E731
+    script = script if output else script + " >/dev/null 2>&1"
+    cmd = lambda: ["timeout", str(int(seconds)), "sh", "-c", script]  # noqa: E731
     attack.started = time.time()
     for h in hosts:
         attack.procs.append(start_process(net, h, cmd(), name=f"attack-{name}"))
@@ -129,8 +142,11 @@ def exfil(net, attackers=None, seconds: int = 30) -> Attack:
 
 def c2(net, attackers=None, seconds: int = 40) -> Attack:
     t = _topo(net)
-    script = f"while :; do curl -s -m 2 -o /dev/null http://{t.C2_IP}/beacon; sleep 0.1; done"
-    return _start(net, "c2", attackers or _default("c2", net), script, seconds)
+    # Each beacon prints its HTTP status (000: no answer), so a failure can tell a
+    # device that never reached its C2 from one that did and was not noticed.
+    script = (f"while :; do curl -s -m 2 -o /dev/null -w '%{{http_code}}\\n' http://{t.C2_IP}/beacon; "
+              "sleep 0.1; done")
+    return _start(net, "c2", attackers or _default("c2", net), script, seconds, output=True)
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (

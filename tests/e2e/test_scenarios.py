@@ -9,6 +9,7 @@ the scenarios run one after another, each released and settled before the next.
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import pytest
 
@@ -60,9 +61,16 @@ def test_scenario_is_mitigated_and_nobody_else_is_touched(lab, name):
     t0 = time.time()
     attack = sc.run(net)
     try:
+        peak: dict[str, dict[str, float]] = {n: {} for n in attackers}   # for a failure's output
+
         def answered():
             rs = [r for r in ctl.responses() if r["playbook"] in sc.playbooks and r["action"] == sc.action
                   and r["created"] >= t0 and r["confirmed"]]
+            if not rs:
+                devices = ctl.devices()
+                for n in attackers:
+                    for k in ("tx_packets_per_s", "rx_bytes_per_s"):
+                        peak[n][k] = max(peak[n].get(k, 0.0), devices.get(n, {}).get(k) or 0.0)
             return rs or None
         responses = ctl.wait_for(answered, 60, f"{' or '.join(sc.playbooks)} to {sc.action} for {name}", interval=0.2)
         took = min(r["created"] for r in responses) - attack.started
@@ -79,7 +87,11 @@ def test_scenario_is_mitigated_and_nobody_else_is_touched(lab, name):
         running = [p.poll() is None for p in attack.procs]   # before stop(): was the attack still going?
         rates = {n: {k: ctl.devices()[n].get(k) for k in ("tx_packets_per_s", "tx_bytes_per_s")} for n in attackers}
         attack.stop()
-        print(f"  attack processes still running at the end: {running}; attackers' last windows: {rates}")
+        print(f"  attack processes still running at the end: {running}; attackers' last windows: {rates}; "
+              f"their peaks while waiting: {peak}")
+        for host, text in attack.outputs().items():
+            if text:
+                print(f"  {host}'s results (000: no answer): {dict(Counter(text.split()))}")
         mine = [r for r in ctl.responses() if r["created"] >= t0]
         alerts = ctl.alerts(t0)
         for a in reversed(alerts):      # the story, for a failure's output
