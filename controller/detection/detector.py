@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
@@ -33,6 +33,11 @@ from controller.detection.novelty import HORIZONS, Novelty, NoveltyMemory, servi
 from controller.detection.profiles import BaselineStore
 
 CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
+# ... but the same story within this many seconds of its close reopens it: one alert, not
+# one per burst of a persistent connection (an IoT-23 Echo's keepalives to one new cloud
+# host, every 4-6 s for three hours, were 1,524 alerts; an IoT-23 HUE's sync every 15 min,
+# 82 a day).  An hour, as Zeek's default notice suppression interval.
+STORY_GAP = 3600.0
 BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
 ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
@@ -194,6 +199,7 @@ class Detector:
         self.attribution = attribution
         self.alerts: deque[Alert] = deque(maxlen=MAX_ALERTS)
         self._open: dict[tuple[str, str], _Open] = {}
+        self._closed: OrderedDict[str, Alert] = OrderedDict()   # each device's last closed anomaly
         self._bursts: dict[str, dict[tuple, float]] = {}
         # time, mac, cls, leading features (an anomaly's top 3; a burst's "new_flow_burst")
         self._recent: deque[tuple[float, str, str, tuple[str, ...]]] = deque(maxlen=10000)
@@ -353,11 +359,25 @@ class Detector:
                 self.escalated.append(alert)
             return []
         contribs, text = self._words(name, baseline, x, wf, i)
+        remote = self._remote(mac)
+        story = self._same_story(mac, contribs, now)
+        if story is not None:
+            # The same story again after a pause: its alert reopens (count, window, the
+            # playbooks see it again; a response an operator released stays released).
+            del self._closed[mac]
+            opened = self._open[key] = _Open(story, handed=now)
+            if self.current(story.id) is not story:
+                self._emit(story)                  # rotated out of `alerts` meanwhile
+            alert = self._update(opened, count=story.count + 1, last_time=now, score=max(score, story.score),
+                                 window=_observed(wf, i), remote=remote or story.remote)
+            self.escalated.append(alert)
+            return []
         alert = self._emit(Alert(
             id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.ANOMALY, device=name, mac=mac,
             score=score, threshold=float(baseline.threshold_), explanation=text, baseline=source,
             features=[asdict(c) for c in contribs], tags=tags, last_time=now,
-            window=_observed(wf, i), remote=self._remote(mac)))
+            window=_observed(wf, i), remote=remote))
+        self._closed.pop(mac, None)
         self._open[key] = _Open(alert)
         return [alert] + self._correlate(now, mac, tags, tuple(c.feature for c in contribs) or ("combination",),
                                          attribute=True)
@@ -435,6 +455,23 @@ class Detector:
             opened.quiet += 1
             if opened.quiet >= CLEAR_WINDOWS:
                 del self._open[key]
+                if key[1] == "anomaly":
+                    self._closed[key[0]] = opened.alert
+                    self._closed.move_to_end(key[0])
+                    while len(self._closed) > MAX_ALERTS:
+                        self._closed.popitem(last=False)
+
+    def _same_story(self, mac: str, contribs, now: float) -> Alert | None:
+        """The device's last closed anomaly if this one continues it: within STORY_GAP of
+        its last window, with a leading feature in common.  Not the same remote: a cloud
+        device spreads over several new hosts of one service; the reopened alert names
+        the new one, and a response to it is a new response."""
+        old = self._closed.get(mac)
+        if old is None or now - old.last_time > STORY_GAP:
+            return None
+        leads = {c.feature for c in contribs} or {"combination"}
+        was = {e.feature for e in old.features} or {"combination"}
+        return old if leads & was else None
 
     # -------------------------------------------------------------- event path
     def on_new_flow(self, mac: str, proto: int, ip: int, port: int, now: float,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from controller.config import Config
-from controller.detection.detector import Detector
+from controller.detection.detector import STORY_GAP, Detector
 from controller.telemetry.features import FEATURES, INDEX, WindowFeatures
 from controller.detection.profiles import store_for
 
@@ -61,16 +61,40 @@ def test_learning_then_scan_is_explained_in_plain_words():
     assert alert.features[0].feature in ("new_flows", "distinct_dst_ips", "lateral_peers")
 
 
-def test_alert_is_deduplicated_while_anomalous_and_reopens_after_recovery():
+def test_alert_is_deduplicated_while_anomalous_and_the_same_story_reopens_it():
     det, rng = trained()
     first = det.on_window(window(2000.0, {CAM: scan_row(rng)}), 2000.0)
     assert len(first) == 1
     assert det.on_window(window(2001.0, {CAM: scan_row(rng)}), 2001.0) == []
     now = det.current(first[0].id)                 # the open alert's newest version
     assert now.count == 2 and now.last_time == 2001.0
-    for t in range(3):
+    for t in range(3):                             # 3 normal windows close it
         det.on_window(window(2002.0 + t, {CAM: normal(rng)}), 2002.0 + t)
-    assert len(det.on_window(window(2010.0, {CAM: scan_row(rng)}), 2010.0)) == 1
+    det.escalated.clear()
+    # The same story (a leading feature in common) within STORY_GAP: no new alert, the
+    # old one reopens and goes to the playbooks again.
+    assert det.on_window(window(2010.0, {CAM: scan_row(rng)}), 2010.0) == []
+    again = det.current(first[0].id)
+    assert again.count == 3 and again.last_time == 2010.0
+    assert [a.id for a in det.escalated] == [first[0].id]
+    for t in range(3):
+        det.on_window(window(2011.0 + t, {CAM: normal(rng)}), 2011.0 + t)
+    # After STORY_GAP without it, the story is over: a new alert.
+    later = 2013.0 + STORY_GAP + 1
+    (fresh,) = det.on_window(window(later, {CAM: scan_row(rng)}), later)
+    assert fresh.id != first[0].id and fresh.count == 1
+
+
+def test_a_different_story_after_a_closed_one_is_a_new_alert():
+    det, rng = trained()
+    (scan,) = det.on_window(window(2000.0, {CAM: scan_row(rng)}), 2000.0)
+    for t in range(3):
+        det.on_window(window(2001.0 + t, {CAM: normal(rng)}), 2001.0 + t)
+    x = normal(rng)
+    x[INDEX["tx_packets"]] = 130000
+    x[INDEX["tx_bytes"]] = 130000 * 60
+    (flood,) = det.on_window(window(2010.0, {CAM: x}), 2010.0)
+    assert flood.id != scan.id and "packets/s" in flood.explanation
 
 
 def test_flood_named_by_packet_rate():
