@@ -222,8 +222,10 @@ class IoTGuard(compat.GuardedApp):
                         f" ({skipped} more left out of the log)" if skipped else "")
 
     def _health(self, q: dict) -> dict:
-        return self._locked(self.core.health_view, self.loop_age(), compat.live_connections(),
-                            self.loop_lag(), self.queue_depth(), self.not_listening())
+        health = self._locked(self.core.health_view, self.loop_age(), compat.live_connections(),
+                              self.loop_lag(), self.queue_depth(), self.not_listening())
+        health.get("counters", {})["packet_ins_shed"] = self.packet_ins_shed
+        return health
 
     def _tick_loop(self) -> None:
         """Liveness ticks for the event thread (health says "degraded" when they go unanswered)."""
@@ -415,6 +417,7 @@ class IoTGuard(compat.GuardedApp):
             self._flush()
             snap = self._locked(self.core.metrics_snapshot)
             snap["notify_dropped"] = self.notify_dropped
+            snap["packet_ins_shed"] = self.packet_ins_shed
             snap["event_loop_age"] = self.loop_age()
             snap["event_loop_lag"] = self.loop_lag()
             snap["event_queue"] = self.queue_depth()

@@ -44,6 +44,8 @@ _COUNTERS = (
     ("lldp_in", "iotguard_lldp_in", "LLDP probes received back (topology discovery)."),
     ("malformed", "iotguard_malformed_packets", "Packet-ins that could not be parsed."),
     ("notify_dropped", "iotguard_notify_dropped", "Notifications dropped because the queue was full."),
+    ("packet_ins_shed", "iotguard_packet_in_shed",
+     "Packet-ins dropped because 256 were already queued for the OpenFlow event loop."),
     ("bad_messages", "iotguard_openflow_bad_messages",
      "OpenFlow messages from switches refused as malformed (answered with OFPT_ERROR)."),
     ("handler_errors", "iotguard_handler_errors", "OpenFlow event handlers that raised (event processing went on)."),
@@ -66,7 +68,7 @@ _GAUGES = (
      "Seconds since the OpenFlow event loop last took an event (ticked every second; > 5 is a stall)."),
     ("event_loop_lag", "iotguard_event_loop_lag_seconds",
      "Seconds an event waits in the OpenFlow event loop's queue (> 2: it is not keeping up)."),
-    ("event_queue", "iotguard_event_queue_depth", "Events queued for the OpenFlow event loop (at most 128)."),
+    ("event_queue", "iotguard_event_queue_depth", "Events queued for the OpenFlow event loop (at most 128, plus 256 packet-ins)."),
 )
 SCORING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 CONFIRM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -8,6 +8,7 @@ framework messages, and installs a raw body parser for flow-stats replies.
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import logging
@@ -111,6 +112,53 @@ class EventTick(event.EventBase):
         self.posted = posted        # monotonic time it was queued
 
 
+class _Lanes:
+    """The app's event queue in two lanes: packet-ins (bulk), and every other switch event
+    (a stats reply, a barrier, an error, a connect).  The event thread takes the other lane
+    first, so under a packet-in storm (a SYN flood's replies, a MAC flood) the port-stats
+    reply that detects the flood and the barrier that confirms its answer do not wait behind
+    128 packet-ins, nor does the datapath's receive thread block on a full queue before it
+    reads them.  A packet-in that finds its lane full is dropped (shed) and counted, as the
+    switch's packet-in meter already drops what is over its rate: the first packet of a
+    conversation, which the sender repeats.  The other lane keeps the framework's bound
+    and back-pressure (`_events_sem`).  Hub primitives only: deques (atomic append and
+    popleft) and one semaphore counting the items queued."""
+
+    def __init__(self, maxsize: int, bulk_max: int) -> None:
+        self.maxsize, self.bulk_max = maxsize, bulk_max
+        self._other: collections.deque = collections.deque()
+        self._bulk: collections.deque = collections.deque()
+        self._items = hub.Semaphore(0)
+        self.shed = 0
+
+    def put(self, item) -> None:
+        """Another lane's event (the caller holds a slot of the framework's semaphore)."""
+        self._other.append(item)
+        self._items.release()
+
+    def put_bulk(self, item) -> bool:
+        """A packet-in, or False (shed, counted) when its lane is full; never blocks."""
+        if len(self._bulk) >= self.bulk_max:
+            self.shed += 1
+            return False
+        self._bulk.append(item)
+        self._items.release()
+        return True
+
+    def get(self) -> tuple[object, bool]:
+        """The next event and whether it came from the bulk lane; blocks until there is one."""
+        self._items.acquire()
+        if self._other:
+            return self._other.popleft(), False
+        return self._bulk.popleft(), True
+
+    def qsize(self) -> int:
+        return len(self._other) + len(self._bulk)
+
+    def empty(self) -> bool:
+        return not self._other and not self._bulk
+
+
 class GuardedApp(BaseApp):
     """The framework's app with an event loop that cannot end while the app is active.
 
@@ -119,11 +167,16 @@ class GuardedApp(BaseApp):
     everything per handler, and stamps `loop_beat` (monotonic) at each event.  A tick posted
     from another thread (`post_tick`) tells three states apart: idle (ticks are taken at
     once), stalled (`loop_age` grows: no event is taken at all) and falling behind
-    (`loop_lag`: events are taken, but a tick waits behind a backlog of them).
+    (`loop_lag`: events are taken, but a tick waits behind a backlog of them).  The queue
+    has two lanes (`_Lanes`): packet-ins wait behind every other switch event, and are shed
+    past BULK_MAX; a tick goes in the packet-in lane, so the lag is the longest wait.
     """
+
+    BULK_MAX = 256     # packet-ins queued for the event thread; more are shed (docs/security.md)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.events = _Lanes(self.events.maxsize, self.BULK_MAX)   # the framework's bound stays
         self.loop_beat = time.monotonic()
         self.loop_errors = 0
         self._tick_posted: float | None = None    # when the tick still queued was posted
@@ -135,11 +188,24 @@ class GuardedApp(BaseApp):
         stall the caller too)."""
         if self._tick_posted is not None:
             return
-        if self._events_sem.acquire(blocking=False):
-            self._tick_posted = now = time.monotonic()
-            self.events.put((EventTick(now), None))
+        now = time.monotonic()
+        if self.events.put_bulk((EventTick(now), None)):
+            self._tick_posted = now
         else:
+            self.events.shed -= 1         # a tick is not a packet-in
             self.queue_full += 1
+
+    @property
+    def packet_ins_shed(self) -> int:
+        """Packet-ins dropped because their lane was full (`_Lanes`)."""
+        return self.events.shed
+
+    def _send_event(self, ev, state) -> None:  # overrides the framework's (see the class docstring)
+        if isinstance(ev, ofp_event.EventOFPPacketIn):
+            self.events.put_bulk((ev, state))
+            return
+        self._events_sem.acquire()
+        self.events.put((ev, state))
 
     def loop_age(self) -> float:
         """Seconds since the event thread last took an event."""
@@ -159,8 +225,9 @@ class GuardedApp(BaseApp):
     def _event_loop(self):  # overrides the framework's (see the class docstring)
         while self.is_active or not self.events.empty():
             try:
-                ev, state = self.events.get()
-                self._events_sem.release()
+                (ev, state), bulk = self.events.get()
+                if not bulk:
+                    self._events_sem.release()
                 self.loop_beat = time.monotonic()
                 if isinstance(ev, EventTick):
                     self._last_lag = self.loop_beat - ev.posted

@@ -177,6 +177,58 @@ def test_a_loop_that_runs_but_falls_behind_is_told_from_an_idle_and_a_stalled_on
         t.join(5)
 
 
+def test_packet_ins_wait_behind_other_switch_events_and_are_shed_past_their_bound():
+    """Under a packet-in storm a port-stats reply or a barrier is handled first, and the
+    datapath's receive thread never blocks on packet-ins (they are shed, and counted)."""
+    app = Loop()
+    release = threading.Event()
+    order: list[str] = []
+
+    class Slow(compat.event.EventBase):
+        pass
+
+    class Stats(compat.event.EventBase):
+        pass
+
+    def slow(ev):
+        release.wait(10)
+
+    def packet_in(ev):
+        order.append("packet_in")
+
+    def stats(ev):
+        order.append("stats")
+
+    for cls, h in ((Slow, slow), (compat.ofp_event.EventOFPPacketIn, packet_in), (Stats, stats)):
+        h.callers = {cls: type("C", (), {"dispatchers": set()})()}
+        app.register_handler(cls, h)
+    t = threading.Thread(target=app._event_loop, daemon=True)
+    t.start()
+    try:
+        app._send_event(Slow(), None)          # holds the thread while the storm queues
+        time.sleep(0.1)
+        storm = app.BULK_MAX + 40
+        started = time.monotonic()
+        for _ in range(storm):
+            app._send_event(compat.ofp_event.EventOFPPacketIn(None), None)
+        assert time.monotonic() - started < 1.0           # never blocked on the full lane
+        app._send_event(Stats(), None)
+        assert app.packet_ins_shed == 40 and app.queue_depth() == app.BULK_MAX + 1
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(order) < app.BULK_MAX + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert order[0] == "stats" and order.count("packet_in") == app.BULK_MAX
+        app.post_tick()                        # a tick is not counted as a shed packet-in
+        assert app.packet_ins_shed == 40
+    finally:
+        release.set()
+        app.is_active = False
+        app._send_event(app._event_stop, None)
+        t.join(5)
+    assert not t.is_alive()
+
+
 def test_health_says_when_the_event_loop_falls_behind():
     c, _ = core()
     assert c.health_view(0.2, 1, loop_lag=0.1, queued=0)["status"] == "ok"
