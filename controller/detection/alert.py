@@ -123,6 +123,8 @@ class Alert:
     count: int = 1
     window: Mapping[str, float] = field(default_factory=lambda: _EMPTY)   # the device's whole window: feature -> value
     remote: str | None = None           # its top new external destination (block_ip target: alert)
+    reopened: float = 0.0               # when its story last came back after it closed (0: never);
+                                        # a response released before then applies again
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", AlertKind(self.kind))
@@ -169,7 +171,7 @@ class Alert:
             "explanation": self.explanation, "baseline": self.baseline,
             "features": [e.to_dict() for e in self.features], "devices": list(self.devices),
             "tags": list(self.tags), "last_time": self.last_time, "count": self.count,
-            "window": dict(self.window), "remote": self.remote,
+            "window": dict(self.window), "remote": self.remote, "reopened": self.reopened,
         }
 
     @classmethod
@@ -200,7 +202,8 @@ class Alert:
             features=tuple(Evidence.from_dict(e) for e in features),
             devices=tuple(d.get("devices") or ()), tags=tuple(d.get("tags") or ()),
             last_time=float(d.get("last_time") or 0.0), count=int(d.get("count") or 1),
-            window=window, remote=d.get("remote") if isinstance(d.get("remote"), str) else None)
+            window=window, remote=d.get("remote") if isinstance(d.get("remote"), str) else None,
+            reopened=float(d.get("reopened") or 0.0))
 
 
 _FIELDS = frozenset(f.name for f in fields(Alert))

@@ -363,13 +363,14 @@ class Detector:
         story = self._same_story(mac, contribs, now)
         if story is not None:
             # The same story again after a pause: its alert reopens (count, window, the
-            # playbooks see it again; a response an operator released stays released).
+            # playbooks see it again: a new episode, so a response an operator released
+            # in the pause applies again).
             del self._closed[mac]
             opened = self._open[key] = _Open(story, handed=now)
             if self.current(story.id) is not story:
                 self._emit(story)                  # rotated out of `alerts` meanwhile
             alert = self._update(opened, count=story.count + 1, last_time=now, score=max(score, story.score),
-                                 window=_observed(wf, i), remote=remote or story.remote)
+                                 window=_observed(wf, i), remote=remote or story.remote, reopened=now)
             self.escalated.append(alert)
             return []
         alert = self._emit(Alert(

@@ -501,10 +501,10 @@ class Engine:
         self.switches = switches
         self.dry_run = dry_run
         self.approve_within = approve_within
-        # (alert id, response key) an operator released: that alert, handed over again by
-        # a later window while it stays open, must not put the response back (a new
-        # alert still may).  Bounded; not persisted (a restart forgets it).
-        self._released: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # (alert id, response key) -> when an operator released it: that alert, handed over
+        # again while it stays open, must not put the response back; a new alert, or its
+        # story reopening later (Alert.reopened), may.  Bounded; not persisted.
+        self._released: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.protection = protection if protection is not None else Protection(
             internal=Subnets(self.internal_subnets), gateway=gateway, dns_servers=self._dns)
 
@@ -653,11 +653,13 @@ class Engine:
                              detail={**detail, "expires": r.expires, "previous_expires": existing.expires,
                                      "record": r.record()})
             return out, decided(response_id=r.id, outcome="refreshed")
-        if g.mode != "dry-run" and (alert.id, g.key) in self._released:
+        released = self._released.get((alert.id, g.key))
+        if g.mode != "dry-run" and released is not None and alert.reopened <= released:
             self.audit.write(event, time=now, alert=alert, playbook=first_book.name, action=first_act.kind,
                              mode=g.mode, outcome="unchanged",
                              detail={**detail, "why": "an operator released this alert's response; "
-                                                      "only a new alert applies it again"})
+                                                      "only a new alert, or its story coming back "
+                                                      "after it closed, applies it again"})
             return [], decided(outcome="unchanged")
         try:
             meter = self._meter() if action.uses_meter else None
@@ -756,7 +758,8 @@ class Engine:
         out = self._removal(r)
         self.store.mark(rid, "released", now)
         if r.alert_id:
-            self._released[(r.alert_id, r.key)] = None
+            self._released[(r.alert_id, r.key)] = now
+            self._released.move_to_end((r.alert_id, r.key))
             while len(self._released) > MAX_RELEASED:
                 self._released.popitem(last=False)
         self.audit.write("released", time=now, playbook=r.playbook, action=r.action, mode=r.mode,

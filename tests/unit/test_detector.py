@@ -75,7 +75,7 @@ def test_alert_is_deduplicated_while_anomalous_and_the_same_story_reopens_it():
     # old one reopens and goes to the playbooks again.
     assert det.on_window(window(2010.0, {CAM: scan_row(rng)}), 2010.0) == []
     again = det.current(first[0].id)
-    assert again.count == 3 and again.last_time == 2010.0
+    assert again.count == 3 and again.last_time == 2010.0 and again.reopened == 2010.0
     assert [a.id for a in det.escalated] == [first[0].id]
     for t in range(3):
         det.on_window(window(2011.0 + t, {CAM: normal(rng)}), 2011.0 + t)

@@ -354,6 +354,23 @@ def test_a_released_response_is_not_put_back_by_the_same_alert_only_by_a_new_one
     assert [r["id"] for r in engine.active_view(150.0)] == [rid + 1]
 
 
+def test_a_released_response_applies_again_when_its_alert_s_story_comes_back(tmp_path):
+    engine, _ = make(tmp_path)
+    engine.on_alert(burst("a1"), CAMERA, now=100.0)
+    rid = engine.active_view(100.0)[0]["id"]
+    engine.release(rid, now=103.0, reason="operator: handled")
+    # The detector closed the alert, then the same story came back at 200 (Alert.reopened):
+    # a new episode, so the response the operator released in the pause applies again.
+    back = replace(burst("a1", t=200.0), reopened=200.0)
+    msgs, _notify, decisions = engine.on_alert(back, CAMERA, now=200.0)
+    assert msgs and [d.outcome for d in decisions if d.action == "quarantine"] == ["sent"]
+    assert [r["id"] for r in engine.active_view(200.0)] == [rid + 1]
+    # Reopened before the release (a later window of that episode): still released.
+    engine.release(rid + 1, now=205.0)
+    msgs, _notify, _ = engine.on_alert(replace(back, last_time=206.0), CAMERA, now=206.0)
+    assert msgs == [] and engine.active_view(206.0) == []
+
+
 def test_rate_limit_allocates_a_meter_and_release_deletes_it(tmp_path):
     engine, _ = make(tmp_path)
     msgs, _, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat"), THERMOSTAT, now=0.0)
