@@ -127,6 +127,7 @@ def run_poll(poll: float, scenarios: list[str], runs: int) -> dict:
                     ctl.wait_for(lambda: [r for r in ctl.responses() if r["created"] >= t0 and r["confirmed"]
                                           and r["action"] == sc.action], 30 + 3 * poll, f"{name} answered",
                                  interval=0.05)
+                    confirmed = time.time()          # within one 50 ms check of the barrier reply
                     time.sleep(3.0)
                 finally:
                     attack.stop()
@@ -142,8 +143,16 @@ def run_poll(poll: float, scenarios: list[str], runs: int) -> dict:
                 # in place before they leave), so the time to mitigate is 0.
                 ttm = 0.0 if end is None or end < attack.started else end - attack.started
                 results[name].append(ttm)
+                # Where the time went, on the controller's clock (the same host's): its
+                # first alert about the attacker, the response, and when the bench saw
+                # the response confirmed.
+                first = min((a for a in ctl.alerts(t0) if a.get("mac") == macs[attacker]),
+                            key=lambda a: a["time"], default=None)
+                made = min((r["created"] for r in ctl.responses() if r["created"] >= t0), default=None)
+                steps = ", ".join(f"{what} +{t - attack.started:.3f} s" for what, t in (
+                    ("alert", first and first["time"]), ("response", made), ("confirmed", confirmed)) if t)
                 print(f"  poll {poll:g} s, {name} run {i + 1}: time to mitigate "
-                      f"{'n/a' if ttm is None else f'{ttm:.3f} s'}", flush=True)
+                      f"{'n/a' if ttm is None else f'{ttm:.3f} s'} ({steps})", flush=True)
                 for r in ctl.responses():
                     ctl.call("DELETE", f"/api/v1/responses/{r['id']}")
                 time.sleep(max(8.0, 5 * poll))     # the alert closes (3 quiet windows + window edges); next run clean

@@ -564,8 +564,12 @@ class Core:
 
     # ------------------------------------------------------------ views (each stage gives its part)
     def devices_view(self) -> list[dict]:
-        return self.traffic.devices_view(self.inventory, self.topology, self.config.devices, self.clock(),
+        rows = self.traffic.devices_view(self.inventory, self.topology, self.config.devices, self.clock(),
                                          stale=3 * self.config.poll_interval + 1)
+        for row in rows:            # the detector's part: the last window's score against the threshold
+            last = self.detector.last_score(row["mac"]) if row["mac"] else None
+            row["score"], row["threshold"] = (round(last[0], 3), round(last[1], 3)) if last else (None, None)
+        return rows
 
     def bounds_view(self) -> dict[str, int]:
         """How often each bound on hostile input was hit (docs/security.md)."""

@@ -44,10 +44,13 @@ class Attack:
     attackers: list[str]
     started: float                  # time.time() just before the first packet was sent
     procs: list = field(default_factory=list)
+    printed: bool = False           # its commands' output is kept in their logs (`outputs`)
 
     def outputs(self) -> dict[str, str]:
         """What each attacker's command printed (for a scenario that prints its progress)."""
-        out = {}
+        out: dict[str, str] = {}
+        if not self.printed:
+            return out
         for host, p in zip(self.attackers, self.procs):
             try:
                 with open(p.iotguard_log, errors="replace") as f:
@@ -86,8 +89,8 @@ def _topo(net) -> IoTTopo:
 
 def _start(net, name: str, hosts: list[str], script: str, seconds: int, output: bool = False) -> Attack:
     """`output`: keep what the script prints in its log (Attack.outputs), not /dev/null."""
-    attack = Attack(name, hosts, 0.0)
-    script = script if output else script + " >/dev/null 2>&1"
+    attack = Attack(name, hosts, 0.0, printed=output)
+    script = script if output else f"{{ {script}; }} >/dev/null 2>&1"
     cmd = lambda: ["timeout", str(int(seconds)), "sh", "-c", script]  # noqa: E731
     attack.started = time.time()
     for h in hosts:

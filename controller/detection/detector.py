@@ -55,6 +55,7 @@ FAST_FACTOR = 10.0
 NOVELTY_GRACE = 1.0      # s a new item waits before novelty decides on it: a burst (1 s) speaks first
 NOVELTY_QUIET = 60.0     # s without new items still over the allowance before a novelty alert closes
 NOVELTY_PENDING = 64     # event snapshots kept per device between two decisions
+_REMOTE = "remote:"      # an outbreak lead: the same new remote address
 _NOVELTY_ALERTS = {"new_internal_peers": AlertKind.LATERAL_PROBE, "new_ports_one_host": AlertKind.PORT_PROBE}
 
 
@@ -202,11 +203,14 @@ class Detector:
         self._closed: OrderedDict[str, Alert] = OrderedDict()   # each device's last closed anomaly
         self._bursts: dict[str, dict[tuple, float]] = {}
         # time, mac, cls, leading features (an anomaly's top 3; a burst's "new_flow_burst")
-        self._recent: deque[tuple[float, str, str, tuple[str, ...]]] = deque(maxlen=10000)
+        # ... and whether it alerted (False: suspicious only, it corroborates an outbreak)
+        self._recent: deque[tuple[float, str, str, tuple[str, ...], bool]] = deque(maxlen=10000)
+        self._noted: dict[str, float] = {}   # when each device was last put in _recent without an alert
         self._outbreaks: dict[tuple[str, str], float] = {}
         self.escalated: list[Alert] = []     # open alerts that grew worse; the core drains it
         self._internal = Subnets(config.internal_subnets)
         self.windows_scored = 0
+        self._last: tuple | None = None
         self.novelty = NoveltyMemory(config.internal_subnets, config.learn_seconds)
         store.novelty = self.novelty                       # saved and loaded with the baselines
         self._pending: dict[str, deque[Novelty]] = {}      # novelty snapshots not yet decided on
@@ -228,6 +232,17 @@ class Detector:
                 self.alerts[i] = new
                 break
         return new
+
+    def last_score(self, mac: str) -> tuple[float, float] | None:
+        """(score, threshold) of the device's window in the last round, if it was scored: how
+        close to alerting it is (GET /api/v1/devices)."""
+        if self._last is None:
+            return None
+        wf, scored, score, threshold = self._last
+        i = wf.index(mac)
+        if i is None or not scored[i]:
+            return None
+        return float(score[i]), float(threshold[i])
 
     def current(self, alert_id: str) -> Alert | None:
         """The newest version of an alert (an open one is updated by later windows)."""
@@ -303,6 +318,7 @@ class Detector:
             scored[idx] = True
             judged.update((i, (baseline, source)) for i in ii)
         self.windows_scored += int(scored.sum())
+        self._last = (wf, scored, score, threshold)     # for `last_score` (the devices view)
 
         for key in [k for k in self._open if k[1] == "anomaly"]:
             i = wf.index(key[0])
@@ -314,6 +330,18 @@ class Detector:
             name, tags = who(mac)
             baseline, source = judged.get(i) or (profiles[mac].baseline, "own")
             out += self._anomalous(wf, i, mac, name, tags, baseline, source, X[i], float(score[i]), now)
+        if self._recent and self.attribution is not None:
+            # Suspicious, not alerting, while others of their class have alerted lately:
+            # their new remote may corroborate an outbreak (`_correlate`).
+            horizon = self.config.outbreak_seconds
+            classes = {c for t, _m, c, _f, st in self._recent if st and now - t <= horizon}
+            for i in np.flatnonzero(scored & (score > SUSPICION * threshold) & (score <= threshold)).tolist():
+                mac = wf.macs[i]
+                tags = who(mac)[1]
+                if (tags[0] if tags else "unclassified") in classes:
+                    remote = self._remote(mac)
+                    if remote:
+                        out += self._note(now, mac, (_REMOTE + remote,), strong=False)
         for key in [k for k in self._open if k[1] == "anomaly" and k[0] not in active]:
             self._quiet(key)
         out += self.decide_novelty(now)
@@ -357,7 +385,7 @@ class Detector:
             alert = self._update(opened, **changes)
             if worse or stale:
                 self.escalated.append(alert)
-            return []
+            return self._note(now, mac, self._leads(alert), strong=True)
         contribs, text = self._words(name, baseline, x, wf, i)
         remote = self._remote(mac)
         story = self._same_story(mac, contribs, now)
@@ -380,8 +408,24 @@ class Detector:
             window=_observed(wf, i), remote=remote))
         self._closed.pop(mac, None)
         self._open[key] = _Open(alert)
-        return [alert] + self._correlate(now, mac, tags, tuple(c.feature for c in contribs) or ("combination",),
-                                         attribute=True)
+        return [alert] + self._correlate(now, mac, tags, self._leads(alert), attribute=True)
+
+    @staticmethod
+    def _leads(alert: Alert) -> tuple[str, ...]:
+        """What an anomaly may share with others of its class in an outbreak: its leading
+        features, and its new remote."""
+        leads = tuple(e.feature for e in alert.features if e.feature) or ("combination",)
+        return leads + ((_REMOTE + alert.remote,) if alert.remote else ())
+
+    def _note(self, now: float, mac: str, leads: tuple[str, ...], strong: bool) -> list[Alert]:
+        """A device still anomalous (an open alert), or suspicious with a new remote, stays
+        in the outbreak correlation: put it there again, at most every third of the horizon."""
+        if now - self._noted.get(mac, -1e18) < self.config.outbreak_seconds / 3:
+            return []
+        self._noted[mac] = now
+        if len(self._noted) > MAX_ALERTS:
+            self._noted = {m: t for m, t in self._noted.items() if now - t < self.config.outbreak_seconds}
+        return self._correlate(now, mac, self.who(mac)[1], leads, attribute=True, strong=strong)
 
     def on_port_rates(self, rates: dict[str, tuple[float, float, float, float]], now: float) -> list[Alert]:
         """The volume fast path: each device's rates read from its own edge port's counters
@@ -642,32 +686,42 @@ class Detector:
 
     # -------------------------------------------------------------- correlation
     def _correlate(self, now: float, mac: str, tags: tuple[str, ...], leads: tuple[str, ...],
-                   attribute: bool = False) -> list[Alert]:
+                   attribute: bool = False, strong: bool = True) -> list[Alert]:
         """An outbreak: N devices of one class anomalous within T seconds with a leading
         feature in common (one of each one's top three: the same infection can lead with
-        rx bytes on one bulb and new destinations on the next).  `attribute` (the periodic
-        path) names the remote most of its devices' recent anomalies share."""
+        rx bytes on one bulb and new destinations on the next), or talking to the same new
+        remote (a lead "remote:<ip>").  All but one must have alerted; the last may only be
+        suspicious (`strong` False: over SUSPICION of its threshold, with that remote), as a
+        third bulb beaconing to the same C2 as two alerting ones is, whose own threshold it
+        just misses.  `attribute` (the periodic path) names the remote most of its devices'
+        recent anomalies share."""
         cls = tags[0] if tags else "unclassified"
-        self._recent.append((now, mac, cls, leads))
+        self._recent.append((now, mac, cls, leads, strong))
         horizon = self.config.outbreak_seconds
-        recent = [(m, f) for t, m, c, f in self._recent if now - t <= horizon and c == cls]
+        recent = [(m, f, st) for t, m, c, f, st in self._recent if now - t <= horizon and c == cls]
+        need = self.config.outbreak_devices
         lead, macs = "", set()
         for feature in leads:
-            with_it = {m for m, f in recent if feature in f}
-            if len(with_it) > len(macs):
+            with_it = {m for m, f, _ in recent if feature in f}
+            alerted = {m for m, f, st in recent if st and feature in f}
+            if len(with_it) > len(macs) and len(alerted) >= need - 1:
                 lead, macs = feature, with_it
-        if len(macs) < self.config.outbreak_devices:
+        if len(macs) < need:
             return []
         if now - self._outbreaks.get((cls, lead), -1e18) <= horizon:
             return []
         self._outbreaks[(cls, lead)] = now
         names = sorted(self.who(m)[0] for m in macs)
-        feature = lead.replace("_", " ")
         listed = names[:self.MAX_OUTBREAK_DEVICES]      # a MAC flood must not make an alert of megabytes
         more = f" and {len(names) - len(listed)} more" if len(names) > len(listed) else ""
         remote = None
-        if attribute and self.attribution is not None:
-            remote = self.attribution.outbreak(list(self.alerts)[-500:], set(names), now, horizon)
+        if lead.startswith(_REMOTE):
+            remote = lead[len(_REMOTE):]
+            feature = f"traffic to {remote}, a host they had never talked to,"
+        else:
+            feature = f"{lead.replace('_', ' ')}"
+            if attribute and self.attribution is not None:
+                remote = self.attribution.outbreak(list(self.alerts)[-500:], set(names), now, horizon)
         alert = self._emit(Alert(
             id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.OUTBREAK, device=f"{len(names)} {cls} devices",
             mac=None, score=float(len(names)), threshold=float(self.config.outbreak_devices),

@@ -69,8 +69,9 @@ def test_scenario_is_mitigated_and_nobody_else_is_touched(lab, name):
             if not rs:
                 devices = ctl.devices()
                 for n in attackers:
-                    for k in ("tx_packets_per_s", "rx_bytes_per_s"):
+                    for k in ("tx_packets_per_s", "rx_bytes_per_s", "score"):
                         peak[n][k] = max(peak[n].get(k, 0.0), devices.get(n, {}).get(k) or 0.0)
+                    peak[n]["threshold"] = devices.get(n, {}).get("threshold")
             return rs or None
         responses = ctl.wait_for(answered, 60, f"{' or '.join(sc.playbooks)} to {sc.action} for {name}", interval=0.2)
         took = min(r["created"] for r in responses) - attack.started

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from controller.config import Config
-from controller.detection.detector import STORY_GAP, Detector
+from controller.detection.detector import STORY_GAP, SUSPICION, Detector
 from controller.telemetry.features import FEATURES, INDEX, WindowFeatures
 from controller.detection.profiles import store_for
 
@@ -83,6 +83,17 @@ def test_alert_is_deduplicated_while_anomalous_and_the_same_story_reopens_it():
     later = 2013.0 + STORY_GAP + 1
     (fresh,) = det.on_window(window(later, {CAM: scan_row(rng)}), later)
     assert fresh.id != first[0].id and fresh.count == 1
+
+
+def test_the_last_score_of_each_device_is_kept_for_the_devices_view():
+    det, rng = trained()
+    assert det.last_score("00:00:00:00:99:99") is None          # never seen
+    det.on_window(window(2000.0, {CAM: normal(rng)}), 2000.0)
+    score, threshold = det.last_score(CAM)
+    assert 0 <= score < threshold
+    det.on_window(window(2001.0, {CAM: scan_row(rng)}), 2001.0)
+    score, threshold = det.last_score(CAM)
+    assert score > threshold
 
 
 def test_a_different_story_after_a_closed_one_is_a_new_alert():
@@ -383,3 +394,67 @@ def test_an_alert_opened_on_a_partial_window_is_handed_again_when_the_counters_s
     assert again.window["distinct_dst_ips"] == x[INDEX["distinct_dst_ips"]]     # the rest of its window is kept
     det.escalated.clear()
     assert det.on_port_rates({CAM: (9500.0, 9500.0 * 60, 0.0, 0.25)}, 2000.75) == [] and det.escalated == []
+
+
+class SameRemote:
+    """An attribution stub: every device's window has one new external remote, the C2."""
+
+    C2 = "198.51.100.66"
+
+    def learn(self, macs, keep) -> None:
+        pass
+
+    def remote(self, mac: str) -> str:
+        return self.C2
+
+    @staticmethod
+    def outbreak(recent, names, now, horizon):
+        return None
+
+
+def _suspicious_row(det, mac, rng, share=0.75):
+    """A window scoring `share` of the device's threshold on rx bytes: suspicious, no alert."""
+    from controller.telemetry.features import shrink_tx_mix
+    b = det.store.profiles[mac].baseline
+    j = INDEX["rx_bytes"]
+    x = normal(rng)
+    x[j] = np.expm1(b.median_[j] + share * b.threshold_ * b.scale_[j])
+    s = float(b.anomaly_score(shrink_tx_mix(x[None, :], np.expm1(b.median_[None, :])))[0])
+    assert SUSPICION * b.threshold_ < s <= b.threshold_, (s, b.threshold_)
+    return x
+
+
+def test_an_outbreak_is_completed_by_a_suspicious_member_talking_to_the_same_new_remote():
+    macs = ("00:00:00:00:00:11", "00:00:00:00:00:12", "00:00:00:00:00:13")
+    det, rng = trained(macs=macs)
+    det.attribution = SameRemote()
+    out = []
+    for i, m in enumerate(macs[:2]):
+        out += det.on_window(window(2000.0 + i, {m: scan_row(rng)}), 2000.0 + i)
+    assert [a.kind for a in out] == ["anomaly", "anomaly"]
+    out = det.on_window(window(2003.0, {macs[2]: _suspicious_row(det, macs[2], rng)}), 2003.0)
+    (ob,) = out
+    assert ob.kind == "outbreak" and ob.remote == SameRemote.C2 and len(ob.devices) == 3
+    assert ob.explanation.startswith("3 camera devices turned anomalous on traffic to 198.51.100.66, a host "
+                                     "they had never talked to, within 30 s: ")
+
+
+def test_suspicious_members_alone_never_make_an_outbreak():
+    macs = ("00:00:00:00:00:11", "00:00:00:00:00:12", "00:00:00:00:00:13")
+    det, rng = trained(macs=macs)
+    det.attribution = SameRemote()
+    out = det.on_window(window(2000.0, {macs[0]: scan_row(rng)}), 2000.0)    # one alerts
+    for i, m in enumerate(macs[1:]):                                        # two only suspicious
+        out += det.on_window(window(2001.0 + i, {m: _suspicious_row(det, m, rng)}), 2001.0 + i)
+    assert [a.kind for a in out] == ["anomaly"]
+
+
+def test_members_still_anomalous_count_when_the_last_one_alerts_after_the_horizon():
+    macs = ("00:00:00:00:00:11", "00:00:00:00:00:12", "00:00:00:00:00:13")
+    det, rng = trained(macs=macs)
+    out = []
+    for t in range(2000, 2041):                 # two stay anomalous for 40 s
+        out += det.on_window(window(float(t), {m: scan_row(rng) for m in macs[:2]}), float(t))
+    assert [a.kind for a in out] == ["anomaly", "anomaly"]
+    out = det.on_window(window(2041.0, {m: scan_row(rng) for m in macs}), 2041.0)
+    assert sorted(a.kind for a in out) == ["anomaly", "outbreak"]
