@@ -432,7 +432,8 @@ class Core:
             return
         worse, self.detector.escalated = self.detector.escalated, []
         for a in worse:
-            LOG.warning("ALERT %s %s escalated (score %.1f): window now %s", a.kind, a.device, a.score,
+            how = "reopened" if a.reopened and a.reopened == a.last_time else "escalated"
+            LOG.warning("ALERT %s %s %s (score %.1f): window now %s", a.kind, a.device, how, a.score,
                         {k: round(v, 1) for k, v in a.window.items() if k in ("tx_packets", "tx_bytes",
                                                                               "new_flows")})
         if self.responder is not None:
