@@ -460,16 +460,19 @@ def _load(paths: Iterable[str | os.PathLike[str]], known_hosts: set[str] | None,
 
 def load_playbooks(paths: Sequence[str | os.PathLike[str]], known_hosts: set[str] | None = None,
                    known_tags: set[str] | None = None, *, strict: bool = True,
-                   warnings: list[Problem] | None = None) -> list[Playbook]:
+                   warnings: list[Problem] | None = None, files: list[str] | None = None) -> list[Playbook]:
     """Every playbook in `paths` (files or directories), in file order; PlaybookError lists all problems.
 
     With `known_hosts` / `known_tags`, host names and tags must be among them: with
     `strict` an unknown one is a problem; without, it is a warning (appended to
-    `warnings`) and that playbook is returned `disabled`.
+    `warnings`) and that playbook is returned `disabled`.  `files` gets the files read
+    (a directory is listed once: what is reported is what was loaded).
     """
     by_file, problems = _load(paths, known_hosts, known_tags, strict, warnings)
     if problems:
         raise PlaybookError(problems)
+    if files is not None:
+        files += list(by_file)
     return [p for ps in by_file.values() for p in ps]
 
 

@@ -180,15 +180,15 @@ class Responder:
     # ------------------------------------------------------------ playbooks
     def reload(self) -> dict:
         """Load `config.playbooks`; PlaybookError (every problem) leaves the active set as it was."""
-        files = pb.playbook_files(p for p in self.config.playbooks if os.path.exists(p))
         missing = [p for p in self.config.playbooks if not os.path.exists(p)]
         if missing:
             raise pb.PlaybookError([pb.Problem(p, None, None, "responses.playbooks", "no such file or directory")
                                     for p in missing])
         hosts, tags = self._known()
         warnings: list[pb.Problem] = []
+        files: list[str] = []
         books = pb.load_playbooks(self.config.playbooks, known_hosts=hosts, known_tags=tags, strict=False,
-                                  warnings=warnings)
+                                  warnings=warnings, files=files)
         self.engine.set_playbooks(books)
         self.playbook_files = files
         for w in warnings:

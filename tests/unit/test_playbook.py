@@ -183,8 +183,10 @@ def test_directory_loads_yaml_files_in_name_order(tmp_path: Path) -> None:
     write(tmp_path, one % "b", "2.yml")
     write(tmp_path, one % "a", "1.yaml")
     write(tmp_path, "not yaml at all: [", "notes.txt")
-    assert [p.name for p in load_playbooks([tmp_path])] == ["a", "b"]
-    assert pb.playbook_files([tmp_path]) == [str(tmp_path / "1.yaml"), str(tmp_path / "2.yml")]
+    files: list[str] = []
+    assert [p.name for p in load_playbooks([tmp_path], files=files)] == ["a", "b"]
+    assert files == [str(tmp_path / "1.yaml"), str(tmp_path / "2.yml")]    # what was read, listed once
+    assert pb.playbook_files([tmp_path]) == files
 
 
 def test_alert_kinds_are_the_detectors() -> None:
