@@ -330,12 +330,14 @@ class Detector:
             name, tags = who(mac)
             baseline, source = judged.get(i) or (profiles[mac].baseline, "own")
             out += self._anomalous(wf, i, mac, name, tags, baseline, source, X[i], float(score[i]), now)
-        if self._recent and self.attribution is not None:
+        suspicious = np.flatnonzero(scored & (score > SUSPICION * threshold) & (score <= threshold))
+        if suspicious.size and self._recent and self.attribution is not None:
             # Suspicious, not alerting, while others of their class have alerted lately:
-            # their new remote may corroborate an outbreak (`_correlate`).
+            # their new remote may corroborate an outbreak (`_correlate`).  The recent list
+            # is only read when some device is suspicious: not on every quiet poll.
             horizon = self.config.outbreak_seconds
             classes = {c for t, _m, c, _f, st in self._recent if st and now - t <= horizon}
-            for i in np.flatnonzero(scored & (score > SUSPICION * threshold) & (score <= threshold)).tolist():
+            for i in suspicious.tolist():
                 mac = wf.macs[i]
                 tags = who(mac)[1]
                 if (tags[0] if tags else "unclassified") in classes:
