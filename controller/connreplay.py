@@ -4,9 +4,10 @@ A conn.log has one record per connection (who, to what service, when, how long,
 packets and bytes each way, how it ended), not packets.  Each record becomes what
 the switch emulated by controller/replayswitch.py would have seen of it:
 
-* the originator's first packet as a frame at `ts`: a bare TCP SYN (an ACK when
-  `conn_state` says no SYN was seen: OTH, SHR, RSTRH), a UDP datagram, or an ICMP
-  message of the record's type (an echo request for ping);
+* the originator's first packet as a frame at `ts`: a bare TCP SYN of at most 60 IP
+  bytes (`SYN_IP_BYTES`; an ACK when `conn_state` says no SYN was seen: OTH, SHR,
+  RSTRH), a UDP datagram, or an ICMP message of the record's type (an echo request for
+  ping); other first packets are the record's average size;
 * the responder's first packet right after it, if `conn_state` says it answered:
   none for S0, SH and RSTOS0; a RST for REJ; a SYN-ACK for an established TCP
   connection (an ACK for OTH); a UDP datagram or an ICMP echo reply when it sent
@@ -69,6 +70,7 @@ NO_ANSWER = frozenset({"S0", "SH", "RSTOS0"})          # the responder sent noth
 NO_SYN = frozenset({"OTH", "SHR", "RSTRH"})             # the originator's SYN was not seen
 NO_SYNACK = frozenset({"OTH"})                          # nor a SYN-ACK: midstream
 SYN, RST_ACK, SYN_ACK, ACK = 0x02, 0x14, 0x12, 0x10
+SYN_IP_BYTES = 60           # a SYN with the usual options (MSS, SACK, timestamps, window scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +394,10 @@ def events(r: ConnRecord, addresses: Addresses, interval: float) -> list[Event]:
     later: list[tuple[float, int, bytes, int, int]] = []
     if o_n:
         first = SYN if state not in NO_SYN else ACK
-        f = _frame(o_mac, r_mac, r.orig_h, r.resp_h, r.proto, r.orig_p, r.resp_p, first, avg(o_bytes, o_n))
+        size = avg(o_bytes, o_n)
+        if tcp and first == SYN and o_n > 1:
+            size = min(size, SYN_IP_BYTES)  # a SYN is SYN-sized; its answer's ACK and the data carry the rest
+        f = _frame(o_mac, r_mac, r.orig_h, r.resp_h, r.proto, r.orig_p, r.resp_p, first, size)
         out.append((r.ts, f, 1, len(f)))
         if o_n > 1:
             bulk = f if not tcp or state in ("S0", "REJ") else \

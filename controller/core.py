@@ -24,6 +24,7 @@ from controller.detection.alert import Alert
 from controller.detection.attribution import Attribution
 from controller.detection.detector import Detector
 from controller.telemetry.features import FEATURES, FeatureExtractor, KnownDestinations
+from controller.telemetry.outcomes import ConnectionOutcomes
 from controller.detection.incidents import Incidents, band_of
 from controller.network.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo, is_group_mac, is_reply
 from controller.network.inventory import Inventory
@@ -92,10 +93,12 @@ class Core:
                          "malformed": 0, "windows": 0, "alerts": 0,
                          "bad_messages": 0,       # OpenFlow messages refused (answered with OFPT_ERROR)
                          "handler_errors": 0,     # handlers that raised (a bug, or input nobody foresaw)
-                         "state_write_errors": 0}   # the state disk refused a write
+                         "state_write_errors": 0,   # the state disk refused a write
+                         "connections_failed": 0}   # TCP connections judged failed (telemetry/outcomes.py)
         self.alert_kinds: dict[str, int] = {}
         self.known = KnownDestinations()
         self.extractor = FeatureExtractor(self.registry, config.internal_subnets, self.known)
+        self.outcomes = ConnectionOutcomes()
         self.store = store_for(config, known=self.known)
         self.detector = Detector(config, self.store, self.who,
                                  Attribution(self.known, lambda mac: self.extractor.last_destinations(mac),
@@ -340,10 +343,15 @@ class Core:
                 loc = self.topology.location(pkt.eth_src)
                 LOG.debug("device %s at %016x:%d", pkt.eth_src, loc.dpid, loc.port)
         decision = self.forwarder.packet_in(dpid, in_port, pkt, now)
+        at_src = local and self.topology.edge_dpid(pkt.eth_src) == dpid
         for f in decision.flows:
             if f.command == "add" and rules.cookie_kind(f.cookie) == rules.Kind.FORWARD:
                 self.extractor.new_flow(rules.cookie_id(f.cookie))
-        at_src = local and self.topology.edge_dpid(pkt.eth_src) == dpid
+                if at_src and pkt.tcp_flags is not None and pkt.tcp_flags & 0x12 == 0x02 \
+                        and pkt.tp_dst is not None and pkt.ipv4_dst is not None:
+                    # a bare SYN whose conversation this flow now carries: did it get an answer?
+                    self.outcomes.opened(rules.cookie_id(f.cookie), pkt.eth_src, ip_int(pkt.ipv4_dst),
+                                         pkt.tp_dst, dpid, len(data), now)
         if at_src:
             self._event(pkt)
         out: Out = [(dpid, f) for f in decision.flows]
@@ -415,6 +423,7 @@ class Core:
         wf = self.extractor.close(now, window)
         wall = self.wall()
         self.counters["windows"] += 1
+        self._judge_connections(now, wall)
         self.incidents.add_window(wall, window, wf.macs, wf.X)
         if self.recorder is not None:
             self.recorder.window(wall, wf, self.who)
@@ -424,6 +433,17 @@ class Core:
         self._raised(alerts)
         self._hand_escalated()
         return alerts
+
+    def _judge_connections(self, now: float, wall: float) -> None:
+        """Connections whose SYN is old enough are judged on their flows' counters; the
+        failed ones go to the detector's novelty memory (and to a recording)."""
+        for o in self.outcomes.due(now):
+            if not o.failed:
+                continue
+            self.counters["connections_failed"] += 1
+            if self.recorder is not None:
+                self.recorder.failed(wall, o.mac, o.ip, o.port)
+            self.detector.on_failed(o.mac, o.ip, o.port, wall)
 
     def _hand_escalated(self) -> None:
         """Open alerts that grew worse (or show a rate the playbooks have not seen) go to
@@ -489,6 +509,7 @@ class Core:
             return {}
         edges = self._edge_array()
         self.extractor.add(deltas, edges)
+        self.outcomes.add(deltas)
         per_dev = by_device(deltas, self.registry, edges)
         wall = self.wall()
         for mac, t in per_dev.items():
@@ -538,6 +559,7 @@ class Core:
             self._retire.add(rules.cookie_id(cookie))
             edges = self._edge_array()
             self.extractor.add(delta, edges)
+            self.outcomes.add(delta)
             for mac, t in by_device(delta, self.registry, edges).items():
                 self.traffic.fold(mac, t)     # the tail belongs to the device's last window
 

@@ -198,6 +198,7 @@ class DeviceSummary:
     tx_bytes: float = 0.0
     rx_bytes: float = 0.0
     learned_at: float | None = None
+    failed_connections: int = 0    # its TCP connections judged failed (telemetry/outcomes.py)
     flagged: list[dict] = field(default_factory=list)   # windows in which an alert was raised or grew
     alert_ids: list[str] = field(default_factory=list)
 
@@ -237,7 +238,7 @@ class Result:
                 "tx_bytes": round(d.tx_bytes), "rx_bytes": round(d.rx_bytes),
                 "frames_sent": d.frames_sent, "frames_received": d.frames_received,
                 "frames_before_located": d.frames_before_located,
-                "learned_at": d.learned_at, "alerts": len(mine),
+                "learned_at": d.learned_at, "failed_connections": d.failed_connections, "alerts": len(mine),
                 "alerts_after_learning": sum(1 for a in mine if a["time"] >= learn_end),
                 "alert_kinds": kinds, "flagged_windows": d.flagged})
         return {
@@ -260,6 +261,12 @@ class _Tap:
 
     def event(self, now, mac, proto, ip, port) -> None:
         pass
+
+    def failed(self, now, mac, ip, port) -> None:
+        d = self.devices.get(mac)
+        if d is None:
+            d = self.devices[mac] = DeviceSummary(mac)
+        d.failed_connections += 1
 
     def window(self, now, wf, who) -> None:
         self.last = wf

@@ -28,6 +28,7 @@ class AlertKind(str, Enum):
     LATERAL_PROBE = "lateral_probe"     # new internal peers over 10 s / 60 s / 10 min beyond its churn
     PORT_PROBE = "port_probe"           # new ports on one host over 10 s / 60 s / 10 min beyond its churn
     NEW_SERVICE = "new_service"         # an appliance used a (protocol, port) it never used while learning
+    FAILED_CONNECTIONS = "failed_connections"   # connections to new hosts or services failed, beyond its churn
     MANUAL = "manual"                   # an operator's response (POST /api/v1/responses)
 
     def __str__(self) -> str:
@@ -36,7 +37,8 @@ class AlertKind(str, Enum):
 
 # The kinds the detector raises (and POST /api/v1/alerts may inject, playbooks may name).
 DETECTED_KINDS: tuple[AlertKind, ...] = (AlertKind.ANOMALY, AlertKind.NEW_FLOW_BURST, AlertKind.OUTBREAK,
-                                         AlertKind.LATERAL_PROBE, AlertKind.PORT_PROBE, AlertKind.NEW_SERVICE)
+                                         AlertKind.LATERAL_PROBE, AlertKind.PORT_PROBE, AlertKind.NEW_SERVICE,
+                                         AlertKind.FAILED_CONNECTIONS)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

@@ -29,7 +29,7 @@ import numpy as np
 from controller.telemetry.features import FEATURES, INDEX, RX_PER_TX, WindowFeatures, rx_per_tx, shrink_tx_mix
 from controller.detection.alert import Alert, AlertKind, Evidence
 from controller.detection.attribution import Attribution
-from controller.detection.novelty import HORIZONS, Novelty, NoveltyMemory, service_name
+from controller.detection.novelty import FAILED, HORIZONS, Novelty, NoveltyMemory, service_name
 from controller.detection.profiles import BaselineStore
 
 CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
@@ -56,7 +56,12 @@ NOVELTY_GRACE = 1.0      # s a new item waits before novelty decides on it: a bu
 NOVELTY_QUIET = 60.0     # s without new items still over the allowance before a novelty alert closes
 NOVELTY_PENDING = 64     # event snapshots kept per device between two decisions
 _REMOTE = "remote:"      # an outbreak lead: the same new remote address
-_NOVELTY_ALERTS = {"new_internal_peers": AlertKind.LATERAL_PROBE, "new_ports_one_host": AlertKind.PORT_PROBE}
+_NOVELTY_ALERTS = {"new_internal_peers": AlertKind.LATERAL_PROBE, "new_ports_one_host": AlertKind.PORT_PROBE,
+                   FAILED: AlertKind.FAILED_CONNECTIONS}
+# A bot retrying a dead C&C every few minutes is one story: its alert stays open over the
+# whole horizon its failures are counted on, not the default minute.
+_QUIET = {AlertKind.FAILED_CONNECTIONS.value: HORIZONS[-1]}
+_NOVELTY_KINDS = frozenset({*(k.value for k in _NOVELTY_ALERTS.values()), AlertKind.NEW_SERVICE.value})
 
 
 # ------------------------------------------------------------------ words
@@ -168,6 +173,18 @@ def _lateral_words(name: str, hits, count: int, h: float, r) -> str:
 
 
 # ------------------------------------------------------------------ detector
+
+def _failed_words(name: str, hits, count: int, h: float, r) -> str:
+    """camera opened 4 connections that failed ... (HTTPS to 66.85.157.90 ×3, Telnet to ...)."""
+    by = Counter((e[3], e[1]) for e in hits)
+    shown = [f"{service_name(rules.IPPROTO_TCP, port)} to {_dotted(ip)}" + (f" ×{n}" if n > 1 else "")
+             for (port, ip), n in by.most_common()]
+    learned = r.learned_failures
+    return (f"{name} opened {_plural(count, 'connection')} to hosts or services it never used that got no "
+            f"answer or were refused, in the last {f'{h / 60:g} min' if h >= 600 else f'{h:g} s'} "
+            f"({_examples(shown)}); while learning "
+            + ("none of its connections failed" if learned == 0 else f"{_plural(learned, 'connection')} failed"))
+
 
 def _observed(wf: WindowFeatures, i: int) -> dict[str, float]:
     """Device `i`'s whole window, as an alert carries it."""
@@ -577,6 +594,17 @@ class Detector:
         self._open[key] = _Open(alert)
         return [alert] + self._correlate(now, mac, tags, ("new_flow_burst",))
 
+    def on_failed(self, mac: str, ip: int, port: int, now: float) -> None:
+        """A TCP connection the device opened failed (`telemetry.outcomes`): the novelty
+        memory counts it; what it trips is decided at this window (`decide_novelty`)."""
+        _name, tags = self.who(mac)
+        if self.excluded(tags):
+            return
+        p = self.store.profiles.get(mac)
+        report = self.novelty.failed(mac, ip, port, now, learning=p is None or p.learning)
+        if report is not None:
+            self._pending.setdefault(mac, deque(maxlen=NOVELTY_PENDING)).append(report)
+
     def _telling(self, e: tuple[float, int, int, int]) -> bool:
         """Is a first use of a service a fact worth an alert on its own?  Inside the LAN,
         always (an appliance has no business opening new services on its neighbours),
@@ -595,7 +623,7 @@ class Detector:
 
     # -------------------------------------------------------------- novelty
     def decide_novelty(self, now: float) -> list[Alert]:
-        """Raise or update lateral_probe, port_probe and new_service alerts from what the
+        """Raise or update lateral_probe, port_probe, failed_connections and new_service alerts from what the
         event path found new, once it is NOVELTY_GRACE old (a burst alert, decided within
         1 s, speaks for a fast scan; a device with a burst open gets no novelty alert)."""
         out: list[Alert] = []
@@ -608,10 +636,9 @@ class Detector:
                 del self._pending[mac]
             if report is not None:
                 out += self._novel(mac, report, now)
-                self._decided[mac] = report.time
+                self._decided[mac] = max(report.time, self._decided.get(mac, -math.inf))
         for key in [k for k, o in self._open.items()
-                    if k[1] in ("lateral_probe", "port_probe", "new_service")
-                    and now - o.alert.last_time > NOVELTY_QUIET]:
+                    if k[1] in _NOVELTY_KINDS and now - o.alert.last_time > _QUIET.get(k[1], NOVELTY_QUIET)]:
             del self._open[key]
         return out
 
@@ -660,6 +687,11 @@ class Detector:
             text = _lateral_words(name, hits, count, h, r)
             ports = Counter(e[3] for e in hits if e[3] >= 0)
             evidence[0].update(hosts=[_dotted(e[1]) for e in hits], learned_peers=r.learned_peers)
+        elif kind == AlertKind.FAILED_CONNECTIONS:
+            hits = r.recent(feature, h)
+            ports = Counter(e[3] for e in hits)
+            text = _failed_words(name, hits, count, h, r)
+            evidence[0].update(hosts=sorted({_dotted(e[1]) for e in hits}), learned_failures=r.learned_failures)
         elif kind == AlertKind.PORT_PROBE:
             hits = [e for e in r.recent(feature, h) if e[1] == r.scanned_host]
             ports = Counter(e[3] for e in hits)

@@ -16,7 +16,14 @@ Counted per device and horizon (`KINDS`):
 * `new_services`: (protocol, port) pairs it never used while learning;
 * `new_external`: external addresses it never talked to while learning;
 * `new_ports_one_host`: the most (host, service) pairs new to it on any one host,
-  i.e. a port scan of one host.
+  i.e. a port scan of one host;
+* `failed_connections`: TCP connections it opened that got no answer or were refused
+  (judged from the flow's counters, `telemetry/outcomes.py`, and counted when judged, a
+  few seconds after the SYN), on a service it never used, to an internal host it never
+  talked to, or to a new internet host if it met none after settling in
+  (`_telling_failure`).  A habit that fails (its own cloud server down) is an outage,
+  not news.  Every such failure counts, the same host's included: a bot retrying a dead
+  C&C is what this sees.
 
 Each new item counts once per `MAX_HORIZON` (a peer contacted again a minute
 later is not new twice).  A device's normal churn is learned too: the most new
@@ -64,7 +71,9 @@ __all__ = ["HORIZONS", "KINDS", "NOVELTY_VALUES", "FLOORS", "Novelty", "NoveltyM
 HORIZONS: tuple[float, ...] = (10.0, 60.0, 600.0)
 _WIDTHS: tuple[float, ...] = (1.0, 5.0, 60.0)       # bucket width per horizon
 MAX_HORIZON = HORIZONS[-1]
-KINDS: tuple[str, ...] = ("new_internal_peers", "new_services", "new_external", "new_ports_one_host")
+KINDS: tuple[str, ...] = ("new_internal_peers", "new_services", "new_external", "new_ports_one_host",
+                          "failed_connections")
+FAILED = "failed_connections"
 
 # The least a horizon's count must reach before it says anything, per kind (before churn).
 FLOORS: Mapping[str, tuple[int, int, int]] = MappingProxyType({
@@ -72,6 +81,7 @@ FLOORS: Mapping[str, tuple[int, int, int]] = MappingProxyType({
     "new_services": (5, 8, 16),
     "new_external": (10, 20, 50),
     "new_ports_one_host": (10, 20, 40),
+    "failed_connections": (3, 3, 3),
 })
 
 MAX_PEERS = 256
@@ -89,10 +99,12 @@ _EXEMPT = frozenset({(UDP, 67), (UDP, 68)})   # DHCP: a renewal may come hours a
 
 # The saved form: `schema` changes when an old reader could not read it; `version` when it
 # reads the same but means something new (an absent version is 1).
-SCHEMA = "iotguard.novelty/1"
+SCHEMA = "iotguard.novelty/2"
 VERSION = 1
+OLD_SCHEMAS = ("iotguard.novelty/1",)    # read: without failed_connections, which is then unlearned
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _MAX_COUNT = 10**9          # an allowance or a learned count beyond this is not one this code wrote
+_UNLEARNED = (_MAX_COUNT,) * len(HORIZONS)   # the allowance of a kind a saved memory did not learn: never trips
 
 
 def _horizon_label(h: float) -> str:
@@ -177,6 +189,7 @@ class Novelty:
     learned_peers: int
     learned_services: tuple[tuple[int, int], ...]
     learned_external: int
+    learned_failures: int = 0            # failed connections it showed after settling in, while learning
     scanned_host: int = 0                # the host of new_ports_one_host (0: none)
     tripped: tuple[str, ...] = ()
 
@@ -248,11 +261,7 @@ class NoveltyMemory:
         device whose memory was not saved frozen learns anew).  Returns its novelty if this event was new to it after
         warm-up, else None.
         """
-        d = self.devices.get(mac)
-        if d is None:
-            d = self.devices[mac] = _Device(started=now)
-        if d.learning and not learning and now - d.started >= self.learn_seconds:
-            self._finish(d, now)
+        d = self._device_at(mac, now, learning)
         if ip >= 0xE0000000:          # multicast and broadcast are nobody's peer
             ip = 0
         service = (proto, port) if proto in (TCP, UDP) and 0 <= port and (proto, port) not in _EXEMPT \
@@ -288,6 +297,49 @@ class NoveltyMemory:
             d.hosts.move_to_end(scanned)
             host.add(now)
         return self._report(mac, d, now)
+
+    def _device_at(self, mac: str, now: float, learning: bool) -> _Device:
+        d = self.devices.get(mac)
+        if d is None:
+            d = self.devices[mac] = _Device(started=now)
+        if d.learning and not learning and now - d.started >= self.learn_seconds:
+            self._finish(d, now)
+        return d
+
+    def failed(self, mac: str, ip: int, port: int, now: float, learning: bool) -> Novelty | None:
+        """A TCP connection of the device to `ip`:`port` failed (judged now).  While it
+        learns, a failure after settling in is churn; after, a failure to a host or a
+        service outside its memory counts.  Returns its novelty if it counted."""
+        d = self.devices.get(mac)
+        if d is None:
+            return None               # it never opened anything we saw
+        d = self._device_at(mac, now, learning)
+        if ip == 0 or ip >= 0xE0000000:
+            return None
+        if d.learning:
+            if now - d.started >= SETTLE * self.learn_seconds:
+                s = d.sliding[FAILED]
+                s.add(now)
+                d.settled_new[FAILED] += 1
+                d.peaks[FAILED] = [max(p, x) for p, x in zip(d.peaks[FAILED], s.counts(now))]
+            return None
+        if not self._telling_failure(d, ip, port):
+            return None
+        d.sliding[FAILED].add(now)
+        d.examples[FAILED].append((now, ip, TCP, port))
+        return self._report(mac, d, now)
+
+    def _telling_failure(self, d: _Device, ip: int, port: int) -> bool:
+        """Does a failed connection to `ip`:`port` say something about this device?  On a
+        service it never used, yes; to a host it never talked to inside the LAN, yes; to
+        a new internet host on a service it uses, only if it met no new internet hosts
+        after settling in (a voice assistant meets new cloud hosts all day, and some of
+        them do not answer).  A habit failing is an outage, not news."""
+        if (TCP, port) not in d.services:
+            return True
+        if self._internal(ip):
+            return ip not in d.peers
+        return ip not in d.external and d.settled_new["new_external"] == 0
 
     def _first(self, d: _Device, item, now: float) -> bool:
         """Is `item` new within the last MAX_HORIZON (so it counts)?  Remembers it."""
@@ -358,7 +410,8 @@ class NoveltyMemory:
                        allowance=MappingProxyType(dict(d.allowance)),
                        examples=MappingProxyType({k: tuple(d.examples[k]) for k in KINDS}),
                        learned_peers=len(d.peers), learned_services=tuple(d.services),
-                       learned_external=len(d.external), scanned_host=best, tripped=tripped)
+                       learned_external=len(d.external), learned_failures=d.settled_new[FAILED],
+                       scanned_host=best, tripped=tripped)
 
     def appliance(self, mac: str) -> bool:
         """Did the device's warm-up use at most IOT_SERVICES services?"""
@@ -402,8 +455,9 @@ class NoveltyMemory:
         first bad field (e.g. ``devices[2].peers[7]``)."""
         if not isinstance(d, dict):
             raise NoveltyFormatError(f"expected an object, got {type(d).__name__}")
-        if d.get("schema") != SCHEMA:
+        if d.get("schema") != SCHEMA and d.get("schema") not in OLD_SCHEMAS:
             raise NoveltyFormatError(f"schema: expected {SCHEMA!r}, got {str(d.get('schema'))[:40]!r}")
+        kinds = KINDS if d["schema"] == SCHEMA else tuple(k for k in KINDS if k != FAILED)
         _keys(d, {"schema", "devices"}, {"version"}, "novelty memory")
         _count(d.get("version", 1), "version", 1, VERSION)
         items = d["devices"]
@@ -422,14 +476,15 @@ class NoveltyMemory:
             if mac in out:
                 raise NoveltyFormatError(f"{where}.mac: {mac} is given twice")
             try:
-                out[mac] = NoveltyMemory._device(it, where)
+                out[mac] = NoveltyMemory._device(it, where, kinds)
             except NoveltyFormatError as e:
                 raise NoveltyFormatError(f"{e} (device {mac})") from None
         return out
 
     @staticmethod
-    def _device(it: dict, where: str) -> _Device:
-        """One device's frozen memory (`where` names it in errors)."""
+    def _device(it: dict, where: str, kinds: tuple[str, ...] = KINDS) -> _Device:
+        """One device's frozen memory (`where` names it in errors); a kind not in `kinds`
+        (a file from before it existed) is unlearned: it never trips for this device."""
         dev = _Device(started=0.0, learning=False)
         for name, bound in (("peers", MAX_PEERS), ("external", MAX_EXTERNAL)):
             for k, v in enumerate(_items(it[name], f"{where}.{name}", bound)):
@@ -447,8 +502,11 @@ class NoveltyMemory:
         for name in ("allowance", "settled_new"):
             if not isinstance(it[name], dict):
                 raise NoveltyFormatError(f"{where}.{name}: expected an object")
-            _keys(it[name], set(KINDS), set(), f"{where}.{name}")
+            _keys(it[name], set(kinds), set(), f"{where}.{name}")
         for kind in KINDS:
+            if kind not in kinds:
+                dev.allowance[kind], dev.settled_new[kind] = _UNLEARNED, 0
+                continue
             at = f"{where}.allowance.{kind}"
             v = it["allowance"][kind]
             if not isinstance(v, list) or len(v) != len(HORIZONS):

@@ -1,7 +1,8 @@
 """Recording the detector's input, and replaying it offline.
 
 `iotguard run --record FILE` writes one JSON line per poll window: every active
-device's feature vector and the new-conversation events of that window.
+device's feature vector, the new-conversation events of that window and the
+connections judged failed in it (`failed`, optional: recordings from before have none).
 `iotguard replay FILE` feeds them to a fresh detector, with no switch and no
 root, and prints the alerts as JSON lines.  The schema is versioned; a reader
 refuses lines it does not understand, naming the line.
@@ -30,6 +31,7 @@ class Window:
     features: WindowFeatures
     who: dict[str, tuple[str, tuple[str, ...]]]
     events: list[tuple[float, str, int, int, int]] = field(default_factory=list)
+    failed: list[tuple[float, str, int, int]] = field(default_factory=list)   # (time, mac, ip, port)
 
 
 class Recorder:
@@ -38,6 +40,7 @@ class Recorder:
     def __init__(self, path: str, poll_interval: float) -> None:
         self.f: IO[str] = open(path, "a", encoding="utf-8")
         self.events: list[list] = []
+        self.failures: list[list] = []
         if self.f.tell() == 0:
             self._line({"schema": SCHEMA, "features": list(FEATURES), "poll_interval": poll_interval})
 
@@ -48,6 +51,9 @@ class Recorder:
     def event(self, now: float, mac: str, proto: int, ip: int, port: int) -> None:
         self.events.append([round(now, 6), mac, proto, ip, port])
 
+    def failed(self, now: float, mac: str, ip: int, port: int) -> None:
+        self.failures.append([round(now, 6), mac, ip, port])
+
     def window(self, now: float, wf: WindowFeatures, who) -> None:
         devices = []
         for i, mac in enumerate(wf.macs):
@@ -55,9 +61,11 @@ class Recorder:
             devices.append({"mac": mac, "name": name, "tags": list(tags),
                             "x": [round(float(v), 6) for v in wf.X[i]],
                             "top_port": int(wf.top_port[i]), "top_port_hosts": int(wf.top_port_hosts[i])})
-        self._line({"t": round(now, 6), "window": round(wf.window, 6), "devices": devices,
-                    "events": self.events})
-        self.events = []
+        line = {"t": round(now, 6), "window": round(wf.window, 6), "devices": devices, "events": self.events}
+        if self.failures:
+            line["failed"] = self.failures
+        self._line(line)
+        self.events, self.failures = [], []
 
     def close(self) -> None:
         self.f.close()
@@ -104,12 +112,13 @@ def _window(obj: dict, where: str) -> Window:
             hosts.append(int(d.get("top_port_hosts", 0)))
             who[str(d["mac"])] = (str(d["name"]), tuple(str(t) for t in d["tags"]))
         events = [(float(e[0]), str(e[1]), int(e[2]), int(e[3]), int(e[4])) for e in obj["events"]]
+        failed = [(float(e[0]), str(e[1]), int(e[2]), int(e[3])) for e in obj.get("failed", [])]
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise RecordError(f"{where}: malformed window: {e}") from None
     X = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
     wf = WindowFeatures(time=t, window=w, macs=macs, X=X, top_port=np.asarray(ports, dtype=np.int64),
                         top_port_hosts=np.asarray(hosts, dtype=np.int64))
-    return Window(t, wf, who, events)
+    return Window(t, wf, who, events, failed)
 
 
 def replay(f: IO[str], config, source: str = "<record>") -> Iterator[dict]:
@@ -131,5 +140,7 @@ def replay(f: IO[str], config, source: str = "<record>") -> Iterator[dict]:
         for t, mac, proto, ip, port in win.events:
             for alert in detector.on_new_flow(mac, proto, ip, port, t):
                 yield alert.to_dict()
+        for t, mac, ip, port in win.failed:
+            detector.on_failed(mac, ip, port, t)
         for alert in detector.on_window(win.features, win.time):
             yield alert.to_dict()

@@ -84,7 +84,7 @@ def write(tmp_path, state) -> str:
 def test_the_state_file_carries_a_versioned_novelty_section(saved):
     state, r = saved
     section = state["novelty"]
-    assert section["schema"] == "iotguard.novelty/1" and section["version"] == 1
+    assert section["schema"] == "iotguard.novelty/2" and section["version"] == 1
     cam = next(d for d in section["devices"] if d["mac"] == CAM)
     assert cam["peers"] == ["10.0.0.2", "10.0.0.1"] and [6, 554] in cam["services"]
     assert cam["allowance"]["new_internal_peers"] == list(r.det.novelty.devices[CAM].allowance["new_internal_peers"])
@@ -143,7 +143,7 @@ def _set(key, value):
      "novelty: devices[0].mac: 00:00:00:00:00:99 has no baseline in this file"),
     (lambda s, d: s["devices"].append(dict(d)), "devices[2].mac: 00:00:00:00:00:11 is given twice"),
     (lambda s, d: s.__setitem__("version", 2), "novelty: version: expected an integer in [1, 1], got 2"),
-    (lambda s, d: s.__setitem__("schema", "iotguard.novelty/2"), "novelty: schema: expected 'iotguard.novelty/1'"),
+    (lambda s, d: s.__setitem__("schema", "iotguard.novelty/3"), "novelty: schema: expected 'iotguard.novelty/2'"),
 ])
 def test_a_damaged_novelty_entry_refuses_the_file_naming_file_and_field(saved, tmp_path, change, words):
     """As a damaged baseline does: the file is moved aside and every device learns afresh

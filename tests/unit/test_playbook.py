@@ -659,7 +659,7 @@ def test_cli_reports_every_problem(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
         f"{bad}:4:15: playbooks[0].when.kinds[0]: unknown alert kind 'scan'; expected one of: anomaly, "
-        "new_flow_burst, outbreak, lateral_probe, port_probe, new_service",
+        "new_flow_burst, outbreak, lateral_probe, port_probe, new_service, failed_connections",
         f"{bad}:6:27: playbooks[0].do[0].quarantine.ttl: a duration needs a unit (s, m, h or d): write 600s "
         "for seconds",
         "iotguard: 2 problems in 1 file"]
