@@ -58,6 +58,26 @@ def test_benign_soak_raises_no_alert(lab):
     print(f"soak: {SOAK:.0f}s, {health['counters']['windows']} windows, 0 alerts")
 
 
+def test_refused_connections_on_a_service_it_never_used_are_alerted_in_plain_words(lab):
+    """The camera knocks on the laptop's TCP 8081-8083, where nothing listens: each SYN is
+    answered with a RST, which the switch's counters show (nothing more on the flow)."""
+    ctl, net, _ = lab
+    camera = net.get("camera")
+    t0 = time.time()
+    for port in (8081, 8082, 8083):
+        out = camera.cmd(f"timeout 5 curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://10.0.0.3:{port}/; "
+                         "echo \" rc=$?\"")
+        assert "rc=7" in out, f"curl should be refused on {port}: {out!r}"     # 7: could not connect
+        time.sleep(1.5)
+    alert = _wait_alert(ctl, t0, "camera", "failed_connections", 15.0)
+    print(f"refused: failed_connections {alert['time'] - t0:.1f} s after the first attempt: {alert['explanation']}")
+    assert alert["explanation"].startswith("camera opened 3 connections to hosts or services it never used that "
+                                           "got no answer or were refused, in the last "), alert
+    assert all(f"TCP/{p} to 10.0.0.3" in alert["explanation"] for p in (8081, 8082, 8083)) or \
+        "…" in alert["explanation"], alert
+    assert ctl.get("/api/v1/health")["counters"]["connections_failed"] >= 3
+
+
 def test_nmap_scan_flagged_by_event_path_within_1s(lab):
     ctl, net, _ = lab
     camera = net.get("camera")
@@ -105,4 +125,4 @@ def test_recording_replays_offline_to_the_same_alert_kinds(lab):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     kinds = {(line.split('"kind": "')[1].split('"')[0]) for line in out.stdout.splitlines()}
-    assert {"new_flow_burst", "anomaly"} <= kinds, out.stdout[-2000:]
+    assert {"new_flow_burst", "anomaly", "failed_connections"} <= kinds, out.stdout[-2000:]
