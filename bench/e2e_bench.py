@@ -175,7 +175,12 @@ def run_poll(poll: float, scenarios: list[str], runs: int) -> dict:
                 if sc.action == "rate_limit":
                     meter = next(r for r in ctl.responses() if r["created"] >= t0
                                  and r["action"] == "rate_limit")["params"]
-                end, end_bins = _mitigated(_frames(outdir), sc.action, meter)
+                frames = _frames(outdir)
+                end, end_bins = _mitigated(frames, sc.action, meter)
+                if os.environ.get("IOTGUARD_BENCH_KEEP"):     # the frames, for a closer look
+                    with open(os.path.join(os.environ["IOTGUARD_BENCH_KEEP"], f"{name}-{poll:g}-{i + 1}.json"),
+                              "w") as f:
+                        json.dump({"started": attack.started, "confirmed": confirmed, "frames": frames}, f)
                 subprocess.run(["rm", "-rf", outdir], timeout=10)
                 # A frame before the first packet is the device's own benign traffic: nothing
                 # of the attack crossed (a scan's SYNs wait for ARP, and the quarantine is

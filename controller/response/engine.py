@@ -715,7 +715,9 @@ class Engine:
                  refresh: bool = False) -> Messages:
         """The rules of `r` with the time left as hard_timeout, for connected switches
         (or `only` one).  A rate_limit meter is deleted before it is added (a restarted
-        controller may find it on the switch), or modified when refreshing."""
+        controller may find it on the switch); a refresh leaves it alone: its params stay
+        those of the first application, a meter has no timeout, and a meter-mod refills its
+        bucket, which let a full burst of a throttled flood through at every refresh."""
         connected = self._connected()
         edge = self.locate(r.entity.mac) if r.entity.mac else None
         out: Messages = []
@@ -725,9 +727,8 @@ class Engine:
                 continue
             if isinstance(spec, MeterSpec):
                 if refresh:
-                    spec = replace(spec, command="modify")
-                else:
-                    out.append((dpid, rules.delete_meter(spec.meter_id)))
+                    continue
+                out.append((dpid, rules.delete_meter(spec.meter_id)))
             out.append((dpid, spec))
         return out
 
