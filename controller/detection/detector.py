@@ -38,6 +38,7 @@ CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
 # host, every 4-6 s for three hours, were 1,524 alerts; an IoT-23 HUE's sync every 15 min,
 # 82 a day).  An hour, as Zeek's default notice suppression interval.
 STORY_GAP = 3600.0
+STORIES = 4              # closed anomalies per device a new one may continue (bounded: MAX_ALERTS devices)
 BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
 ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
@@ -217,7 +218,9 @@ class Detector:
         self.attribution = attribution
         self.alerts: deque[Alert] = deque(maxlen=MAX_ALERTS)
         self._open: dict[tuple[str, str], _Open] = {}
-        self._closed: OrderedDict[str, Alert] = OrderedDict()   # each device's last closed anomaly
+        # each device's last STORIES closed anomalies, oldest first: a device may interleave two
+        # stories (an Echo's bursts of new hosts and its DNS-heavy minutes), and either may come back
+        self._closed: OrderedDict[str, list[Alert]] = OrderedDict()
         self._bursts: dict[str, dict[tuple, float]] = {}
         # time, mac, cls, leading features (an anomaly's top 3; a burst's "new_flow_burst")
         # ... and whether it alerted (False: suspicious only, it corroborates an outbreak)
@@ -412,7 +415,10 @@ class Detector:
             # The same story again after a pause: its alert reopens (count, window, the
             # playbooks see it again: a new episode, so a response an operator released
             # in the pause applies again).
-            del self._closed[mac]
+            stories = self._closed[mac]
+            stories.remove(story)
+            if not stories:
+                del self._closed[mac]
             opened = self._open[key] = _Open(story, handed=now)
             if self.current(story.id) is not story:
                 self._emit(story)                  # rotated out of `alerts` meanwhile
@@ -425,7 +431,6 @@ class Detector:
             score=score, threshold=float(baseline.threshold_), explanation=text, baseline=source,
             features=[asdict(c) for c in contribs], tags=tags, last_time=now,
             window=_observed(wf, i), remote=remote))
-        self._closed.pop(mac, None)
         self._open[key] = _Open(alert)
         return [alert] + self._correlate(now, mac, tags, self._leads(alert), attribute=True)
 
@@ -520,22 +525,23 @@ class Detector:
             if opened.quiet >= CLEAR_WINDOWS:
                 del self._open[key]
                 if key[1] == "anomaly":
-                    self._closed[key[0]] = opened.alert
+                    stories = self._closed.setdefault(key[0], [])
+                    stories.append(opened.alert)
+                    del stories[:-STORIES]
                     self._closed.move_to_end(key[0])
                     while len(self._closed) > MAX_ALERTS:
                         self._closed.popitem(last=False)
 
     def _same_story(self, mac: str, contribs, now: float) -> Alert | None:
-        """The device's last closed anomaly if this one continues it: within STORY_GAP of
-        its last window, with a leading feature in common.  Not the same remote: a cloud
+        """The newest of the device's last closed anomalies that this one continues: within
+        STORY_GAP of its last window, with a leading feature in common.  Not the same remote: a cloud
         device spreads over several new hosts of one service; the reopened alert names
         the new one, and a response to it is a new response."""
-        old = self._closed.get(mac)
-        if old is None or now - old.last_time > STORY_GAP:
-            return None
         leads = {c.feature for c in contribs} or {"combination"}
-        was = {e.feature for e in old.features} or {"combination"}
-        return old if leads & was else None
+        for old in reversed(self._closed.get(mac, ())):
+            if now - old.last_time <= STORY_GAP and leads & ({e.feature for e in old.features} or {"combination"}):
+                return old
+        return None
 
     # -------------------------------------------------------------- event path
     def on_new_flow(self, mac: str, proto: int, ip: int, port: int, now: float,

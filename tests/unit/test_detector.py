@@ -108,6 +108,25 @@ def test_a_different_story_after_a_closed_one_is_a_new_alert():
     assert flood.id != scan.id and "packets/s" in flood.explanation
 
 
+def test_two_interleaved_stories_each_reopen_their_own_alert():
+    """A scan story, then a flood story, then the scan again and the flood again: two
+    alerts, each reopened once (an IoT-23 Echo interleaves bursts of new hosts with its
+    DNS-heavy minutes; keeping only the last closed story made each return a new alert)."""
+    det, rng = trained()
+    flood = normal(rng)
+    flood[INDEX["tx_packets"]] = 130000
+    flood[INDEX["tx_bytes"]] = 130000 * 60
+    t = 2000.0
+    raised = []
+    for row in (scan_row, lambda r: flood, scan_row, lambda r: flood):
+        raised += det.on_window(window(t, {CAM: row(rng)}), t)
+        for k in range(1, 4):
+            det.on_window(window(t + k, {CAM: normal(rng)}), t + k)
+        t += 10
+    assert len(raised) == 2, [a.explanation for a in raised]
+    assert all(det.current(a.id).count == 2 and det.current(a.id).reopened for a in raised)
+
+
 def test_flood_named_by_packet_rate():
     det, rng = trained()
     x = normal(rng)
