@@ -15,6 +15,7 @@ from controller.openflow import rules
 from controller.openflow.packets import mac_bytes
 from controller.telemetry.outcomes import JUDGE_AFTER, ConnectionOutcomes
 from controller.telemetry.stats import FlowDeltas
+from tests.unit.test_core import Clock, arp
 from tests.unit.test_novelty import CAM, PLUG, TCP, Replay
 
 SYN = 74
@@ -138,26 +139,12 @@ def syn(src, dst, ip_src, ip_dst, dport, size=SYN):
     return mac_bytes(dst) + mac_bytes(src) + b"\x08\x00" + iph + l4
 
 
-def arp(src, spa, tpa):
-    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac_bytes(src),
-                       bytes(map(int, spa.split("."))), b"\0" * 6, bytes(map(int, tpa.split("."))))
-    return mac_bytes("ff:ff:ff:ff:ff:ff") + mac_bytes(src) + b"\x08\x06" + body
-
-
 def stats(rows):
     out = b""
     for c, p, b in rows:
         out += struct.pack("!HBxIIHHHH4xQQQ", 56, 1, 1, 0, 200, 10, 0, 1, c, p, b)
         out += struct.pack("!HH4x", 1, 4)
     return out
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
 
 
 def test_core_judges_a_syn_from_its_flow_counters_and_counts_the_failure():
