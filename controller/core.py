@@ -601,7 +601,8 @@ class Core:
                 "inventory_full": self.inventory.dropped,
                 "group_or_zero_src": self.inventory.not_devices,
                 "topology_full": self.topology.full,
-                "mac_table_full": self.forwarder.full}
+                "mac_table_full": self.forwarder.full,
+                "connections_unjudged": self.outcomes.dropped}
 
     def health_view(self, loop_age: float | None = None, connections: int | None = None,
                     loop_lag: float | None = None, queued: int | None = None,
@@ -656,7 +657,8 @@ class Core:
         app's lock and read later from the exporter's thread."""
         snap: dict = {k: self.counters[k] for k in ("polls", "flow_entries", "packet_in", "windows",
                                                      "lldp_in", "malformed", "bad_messages",
-                                                     "handler_errors", "state_write_errors")}
+                                                     "handler_errors", "state_write_errors",
+                                                     "connections_failed")}
         snap.update(self.bounds_view())
         detection = self.detector.health()
         snap.update(alerts=dict(self.alert_kinds), switches=len(self.switches),

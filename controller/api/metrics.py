@@ -56,6 +56,10 @@ _COUNTERS = (
     ("inventory_full", "iotguard_inventory_full", "New devices not recorded because the inventory was full."),
     ("topology_full", "iotguard_topology_full", "New MACs not located because the location table was full."),
     ("mac_table_full", "iotguard_mac_table_full", "New MACs not learned because a switch's MAC table was full."),
+    ("connections_failed", "iotguard_connections_failed",
+     "TCP connections judged failed (no answer or refused) from their flows' counters."),
+    ("connections_unjudged", "iotguard_connections_unjudged",
+     "Connections dropped unjudged because 4096 were already awaiting judgement."),
     ("group_or_zero_src", "iotguard_group_or_zero_source",
      "Frames with a broadcast, multicast or zero source MAC (never devices)."),
 )
