@@ -26,8 +26,9 @@ playbooks combine"):
    `escalate.within`).  Enforce and dry-run never share a group, so a dry-run
    playbook can never replace, shorten or suppress an enforced action.
 3. A group whose key is already active is not added again: the active
-   response's expiry moves to now + ttl if that is later ("refreshed": its rules
-   are re-sent with the new hard_timeout), otherwise nothing happens
+   response's expiry moves to now + ttl if that is later ("refreshed": its flows
+   are re-sent with the new hard_timeout; a rate limit's meter is left as it is,
+   since a meter-mod would refill its bucket), otherwise nothing happens
    ("unchanged").  Its params stay those of the first application.
 4. Otherwise a new response gets an id (the low 40 bits of its rules' cookies),
    for rate_limit a meter id, and is compiled by `responses.compile_response`
