@@ -176,7 +176,9 @@ def _lateral_words(name: str, hits, count: int, h: float, r) -> str:
 # ------------------------------------------------------------------ detector
 
 def _failed_words(name: str, hits, count: int, h: float, r) -> str:
-    """camera opened 4 connections that failed ... (HTTPS to 66.85.157.90 ×3, Telnet to ...)."""
+    """"camera opened 4 connections to hosts or services it never used that got no answer or
+    were refused, in the last 10 min (HTTPS to 66.85.157.90 ×3, Telnet to 10.0.0.7); while
+    learning none of its connections failed": each (service, host) once, with its count."""
     by = Counter((e[3], e[1]) for e in hits)
     shown = [f"{service_name(rules.IPPROTO_TCP, port)} to {_dotted(ip)}" + (f" ×{n}" if n > 1 else "")
              for (port, ip), n in by.most_common()]
