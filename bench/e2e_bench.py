@@ -121,16 +121,16 @@ def _mitigated(frames: list[tuple[float, int]], action: str, meter: dict | None)
         return None, None
     if action != "rate_limit" or meter is None:
         return frames[-1][0], frames[-1][0]
-    if meter.get("pps"):
-        rate, burst = float(meter["pps"]), max(meter["pps"] // 10, 1)
+    from controller.response.actions.rate_limit import RateLimitPlan
+    plan = RateLimitPlan(kbps=meter.get("kbps"), pps=meter.get("pps"), burst_kbits=meter.get("burst_kbits"))
+    if plan.pps is not None:
+        rate, burst = float(plan.pps), float(plan.burst)                  # packets
         sized = [(t, 1) for t, _ in frames]
     else:
-        kbps = float(meter["kbps"])
-        rate = kbps * 1000                                               # bits
-        burst = (meter.get("burst_kbits") or max(kbps // 10, 64)) * 1000  # rate_limit's burst
+        rate, burst = plan.kbps * 1000.0, plan.burst * 1000.0             # bits
         sized = [(t, n * 8) for t, n in frames]
     # the cap in frames/s at the flood's own frame size (hping3's SYNs are 54 bytes)
-    cap_pps = rate / (8 * statistics.median(n for _, n in frames)) if not meter.get("pps") else rate
+    cap_pps = rate / (8 * statistics.median(n for _, n in frames)) if plan.pps is None else rate
     bins: dict[int, int] = {}
     for t, _ in frames:
         bins[int(t / BIN)] = bins.get(int(t / BIN), 0) + 1

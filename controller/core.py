@@ -26,7 +26,8 @@ from controller.detection.detector import Detector
 from controller.telemetry.features import FEATURES, FeatureExtractor, KnownDestinations
 from controller.telemetry.outcomes import ConnectionOutcomes
 from controller.detection.incidents import Incidents, band_of
-from controller.network.forwarding import FLOOD, Forwarder, FlowRegistry, PacketInfo, is_group_mac, is_reply
+from controller.network.forwarding import (FLOOD, Forwarder, FlowRegistry, PacketInfo, is_bare_syn, is_group_mac,
+                                           is_reply)
 from controller.network.inventory import Inventory
 from controller.openflow.wire import flow_stats_heads
 from controller.openflow.packets import LldpSigner, fix_l4_checksum, ip_int, parse_frame
@@ -347,8 +348,7 @@ class Core:
         for f in decision.flows:
             if f.command == "add" and rules.cookie_kind(f.cookie) == rules.Kind.FORWARD:
                 self.extractor.new_flow(rules.cookie_id(f.cookie))
-                if at_src and pkt.tcp_flags is not None and pkt.tcp_flags & 0x12 == 0x02 \
-                        and pkt.tp_dst is not None and pkt.ipv4_dst is not None:
+                if at_src and is_bare_syn(pkt) and pkt.tp_dst is not None and pkt.ipv4_dst is not None:
                     # a bare SYN whose conversation this flow now carries: did it get an answer?
                     self.outcomes.opened(rules.cookie_id(f.cookie), pkt.eth_src, ip_int(pkt.ipv4_dst),
                                          pkt.tp_dst, dpid, len(data), now)
@@ -377,7 +377,7 @@ class Core:
     def _event(self, pkt: PacketInfo) -> None:
         """Feed the event path: a device starting a conversation, seen at its own edge."""
         if pkt.tcp_flags is not None:
-            if pkt.tcp_flags & 0x12 != 0x02:   # only a bare SYN opens a connection
+            if not is_bare_syn(pkt):           # only a bare SYN opens a connection
                 return
             proto, ip, port = rules.IPPROTO_TCP, pkt.ipv4_dst, pkt.tp_dst
         elif pkt.ip_proto == rules.IPPROTO_UDP and pkt.tp_dst is not None and pkt.tp_dst < 49152:

@@ -225,6 +225,12 @@ class _Device:
     allowance: dict = field(default_factory=dict)
 
 
+def _churn(d: _Device, kind: str, counts: tuple[int, ...]) -> None:
+    """While learning, after settling in: one more new item of `kind`, and its horizons' peaks."""
+    d.settled_new[kind] += 1
+    d.peaks[kind] = [max(p, x) for p, x in zip(d.peaks[kind], counts)]
+
+
 def _remember(d: OrderedDict, key, bound: int) -> None:
     d[key] = None
     d.move_to_end(key)
@@ -318,10 +324,8 @@ class NoveltyMemory:
             return None
         if d.learning:
             if now - d.started >= SETTLE * self.learn_seconds:
-                s = d.sliding[FAILED]
-                s.add(now)
-                d.settled_new[FAILED] += 1
-                d.peaks[FAILED] = [max(p, x) for p, x in zip(d.peaks[FAILED], s.counts(now))]
+                d.sliding[FAILED].add(now)
+                _churn(d, FAILED, d.sliding[FAILED].counts(now))
             return None
         if not self._telling_failure(d, ip, port):
             return None
@@ -381,8 +385,7 @@ class NoveltyMemory:
             else:
                 d.sliding[kind].add(now)
                 c = d.sliding[kind].counts(now)
-            d.settled_new[kind] += 1
-            d.peaks[kind] = [max(p, x) for p, x in zip(d.peaks[kind], c)]
+            _churn(d, kind, c)
 
     def _finish(self, d: _Device, now: float) -> None:
         """Warm-up over: the churn it showed becomes its allowance; counting starts afresh."""

@@ -22,7 +22,8 @@ from controller.openflow.rules import FlowKey, FlowSpec
 FLOOD = -1
 
 
-__all__ = ["FLOOD", "is_group_mac", "FlowRegistry", "PacketInfo", "is_reply", "Decision", "Forwarder"]
+__all__ = ["FLOOD", "is_group_mac", "FlowRegistry", "PacketInfo", "is_reply", "is_bare_syn", "Decision",
+           "Forwarder"]
 
 
 class FlowRegistry:
@@ -113,6 +114,11 @@ def is_reply(pkt: PacketInfo) -> bool:
     if pkt.ip_proto == rules.IPPROTO_UDP and pkt.tp_src is not None and pkt.tp_dst is not None:
         return pkt.tp_src < 1024 <= pkt.tp_dst
     return False
+
+
+def is_bare_syn(pkt: PacketInfo) -> bool:
+    """A TCP SYN without ACK: a connection being opened (not its answer)."""
+    return pkt.tcp_flags is not None and pkt.tcp_flags & 0x12 == 0x02
 
 
 @dataclass

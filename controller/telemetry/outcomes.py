@@ -40,6 +40,9 @@ __all__ = ["JUDGE_AFTER", "MAX_PENDING", "Outcome", "ConnectionOutcomes"]
 
 JUDGE_AFTER = 2.5        # s after the SYN: an answer's ACK is counted by then, a retransmission too
 MAX_PENDING = 4096
+_FORWARD = np.uint64(rules.cookie(rules.Kind.FORWARD))
+_KIND_MASK = np.uint64(rules.COOKIE_KIND_MASK)
+_ID_MASK = np.uint64(rules.COOKIE_ID_MASK)
 _SLACK = 1               # bytes per packet: an emulated switch spreads a log's bytes evenly
 
 
@@ -92,15 +95,11 @@ class ConnectionOutcomes:
         if not self._pending or len(deltas) == 0:
             return
         c = np.asarray(deltas.cookie).astype(np.uint64, copy=False)
-        fids = (c & np.uint64(rules.COOKIE_ID_MASK)).astype(np.int64)
+        fids = (c & _ID_MASK).astype(np.int64)
         pend = np.fromiter(self._pending.keys(), dtype=np.int64, count=len(self._pending))
-        hit = np.isin(fids, pend)
-        if not hit.any():
-            return
+        hit = ((c & _KIND_MASK) == _FORWARD) & np.isin(fids, pend)
         pk, by = np.asarray(deltas.packets), np.asarray(deltas.bytes)
         for i in np.flatnonzero(hit):
-            if rules.cookie_kind(int(c[i])) != rules.Kind.FORWARD:
-                continue
             p = self._pending[int(fids[i])]
             if p.dpid == deltas.dpid:
                 p.packets += int(pk[i])

@@ -1,7 +1,6 @@
 """Failed connections: judged from the flow's counters, counted by the novelty memory,
 alerted in plain words, and seen through the real Core (packet-in, flow stats, window)."""
 
-import ipaddress
 import json
 import struct
 
@@ -16,13 +15,9 @@ from controller.openflow.packets import mac_bytes
 from controller.telemetry.outcomes import JUDGE_AFTER, ConnectionOutcomes
 from controller.telemetry.stats import FlowDeltas
 from tests.unit.test_core import Clock, arp
-from tests.unit.test_novelty import CAM, PLUG, TCP, Replay
+from tests.unit.test_novelty import CAM, PLUG, TCP, Replay, ip
 
 SYN = 74
-
-
-def ip(s):
-    return int(ipaddress.IPv4Address(s))
 
 
 def deltas(dpid, rows, t=0.0):
