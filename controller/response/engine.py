@@ -26,10 +26,13 @@ playbooks combine"):
    `escalate.within`).  Enforce and dry-run never share a group, so a dry-run
    playbook can never replace, shorten or suppress an enforced action.
 3. A group whose key is already active is not added again: the active
-   response's expiry moves to now + ttl if that is later ("refreshed": its flows
-   are re-sent with the new hard_timeout; a rate limit's meter is left as it is,
-   since a meter-mod would refill its bucket), otherwise nothing happens
-   ("unchanged").  Its params stay those of the first application.
+   response's expiry moves to now + ttl if that extends it by at least
+   REFRESH_FRACTION of the ttl ("refreshed": its flows are re-sent with the new
+   hard_timeout; a rate limit's meter is left as it is, since a meter-mod would
+   refill its bucket), otherwise nothing happens ("unchanged").  A response
+   therefore lasts at least 0.9 ttl after the last alert that applied it, and an
+   alert updated every few seconds re-sends its rules once per tenth of the ttl,
+   not at every update.  Its params stay those of the first application.
 4. Otherwise a new response gets an id (the low 40 bits of its rules' cookies),
    for rate_limit a meter id, and is compiled by `responses.compile_response`
    at the device's edge switch (every switch when unknown; block_ip always on
@@ -83,6 +86,7 @@ STATES = ("active", "released", "expired", "failed", "pending", "denied")
 MAX_RELEASED = 4096          # (alert, response) pairs an operator released, remembered (oldest forgotten)
 APPROVE_WITHIN = 900.0       # seconds a pending response waits for an operator; then it is denied
 MODES = ("enforce", "dry-run")
+REFRESH_FRACTION = 0.1       # a refresh must extend a response by this share of its ttl (else: unchanged)
 Spec = FlowSpec | MeterSpec
 Messages = list[tuple[int, Spec]]
 HostLookup = Callable[[str], "tuple[str, str | None, Location | None] | None"]
@@ -640,10 +644,15 @@ class Engine:
                                  detail={**detail, "state": known.state})  # type: ignore[union-attr]
                 return [], decided(response_id=known.id, outcome="unchanged")  # type: ignore[union-attr]
         if existing is not None:
-            if now + ttl <= existing.expires:
+            if now + ttl - existing.expires < REFRESH_FRACTION * ttl:
+                # An open alert is handed to the playbooks every few seconds; re-sending
+                # the rules (a flow-mod per rule and switch, an audit line with all of
+                # them) each time would only move the expiry by those seconds.
                 self.audit.write(event, time=now, alert=alert, playbook=first_book.name,
                                  action=first_act.kind, mode=g.mode, response_id=existing.id,
-                                 outcome="unchanged", detail={**detail, "expires": existing.expires})
+                                 outcome="unchanged",
+                                 detail={**detail, "expires": existing.expires,
+                                         "refreshed_after": existing.expires - (1 - REFRESH_FRACTION) * ttl})
                 return [], decided(response_id=existing.id, outcome="unchanged")
             r = replace(existing, expires=now + ttl)
             out = self._compile(r, now, refresh=True) if g.mode == "enforce" else []

@@ -179,6 +179,22 @@ def test_the_same_alert_twice_is_one_response_with_its_expiry_refreshed(tmp_path
     assert len(engine.store.active()) == 1
 
 
+def test_an_alert_updated_every_few_seconds_refreshes_once_per_tenth_of_the_ttl(tmp_path):
+    """A refresh re-sends every rule and audits them all: an open alert handed to the
+    playbooks every 5 s must not do that every 5 s, only when the expiry moves by 10% of
+    the ttl (60 s of the 600 s quarantine)."""
+    engine, _ = make(tmp_path)
+    engine.on_alert(burst(), CAMERA, now=100.0)                 # expires 700
+    sent = {t: engine.on_alert(burst(), CAMERA, now=t)[0] for t in range(105, 225, 5)}
+    refreshed = [t for t, msgs in sent.items() if msgs]
+    assert refreshed == [160, 220]                              # 700 -> 760 -> 820
+    [view] = engine.active_view(221.0)
+    assert view["expires"] == 820.0
+    quiet = [r for r in events(engine, "decision") if r["outcome"] == "unchanged"]
+    assert quiet and quiet[0]["detail"]["refreshed_after"] == 160.0
+    assert quiet[0]["rules"] in (None, [])
+
+
 def test_two_playbooks_firing_apply_both_actions_and_one_log_job(tmp_path):
     engine, _ = make(tmp_path)
     alert = anomaly(distinct_dst_ports=80)      # quarantine-scanner-ports (800) + ratelimit-flood (400)
@@ -382,11 +398,12 @@ def test_rate_limit_allocates_a_meter_and_release_deletes_it(tmp_path):
     assert msgs == [(2, rules.delete_meter(meter))] + compile_response(rec, EDGES[THERMO], [1, 2],
                                                                        meter_id=meter)
     assert engine.response_id(msgs[1][1]) == rid and engine.response_id(msgs[2][1]) == rid
-    again, _, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat", alert_id="b2"), THERMOSTAT, now=5.0)
-    # a refresh re-sends the flow with its new hard_timeout, never the meter (a meter-mod refills
+    assert engine.on_alert(anomaly(mac=THERMO, name="thermostat", alert_id="b2"), THERMOSTAT, now=5.0)[0] == []
+    again, _, _ = engine.on_alert(anomaly(mac=THERMO, name="thermostat", alert_id="b2"), THERMOSTAT, now=30.0)
+    # 30 s = a tenth of the ttl: a refresh re-sends the flow with its new hard_timeout, never the meter (a meter-mod refills
     # its bucket: a full burst of the throttled flood at every refresh)
     assert [(type(x).__name__, x.command) for _, x in again] == [("FlowSpec", "add")]
-    assert engine.release(rid, now=10.0) == release_response(rec, [2], meter_id=meter)
+    assert engine.release(rid, now=40.0) == release_response(rec, [2], meter_id=meter)
     assert engine._meter() == meter            # free again
 
 
