@@ -258,3 +258,63 @@ def test_a_truncated_capture_replays_what_it_holds(tmp_path, capsys):
     assert cli.main(["replay", "--pcap", str(path), "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["frames"] in (49, 50)
+
+
+# ------------------------------------------------------------------ a bot retrying a dead C&C
+
+C2 = "198.51.100.7"
+
+
+def _syn(src, dst, sport, dport, flags=dpkt.tcp.TH_SYN):
+    """A SYN (or SYN-ACK) as a TCP stack sends it: with an MSS option, so an ACK is smaller."""
+    seg = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, off=6, opts=b"\x02\x04\x05\xb4")
+    return _ip(src, dst, seg, dpkt.ip.IP_PROTO_TCP)
+
+
+def _handshake(t: float, sport: int) -> list[tuple[float, bytes]]:
+    """One answered HTTPS connection of DEV to CLOUD: SYN, SYN-ACK, ACK, a request, a reply."""
+    A, S, P = dpkt.tcp.TH_ACK, dpkt.tcp.TH_SYN, dpkt.tcp.TH_PUSH
+    req = _tcp(DEV_IP, CLOUD, sport, 443, A | P)
+    req.data.data = b"q" * 120
+    req.len = len(bytes(req))
+    return [(t, _eth(DEV, GW, _syn(DEV_IP, CLOUD, sport, 443))),
+            (t + 0.03, _eth(GW, DEV, _syn(CLOUD, DEV_IP, 443, sport, S | A))),
+            (t + 0.031, _eth(DEV, GW, _tcp(DEV_IP, CLOUD, sport, 443, A))),
+            (t + 0.032, _eth(DEV, GW, req)),
+            (t + 0.06, _eth(GW, DEV, _tcp(CLOUD, DEV_IP, 443, sport, A)))]
+
+
+def c2_frames() -> list[tuple[float, bytes]]:
+    """A device with an answered cloud heartbeat (UDP every 2 s, HTTPS every 20 s) for 400 s;
+    from 150 s it opens an HTTPS connection to a host it never used every 20 s, and nothing
+    answers: each SYN is retransmitted after 1 s and 3 s, as a TCP stack does."""
+    out = []
+    for i in range(200):
+        t = T0 + 2 * i
+        out.append((t, _eth(DEV, GW, _udp(DEV_IP, CLOUD, 40000, 5683))))
+        out.append((t + 0.05, _eth(GW, DEV, _udp(CLOUD, DEV_IP, 5683, 40000))))
+    for i in range(20):
+        out += _handshake(T0 + 20 * i + 1, 42000 + i)
+    for j in range(12):
+        t = T0 + 150 + 20 * j
+        syn = _eth(DEV, GW, _syn(DEV_IP, C2, 43000 + j, 443))
+        out += [(t, syn), (t + 1, syn), (t + 3, syn)]
+    return sorted(out, key=lambda f: f[0])
+
+
+def test_a_bot_retrying_a_dead_c2_in_a_capture_is_flagged_as_failed_connections(tmp_path, capsys):
+    """The pcap path judges SYNs from the emulated switch's counters as the controller does
+    (controller/telemetry/outcomes.py): unanswered retries to a new host are the alert."""
+    path = tmp_path / "c2.pcap"
+    write_capture(path, c2_frames())
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f'- {{name: plug, mac: "{DEV}", tags: [iot]}}\n- {{name: gw, mac: "{GW}", tags: [gateway]}}\n')
+    assert cli.main(["replay", "--pcap", str(path), "--devices", str(inv), "--learn", "100", "--json"]) == 0
+    d = device(json.loads(capsys.readouterr().out), DEV)
+    assert d["failed_connections"] >= 3, d
+    flagged = [(w["start"], a) for w in d["flagged_windows"] for a in w["alerts"]]
+    assert all(t >= T0 + 150 for t, _ in flagged), "a benign window was flagged"
+    failed = [a for _, a in flagged if a["kind"] == "failed_connections"]
+    assert failed, [a["kind"] for _, a in flagged]
+    assert C2 in failed[0]["explanation"] and "HTTPS" in failed[0]["explanation"], failed[0]["explanation"]
+    assert min(t for t, a in flagged if a["kind"] == "failed_connections") <= T0 + 150 + 60
