@@ -685,6 +685,7 @@ class Detector:
                          window={**opened.alert.window, **r.values()})
             return []
         h = HORIZONS[i]
+        remote = None
         evidence = [{"feature": f"{feature}_{_h(h)}", "observed": count, "low": 0, "high": max(allowed - 1, 0),
                      "horizon_s": h}]
         services = [e for e in r.recent("new_services", h)]
@@ -700,6 +701,7 @@ class Detector:
             ports = Counter(e[3] for e in hits)
             text = _failed_words(name, hits, count, h, r)
             evidence[0].update(hosts=sorted({_dotted(e[1]) for e in hits}), learned_failures=r.learned_failures)
+            remote = self._dead_end(hits)
         elif kind == AlertKind.PORT_PROBE:
             hits = [e for e in r.recent(feature, h) if e[1] == r.scanned_host]
             ports = Counter(e[3] for e in hits)
@@ -722,9 +724,22 @@ class Detector:
         alert = self._emit(Alert(
             id=uuid.uuid4().hex[:12], time=now, kind=kind, device=name, mac=mac, score=float(count),
             threshold=float(allowed), explanation=text, baseline="novelty", features=evidence, tags=tags,
-            last_time=now, window=r.values(), remote=None))
+            last_time=now, window=r.values(), remote=remote))
         self._open[key] = _Open(alert)
         return [alert] + self._correlate(now, mac, tags, (kind.value,))
+
+    def _dead_end(self, hits) -> str | None:
+        """The remote of a failed_connections alert: the one internet host that every failure
+        went to, if no device talked to it while learning (a bot calling a C2 that is down;
+        block-dead-c2 blocks it before it answers).  None for several hosts (a scan, a
+        cloud outage), an internal one, or one that others use."""
+        ips = {e[1] for e in hits}
+        if len(ips) != 1:
+            return None
+        (ip,) = ips
+        if self._is_internal(ip) or self.attribution is None or self.attribution.known.learned_by(ip):
+            return None
+        return _dotted(ip)
 
     # -------------------------------------------------------------- correlation
     def _correlate(self, now: float, mac: str, tags: tuple[str, ...], leads: tuple[str, ...],

@@ -99,7 +99,7 @@ class Decision:
     action: str
     playbook: str
     mode: str
-    outcome: str                    # sent | pending | refreshed | unchanged | dry-run | failed | queued
+    outcome: str                    # sent | pending | refreshed | unchanged | skipped | dry-run | failed | queued
     response_id: int | None = None
     ttl: float | None = None
     error: str | None = None
@@ -548,6 +548,15 @@ class Engine:
                     continue
                 try:
                     entity, params = self._resolve(act, alert, dev)
+                except NoRemote as e:
+                    # The alert names nothing to block (its address is one other devices
+                    # use, or there are several): a decision not to act, not a failure.
+                    self.audit.write("dry-run" if mode == "dry-run" else "decision", time=now, alert=alert,
+                                     playbook=book.name, action=act.kind, mode=mode, outcome="skipped",
+                                     detail={"why": str(e)})
+                    summary.append(Decision(action=act.kind, playbook=book.name, mode=mode,
+                                            outcome="skipped", error=str(e)))
+                    continue
                 except ResponseError as e:
                     self._audit_failed(now, alert, book.name, act.kind, mode, str(e))
                     summary.append(Decision(action=act.kind, playbook=book.name, mode=mode,
@@ -959,11 +968,16 @@ def _device(device: Device | None) -> dict:
     return device.to_dict() if device is not None else {}
 
 
+class NoRemote(ResponseError):
+    """block_ip `target: alert` on an alert that names no address: skipped, not failed."""
+
+
 def _alert_remote(alert: Alert) -> str:
     """block_ip `target: alert`: the alert's top remote address, `alert.remote`, or
     the first `remote` of its `features` entries."""
     value = alert.remote_address()
     if not isinstance(value, str):
-        raise ResponseError("block_ip target: alert, but the alert carries no remote address "
-                            "(alert['remote'])")
+        raise NoRemote("block_ip target: alert, but the alert names no remote address to block "
+                       "(alert['remote'] is empty: the address is one that devices used while learning, "
+                       "or the alert is about several)")
     return value

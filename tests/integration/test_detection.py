@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 
+from controller.openflow import rules  # noqa: E402
 from topologies.lab import have_ovs, running
 
 pytestmark = [pytest.mark.integration,
@@ -76,6 +78,51 @@ def test_refused_connections_on_a_service_it_never_used_are_alerted_in_plain_wor
     assert all(f"TCP/{p} to 10.0.0.3" in alert["explanation"] for p in (8081, 8082, 8083)) or \
         "…" in alert["explanation"], alert
     assert ctl.get("/api/v1/health")["counters"]["connections_failed"] >= 3
+
+
+DEAD_C2 = "198.51.100.77"     # routed to the internet host (net.py), which does not own it: no answer
+
+
+def _block_flows(bridge: str) -> list[str]:
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge, "table=0"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return [ln.strip() for ln in out.splitlines() if DEAD_C2 in ln and "cookie=" in ln
+            and rules.cookie_kind(int(ln.split("cookie=")[1].split(",")[0], 16)) == rules.Kind.BLOCK_IP]
+
+
+def test_a_bot_calling_a_dead_c2_gets_it_blocked_before_it_comes_back(lab):
+    """The camera calls an internet host nobody ever used; nothing answers, its SYNs are
+    retransmitted. block-dead-c2 blocks that host on both switches; when the host comes up
+    (it answers HTTP locally), the camera still cannot reach it, and its own cloud still works."""
+    ctl, net, _ = lab
+    camera, inet = net.get("camera"), net.get("inet")
+    t0 = time.time()
+    try:
+        for _ in range(3):
+            out = camera.cmd(f"timeout 5 curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{DEAD_C2}:8443/; "
+                             "echo \" rc=$?\"")
+            assert "rc=28" in out, f"nothing should answer {DEAD_C2}: {out!r}"     # 28: timed out
+        alert = _wait_alert(ctl, t0, "camera", "failed_connections", 15.0)
+        print(f"dead C2: failed_connections {alert['time'] - t0:.1f} s after the first attempt, "
+              f"remote {alert['remote']}: {alert['explanation']}")
+        assert alert["remote"] == DEAD_C2 and f"to {DEAD_C2}" in alert["explanation"], alert
+        block = ctl.wait_for(lambda: next((r for r in ctl.responses() if r["action"] == "block_ip"
+                                           and r["playbook"] == "block-dead-c2"), None), 5, "the block")
+        assert block["entity"]["prefix"] == f"{DEAD_C2}/32"
+        for bridge in ("hs1", "hs2"):
+            ctl.wait_for(lambda: _block_flows(bridge), 5, f"the block's rules on {bridge}")
+        inet.cmd(f"ip addr replace {DEAD_C2}/32 dev lo")       # the C2 comes back
+        local = inet.cmd(f"timeout 5 curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{DEAD_C2}/")
+        assert local.strip().endswith("200"), f"the C2 answers on its own host: {local!r}"
+        back = camera.cmd(f"timeout 5 curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{DEAD_C2}/")
+        assert not back.strip().endswith("200"), f"the camera reached the C2 through the block: {back!r}"
+        cloud = camera.cmd("timeout 5 curl -s -m 3 -o /dev/null -w '%{http_code}' http://203.0.113.10/")
+        assert cloud.strip().endswith("200"), f"the camera's other traffic must keep flowing: {cloud!r}"
+    finally:
+        inet.cmd(f"ip addr del {DEAD_C2}/32 dev lo")
+        for r in ctl.responses():
+            if r["playbook"] == "block-dead-c2":
+                ctl.call("DELETE", f"/api/v1/responses/{r['id']}")
 
 
 def test_nmap_scan_flagged_by_event_path_within_1s(lab):

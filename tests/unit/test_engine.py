@@ -419,7 +419,7 @@ def test_expiry_deletes_by_cookie_and_is_audited(tmp_path):
     assert engine.store.get(rid).state == "expired"
 
 
-def test_block_ip_target_alert_goes_to_every_switch_or_fails_clearly(tmp_path):
+def test_block_ip_target_alert_goes_to_every_switch_or_is_skipped_saying_why(tmp_path):
     engine, _ = make(tmp_path)
     outbreak = Alert.from_dict({"id": "o1", "time": 0.0, "kind": "outbreak", "score": 3.0,
                                 "explanation": "3 camera devices ...",
@@ -429,10 +429,13 @@ def test_block_ip_target_alert_goes_to_every_switch_or_fails_clearly(tmp_path):
     rec = Response(view["id"], "block_ip", Entity(prefix="203.0.113.66"), BlockIpParams(), ttl=3600,
                    priority=899)
     assert msgs == compile_response(rec, None, [1, 2]) and {d for d, _ in msgs} == {1, 2}
-    msgs, _, _ = engine.on_alert(replace(outbreak, id="o2", remote=None), None, now=1.0)
-    assert msgs == []
-    failed = events(engine, "failed")[0]
-    assert failed["action"] == "block_ip" and "carries no remote address" in failed["error"]
+    msgs, _, applied = engine.on_alert(replace(outbreak, id="o2", remote=None), None, now=1.0)
+    assert msgs == [] and events(engine, "failed") == []        # nothing to block is not a failure
+    skipped = [e for e in events(engine, "decision") if e["outcome"] == "skipped"]
+    assert [e["action"] for e in skipped] == ["block_ip"]
+    assert "names no remote address" in skipped[0]["detail"]["why"]
+    assert [(d.action, d.outcome) for d in applied if d.action == "block_ip"] == [("block_ip", "skipped")]
+    assert len(engine.active_view(1.0)) == 1
 
 
 # ---------------------------------------------------------------- confirmation

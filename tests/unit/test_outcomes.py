@@ -159,3 +159,49 @@ def test_core_judges_a_syn_from_its_flow_counters_and_counts_the_failure():
         core.flow_stats(1, stats([(flow.cookie, 1 if k >= 1 else 0, SYN if k >= 1 else 0)]))
     assert seen == [(CAM, ip("10.0.0.12"), 23)]
     assert core.counters["connections_failed"] == 1
+
+
+def _with_attribution(r, learned_by_others=()):
+    from controller.detection.attribution import Attribution
+    from controller.telemetry.features import KnownDestinations
+    known = KnownDestinations()
+    known.learn(PLUG, np.array(learned_by_others, dtype=np.int64))
+    r.det.attribution = Attribution(known, lambda _mac: (), ["10.0.0.0/8"])
+    return r
+
+
+def test_a_dead_c2_alert_names_the_host_for_block_dead_c2_only_when_it_is_one_host_nobody_uses():
+    """`remote` is what block_ip target: alert blocks: the one internet host every failure
+    went to, if no device talked to it while learning; else nothing (a skip, not a block)."""
+    c2, other = ip("66.85.157.90"), ip("66.85.157.91")
+    cases = {"one new host": ([c2] * 3, (), "66.85.157.90"),
+             "a host another device uses": ([c2] * 3, (c2,), None),
+             "two hosts": ([c2, other, c2], (), None)}
+    for what, (hosts, others, remote) in cases.items():
+        r = _with_attribution(Replay().warm(), others)
+        start = r.t + 0.5
+        for k, host in enumerate(hosts):
+            failures(r, host, 8443, [start + 60 * k])
+        r.run_until(start + 60 * len(hosts) + 5)
+        (a,) = [a for a in r.alerts if a.kind == "failed_connections"]
+        assert a.remote == remote, (what, a.remote)
+
+
+def test_block_dead_c2_blocks_the_named_host_on_every_switch_and_skips_an_alert_that_names_none(tmp_path):
+    from dataclasses import replace
+    from tests.unit.test_engine import CAMERA, events, make
+    from controller.detection.alert import Alert
+    engine, _ = make(tmp_path)
+    alert = Alert.from_dict({"id": "f1", "time": 0.0, "kind": "failed_connections", "score": 3.0,
+                             "threshold": 3.0, "device": "camera", "mac": CAMERA.mac, "tags": ["camera", "iot"],
+                             "explanation": "camera opened 3 connections ... (HTTPS to 66.85.157.90 ×3)",
+                             "remote": "66.85.157.90"})
+    msgs, notify, decided = engine.on_alert(alert, CAMERA, now=0.0)
+    blocks = [v for v in engine.active_view(0.0) if v["action"] == "block_ip"]
+    assert [(v["playbook"], v["entity"]["prefix"]) for v in blocks] == [("block-dead-c2", "66.85.157.90/32")]
+    assert {d for d, _ in msgs} == {1, 2}, "every switch"
+    assert notify and notify[0]["playbook"] == "block-dead-c2"
+    msgs, _, decided = engine.on_alert(replace(alert, id="f2", remote=None, mac=CAMERA.mac), CAMERA, now=1.0)
+    assert msgs == [] and [(d.playbook, d.outcome) for d in decided if d.action == "block_ip"] == \
+        [("block-dead-c2", "skipped")]
+    assert events(engine, "failed") == []

@@ -59,7 +59,7 @@ def problems_of(paths: list[Path], **known: set[str]) -> list[Problem]:
 
 def test_shipped_playbooks_load() -> None:
     books = {p.name: p for p in load_playbooks([str(SHIPPED)], known_hosts=HOSTS, known_tags=TAGS)}
-    assert sorted(books) == ["block-c2-outbreak", "block-exfiltration", "block-lateral-iot",
+    assert sorted(books) == ["block-c2-outbreak", "block-dead-c2", "block-exfiltration", "block-lateral-iot",
                              "block-lateral-iot-slow", "honeypot-bruteforce", "quarantine-scanner-burst",
                              "quarantine-scanner-ports", "quarantine-scanner-slow", "ratelimit-flood"]
     assert all(p.mode == "enforce" and p.description for p in books.values())
@@ -645,7 +645,7 @@ def test_cli_validates_shipped_playbooks() -> None:
     done = run_cli("validate", "playbooks")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == 6 and done.stderr == ""
+    assert len(lines) == 7 and done.stderr == ""
     assert "playbooks/quarantine-scanner.yaml: ok, 3 playbooks: quarantine-scanner-burst (enforce, " \
            "priority 800, 2 actions), quarantine-scanner-ports (enforce, priority 800, 2 actions), " \
            "quarantine-scanner-slow (enforce, priority 800, 2 actions)" in lines
@@ -669,14 +669,17 @@ def test_cli_checks_hosts_and_tags_against_a_config(tmp_path: Path) -> None:
     done = run_cli("validate", "--strict", "--config", "iotguard.example.yaml", "playbooks")
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
+        "playbooks/block-dead-c2.yaml:16:14: playbooks[0].when.tags[0]: unknown tag 'iot'",
         "playbooks/block-lateral-iot.yaml:9:14: playbooks[0].when.tags[0]: unknown tag 'iot'",
         "playbooks/block-lateral-iot.yaml:28:14: playbooks[1].when.tags[0]: unknown tag 'iot'",
         "playbooks/honeypot-bruteforce.yaml:17:15: playbooks[0].do[0].redirect.to: unknown host 'honeypot'",
-        "iotguard: 3 problems in 2 files"]
+        "iotguard: 4 problems in 3 files"]
     # without --strict the same references disable those playbooks, with a warning each
     done = run_cli("validate", "--config", "iotguard.example.yaml", "playbooks")
     assert done.returncode == 0
     assert done.stderr.splitlines() == [
+        "warning: playbooks/block-dead-c2.yaml:16:14: playbooks[0].when.tags[0]: unknown tag 'iot': "
+        "the inventory has no such tag",
         "warning: playbooks/block-lateral-iot.yaml:9:14: playbooks[0].when.tags[0]: unknown tag 'iot': "
         "the inventory has no such tag",
         "warning: playbooks/block-lateral-iot.yaml:28:14: playbooks[1].when.tags[0]: unknown tag 'iot': "
@@ -730,13 +733,13 @@ def test_shipped_playbooks_stay_usable_with_an_inventory_that_lacks_honeypot_and
     warnings: list[Problem] = []
     books = {b.name: b for b in load_playbooks([str(SHIPPED)], known_hosts={"gw", "cam"}, known_tags={"camera"},
                                               strict=False, warnings=warnings)}
-    assert len(books) == 9
+    assert len(books) == 10
     assert books["honeypot-bruteforce"].disabled == "unknown host 'honeypot'"
     assert books["block-lateral-iot"].disabled == "unknown tag 'iot'"
     assert {n for n, b in books.items() if b.disabled} == {"honeypot-bruteforce", "block-lateral-iot",
-                                                            "block-lateral-iot-slow"}
+                                                            "block-lateral-iot-slow", "block-dead-c2"}
     assert sorted(w.field for w in warnings) == ["playbooks[0].do[0].redirect.to", "playbooks[0].when.tags[0]",
-                                                 "playbooks[1].when.tags[0]"]
+                                                 "playbooks[0].when.tags[0]", "playbooks[1].when.tags[0]"]
     assert not books["quarantine-scanner-burst"].disabled                  # the rest still answer
     from controller.detection.alert import Alert
     alert = Alert(id="a", time=0.0, kind="anomaly", device="cam", mac=None, score=99.0, threshold=1.0,

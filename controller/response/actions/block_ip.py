@@ -37,7 +37,8 @@ class BlockIp(ResponseAction):
     example = "block_ip - --param ip=203.0.113.7"
     params_doc = "exactly one of `ip` (an address, or a prefix without host bits) and `target: alert`"
     effect_doc = ("drop traffic to and from that address on every switch. `target: alert` means the alert's "
-                  "top remote address")
+                  "top remote address; on an alert that names none (an address devices used while learning, "
+                  "or several) the action is skipped, audited as `skipped` with why, not as a failure")
     layout = (("0 security", f"{Slot.BLOCK_IP}+p", "ipv4_src or ipv4_dst in prefix (every switch)", "drop",
                "BLOCK_IP 0x14"),)
 
