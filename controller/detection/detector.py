@@ -55,6 +55,7 @@ FAST_MIN_PPS = 500.0
 FAST_FACTOR = 10.0
 NOVELTY_GRACE = 1.0      # s a new item waits before novelty decides on it: a burst (1 s) speaks first
 NOVELTY_QUIET = 60.0     # s without new items still over the allowance before a novelty alert closes
+DEAD_END_FAILURES = 3    # failures to one new internet host before a failed_connections alert names it
 NOVELTY_PENDING = 64     # event snapshots kept per device between two decisions
 _REMOTE = "remote:"      # an outbreak lead: the same new remote address
 _NOVELTY_ALERTS = {"new_internal_peers": AlertKind.LATERAL_PROBE, "new_ports_one_host": AlertKind.PORT_PROBE,
@@ -679,12 +680,23 @@ class Detector:
             count, allowed = r.counts[feature][i], r.allowance[feature][i]
         key = (mac, kind.value)
         opened = self._open.get(key)
-        if opened is not None:
-            self._update(opened, count=opened.alert.count + 1, last_time=now,
-                         score=max(opened.alert.score, float(count)),
-                         window={**opened.alert.window, **r.values()})
-            return []
         h = HORIZONS[i]
+        if opened is not None:
+            changes: dict = {}
+            if kind == AlertKind.FAILED_CONNECTIONS and opened.alert.remote is None:
+                # Opened by other failures (a probe of the LAN), then a dead C2: the alert
+                # names it now and goes to the playbooks again, so block-dead-c2 can act.
+                hits = r.recent(feature, h)
+                changes["remote"] = self._dead_end(hits)
+                if changes["remote"]:     # its words name the C2 first
+                    first = sorted(hits, key=lambda e: _dotted(e[1]) != changes["remote"])
+                    changes["explanation"] = _failed_words(name, first, count, h, r)
+            alert = self._update(opened, count=opened.alert.count + 1, last_time=now,
+                                 score=max(opened.alert.score, float(count)),
+                                 window={**opened.alert.window, **r.values()}, **changes)
+            if changes.get("remote"):
+                self.escalated.append(alert)
+            return []
         remote = None
         evidence = [{"feature": f"{feature}_{_h(h)}", "observed": count, "low": 0, "high": max(allowed - 1, 0),
                      "horizon_s": h}]
@@ -730,16 +742,15 @@ class Detector:
 
     def _dead_end(self, hits) -> str | None:
         """The remote of a failed_connections alert: the one internet host that every failure
-        went to, if no device talked to it while learning (a bot calling a C2 that is down;
-        block-dead-c2 blocks it before it answers).  None for several hosts (a scan, a
-        cloud outage), an internal one, or one that others use."""
-        ips = {e[1] for e in hits}
-        if len(ips) != 1:
+        toward the internet went to, DEAD_END_FAILURES times or more, if no device talked to
+        it while learning (a bot calling a C2 that is down; block-dead-c2 blocks it before
+        it answers).  None for several internet hosts (a scan, a cloud outage), or one that
+        others use.  Failures inside the LAN are the lateral playbooks' business."""
+        external = [e[1] for e in hits if not self._is_internal(e[1])]
+        if len(set(external)) != 1 or len(external) < DEAD_END_FAILURES or self.attribution is None:
             return None
-        (ip,) = ips
-        if self._is_internal(ip) or self.attribution is None or self.attribution.known.learned_by(ip):
-            return None
-        return _dotted(ip)
+        ip = external[0]
+        return None if self.attribution.known.learned_by(ip) else _dotted(ip)
 
     # -------------------------------------------------------------- correlation
     def _correlate(self, now: float, mac: str, tags: tuple[str, ...], leads: tuple[str, ...],

@@ -187,6 +187,24 @@ def test_a_dead_c2_alert_names_the_host_for_block_dead_c2_only_when_it_is_one_ho
         assert a.remote == remote, (what, a.remote)
 
 
+def test_a_dead_c2_after_a_lan_probe_names_the_host_on_the_open_alert_and_hands_it_on_again():
+    """A failed_connections alert stays open 10 min: a dead C2 after failures inside the LAN
+    updates it, names the C2 and goes back to the playbooks (block-dead-c2 can act)."""
+    r = _with_attribution(Replay().warm())
+    start = r.t + 0.5
+    for k, port in enumerate((8081, 8082, 8083)):
+        failures(r, ip("10.0.0.3"), port, [start + 2 * k])
+    r.run_until(start + 10)
+    (a,) = [a for a in r.alerts if a.kind == "failed_connections"]
+    assert a.remote is None
+    r.det.escalated.clear()
+    failures(r, ip("66.85.157.90"), 443, [start + 20, start + 30, start + 40])
+    r.run_until(start + 45)
+    now = r.det.current(a.id)
+    assert now.remote == "66.85.157.90" and "HTTPS to 66.85.157.90 \u00d73" in now.explanation, now.explanation
+    assert [x.id for x in r.det.escalated] == [a.id], "handed to the playbooks once"
+
+
 def test_block_dead_c2_blocks_the_named_host_on_every_switch_and_skips_an_alert_that_names_none(tmp_path):
     from dataclasses import replace
     from tests.unit.test_engine import CAMERA, events, make
