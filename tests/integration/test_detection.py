@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from controller.openflow import rules  # noqa: E402
+from tests.integration.test_responses import with_kind  # noqa: E402
 from tests.unit.kinds import Kind  # noqa: E402
 from topologies.lab import have_ovs, running
 
@@ -85,10 +84,7 @@ DEAD_C2 = "198.51.100.77"     # routed to the internet host (net.py), which does
 
 
 def _block_flows(bridge: str) -> list[str]:
-    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge, "table=0"],
-                         capture_output=True, text=True, timeout=10, check=True).stdout
-    return [ln.strip() for ln in out.splitlines() if DEAD_C2 in ln and "cookie=" in ln
-            and rules.cookie_kind(int(ln.split("cookie=")[1].split(",")[0], 16)) == Kind.BLOCK_IP]
+    return [f for f in with_kind(bridge, Kind.BLOCK_IP) if DEAD_C2 in f]
 
 
 def test_a_bot_calling_a_dead_c2_gets_it_blocked_before_it_comes_back(lab):
