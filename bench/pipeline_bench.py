@@ -51,6 +51,7 @@ import cProfile
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import pstats
@@ -82,6 +83,7 @@ ofp = compat.ofp
 GW = "02:ff:00:00:00:01"
 GW_DPID = 0x100          # the gateway's core switch: not polled, so never an edge here
 FIT_BUDGET = 20          # BaselineStore's default, restored after training
+FIT_SECONDS = 0.1        # and its time budget per poll
 TARGET_CORE_RATIO = 0.5
 TARGET_ROUND_S = 0.5
 TARGET_FLEET_RATIO = 0.02   # part 2 over os-ken's object parse of the same entries (issue 9, item 6)
@@ -241,7 +243,7 @@ def fit_all(core: Core, clock: Clock, trace: bool) -> dict:
     store = core.store
     held = [p.windows for p in store.profiles.values()]   # keep the training rows alive: the
     n_rows = sum(len(w) for w in held)                   # growth measured is what the fit keeps
-    store.fit_budget = len(store.profiles)
+    store.fit_budget, store.fit_seconds = len(store.profiles), math.inf
     gc.collect()
     rss0 = rss_bytes()
     if trace:
@@ -258,7 +260,7 @@ def fit_all(core: Core, clock: Clock, trace: bool) -> dict:
         tracemalloc.stop()
     rss1 = rss_bytes()
     del held
-    store.fit_budget = FIT_BUDGET
+    store.fit_budget, store.fit_seconds = FIT_BUDGET, FIT_SECONDS
     learning = sum(1 for p in store.profiles.values() if p.learning)
     assert learning == 0, f"{learning} devices still learning"
     return {"fitted": n_fitted, "fit_seconds": t_fit, "traced": trace, "training_rows": n_rows,

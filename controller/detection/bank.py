@@ -13,7 +13,10 @@ were rebound behind the bank's back (refitted in place, folded on its own), so a
 row is never scored; the check is one identity test per device.
 
 All baselines of a bank have the same number of features (the store's feature set);
-their parameters (min_scale, two_sided, multivariate) may differ per row.
+their parameters (min_scale, two_sided, multivariate) and number of modes may differ per
+row.  A baseline's modes are views too, of (capacity, K, ...) arrays with K the most modes
+of any row; a row with fewer uses its first slots and the rest are never scored.  Modes
+never fold (only the device-wide model drifts), so they are written once per fit.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ import numpy as np
 from controller.detection.baseline import (DAY, MAD_TO_SD, _SCALE_SHIFT, _Z_CAP, DeviceBaseline)
 
 _VIEWS = ("median_", "scale_", "location_", "precision_", "anchor_", "anchor_scale_")
+# a baseline's mode arrays -> the bank's (capacity, K, ...) array and its unused-slot filler
+_MODE_VIEWS = {"mode_median_": ("mode_median", 0.0), "mode_scale_": ("mode_scale", 1.0),
+               "mode_location_": ("mode_location", 0.0), "mode_precision_": ("mode_precision", 0.0),
+               "mode_d_median_": ("mode_d_median", 0.0), "mode_d_scale_": ("mode_d_scale", 1.0)}
 _MIN_CAPACITY = 16
 
 
@@ -38,23 +45,36 @@ class BaselineBank:
         self._macs: list[str] = []
         self._owners: list[DeviceBaseline] = []
         self._cap = 0
+        self._k = 0                      # mode slots per row
         self._alloc(_MIN_CAPACITY)
         assert F > 0
 
     # ------------------------------------------------------------ storage
-    def _alloc(self, cap: int) -> None:
-        """(Re)allocate to `cap` rows, keeping the rows in use and re-pointing their owners' views."""
+    def _alloc(self, cap: int, k: int | None = None) -> None:
+        """(Re)allocate to `cap` rows (and `k` mode slots), keeping the rows in use and
+        re-pointing their owners' views."""
         F, n = self.n_features, len(self._macs)
+        k0, self._k = self._k, self._k if k is None else k
         old = getattr(self, "_a", None)
         a = {"median_": np.zeros((cap, F)), "scale_": np.ones((cap, F)), "location_": np.zeros((cap, F)),
              "precision_": np.zeros((cap, F, F)), "anchor_": np.zeros((cap, F)),
              "anchor_scale_": np.ones((cap, F)),
              "floor": np.zeros((cap, F)), "two": np.zeros((cap, F), dtype=bool),
              "mv": np.zeros(cap, dtype=bool), "d_median": np.zeros(cap), "d_scale": np.ones(cap),
-             "threshold": np.zeros(cap), "anchor_time": np.full(cap, np.nan)}
+             "threshold": np.zeros(cap), "anchor_time": np.full(cap, np.nan),
+             "n_modes": np.zeros(cap, dtype=np.int64)}
+        K = self._k
+        for key, shape in (("mode_median", (F,)), ("mode_scale", (F,)), ("mode_location", (F,)),
+                           ("mode_precision", (F, F)), ("mode_d_median", ()), ("mode_d_scale", ())):
+            a[key] = np.zeros((cap, K, *shape))
+        for key, fill in _MODE_VIEWS.values():
+            a[key][:] = fill
         if old is not None:
-            for k, v in a.items():
-                v[:n] = old[k][:n]
+            for key, v in a.items():
+                if key.startswith("mode_"):
+                    v[:n, :k0] = old[key][:n]
+                else:
+                    v[:n] = old[key][:n]
         self._a, self._cap = a, cap
         for r, b in enumerate(self._owners):
             self._bind(r, b)
@@ -62,6 +82,9 @@ class BaselineBank:
     def _bind(self, r: int, b: DeviceBaseline) -> None:
         for k in _VIEWS:
             setattr(b, k, self._a[k][r])
+        K = int(self._a["n_modes"][r])
+        for attr, (key, _) in _MODE_VIEWS.items():
+            setattr(b, attr, self._a[key][r, :K])
 
     def _write(self, r: int, b: DeviceBaseline) -> None:
         a = self._a
@@ -73,6 +96,10 @@ class BaselineBank:
         a["d_median"][r], a["d_scale"][r] = b.d_median_, b.d_scale_
         a["threshold"][r] = b.threshold_
         a["anchor_time"][r] = math.nan if b.anchor_time_ is None else b.anchor_time_
+        a["n_modes"][r] = K = b._n_modes()
+        for attr, (key, fill) in _MODE_VIEWS.items():
+            a[key][r] = fill
+            a[key][r, :K] = getattr(b, attr)
         self._bind(r, b)
 
     def __len__(self) -> int:
@@ -94,6 +121,13 @@ class BaselineBank:
         """Bank `b` as `mac`'s baseline (a newly fitted, refitted or loaded one); returns its row."""
         if b.n_features_in_ != self.n_features:
             raise ValueError(f"bank: baseline has {b.n_features_in_} features, expected {self.n_features}")
+        K = b._n_modes()
+        if K > self._k:
+            # re-allocating rebinds every owner to its old row: keep b's fresh numbers
+            fresh = {k: getattr(b, k) for k in (*_VIEWS, *_MODE_VIEWS)}
+            self._alloc(self._cap, K)
+            for k, v in fresh.items():
+                setattr(b, k, v)
         r = self._rows.get(mac)
         if r is None:
             r = len(self._macs)
@@ -133,7 +167,7 @@ class BaselineBank:
         self._alloc(_MIN_CAPACITY)
 
     def _detach(self, b: DeviceBaseline) -> None:
-        for k in _VIEWS:
+        for k in (*_VIEWS, *_MODE_VIEWS):
             v = getattr(b, k, None)
             if isinstance(v, np.ndarray) and v.base is not None:
                 setattr(b, k, v.copy())
@@ -177,6 +211,21 @@ class BaselineBank:
             DP = np.matmul(D[:, None, :], a["precision_"][r])[:, 0, :]    # each row's D @ P
             d = np.sqrt(np.maximum((DP * D).sum(axis=1), 0.0))
             s[k] = np.maximum(s[k], (d - a["d_median"][r]) / a["d_scale"][r])
+        nm = a["n_modes"][rows]
+        if nm.any():                     # the lower of that and the nearest mode's score
+            k = np.flatnonzero(nm)
+            r = rows[k]
+            zm = (T[k][:, None, :] - a["mode_median"][r]) / a["mode_scale"][r]      # (n, K, F)
+            tk = two[k][:, None, :]
+            pm = np.maximum(zm, 0.0)
+            sm = np.where(tk, np.abs(zm), pm).max(axis=2)
+            if mv[k].any():
+                D = np.clip(np.where(tk, zm, pm), -_Z_CAP, _Z_CAP) - a["mode_location"][r]
+                d = np.sqrt(np.maximum(np.einsum("nkf,nkfg,nkg->nk", D, a["mode_precision"][r], D), 0.0))
+                dz = (d - a["mode_d_median"][r]) / a["mode_d_scale"][r]
+                sm = np.where(mv[k][:, None], np.maximum(sm, dz), sm)
+            sm[np.arange(self._k)[None, :] >= nm[k][:, None]] = np.inf      # unused slots
+            s[k] = np.minimum(s[k], sm.min(axis=1))
         return s
 
     # ------------------------------------------------------------ drift

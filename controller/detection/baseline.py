@@ -20,6 +20,18 @@ Why this shape:
   fitted to the top 10% is extrapolated, which errs high for the light tails of normal
   traffic and far too high for heavy ones, so it is capped at TAIL_MARGIN above the
   second-highest score (one odd warm-up window cannot set the cap).
+* Many devices live in a few states: a camera idles or streams, a plug is on or off, a hub
+  syncs.  One model sits across all of them, so every state but the commonest scores high,
+  and the threshold calibrated on those scores is then too high for an attack to reach.
+  So the warm-up is also clustered (k-means on the clipped z-vectors, at most `max_modes`
+  clusters, each holding at least MODE_MIN_SHARE and MODE_MIN_WINDOWS of the windows),
+  and each cluster gets the same model of its own (median, scale, covariance, distance
+  spread): a *mode*.  A window's score is the lowest of its device-wide score and its
+  scores against each mode, so it is never above the device-wide score.  Known limit: a
+  window quieter than a state on every one-sided count is normal for that state, so an
+  idle camera sending at less than its streaming rate is judged by its mix and peers,
+  not its volume.  Modes cost K x (F*F + 3F + 2) floats and do not drift (the
+  device-wide model does): a refit relearns them.
 
 Inputs are expected non-negative.  Negative values are clipped to 0 rather than rejected
 (scikit-learn's estimator checks feed random negative data; a negative count means nothing).
@@ -31,11 +43,13 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -43,7 +57,9 @@ SCHEMA = "iotguard.baseline/1"
 # How threshold_ was calibrated: 1 = on in-sample scores with an uncapped tail (a file without
 # a "version" field); 2 = on cross-fitted scores, tail capped.  The arrays mean the same in
 # both, so an old file loads as it is and keeps its threshold (and version) until refitted.
-VERSION = 2
+# 3 = with modes (mode_median_, mode_scale_, params.max_modes); an older file has none, and
+# loads with max_modes=1 (no modes) and its old threshold until refitted.
+VERSION = 3
 DAY = 86400.0
 MAD_TO_SD = 1.4826      # times the MAD of a normal sample, its standard deviation
 TAIL_PRIOR_EXCESS = 0.47   # mean excess of a standard normal beyond its 90th percentile
@@ -57,6 +73,10 @@ _VAR_FLOOR = 0.34       # var of max(z, 0), z ~ N(0, 1): a quiet feature counts 
 _D_SCALE_FLOOR = 0.7    # ~ the SD of a chi distance at any dimension: a tighter spread makes d_z jumpy
 _SCALE_SHIFT = 0.25     # fold(): the scale may move by this fraction of the median's daily budget
 _MAX_FEATURES = 4096    # from_dict() refuses anything larger before allocating it
+MODE_MIN_SHARE = 0.05   # a mode holds at least this share of the warm-up windows ...
+MODE_MIN_WINDOWS = 10   # ... and at least this many: a few odd windows are not a state
+KMEANS_INITS = 4        # k-means restarts: with one, the final fit's partition may be poorer than its folds'
+_MAX_MODES = 16         # the largest max_modes accepted (and loaded)
 
 
 def band(median: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +101,32 @@ class Contribution:
     share: float        # z / sum of the window's positive z
 
 
+def _gaussian(Z: np.ndarray, pad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Location and precision of clipped z-vectors: Ledoit-Wolf over the features that vary,
+    each variance floored at _VAR_FLOOR.  A constant feature is left out, unless `pad` marks
+    it: then it enters as independent, at the floor."""
+    F = Z.shape[1]
+    P = np.zeros((F, F))
+    sd = Z.std(axis=0)
+    v = np.flatnonzero(sd > 1e-9)
+    if v.size:
+        cov = LedoitWolf().fit(Z[:, v]).covariance_
+        diag = np.diag_indices(v.size)
+        cov[diag] = np.maximum(cov[diag], _VAR_FLOOR)   # raising a diagonal keeps it PSD
+        inv = np.linalg.pinv(cov, hermitian=True)
+        P[np.ix_(v, v)] = (inv + inv.T) / 2
+    if pad is not None:
+        c = np.flatnonzero((sd <= 1e-9) & pad)
+        P[c, c] = 1.0 / _VAR_FLOOR
+    return Z.mean(axis=0), P
+
+
+def _spread(d: np.ndarray) -> tuple[float, float]:
+    """Median and robust scale of warm-up distances; the scale floored (a tight one is jumpy)."""
+    med = float(np.median(d))
+    return med, float(max(MAD_TO_SD * np.median(np.abs(d - med)), _D_SCALE_FLOOR))
+
+
 class DeviceBaseline(OutlierMixin, BaseEstimator):
     """One device's normal behaviour; scores windows of features, higher = more anomalous.
 
@@ -89,12 +135,14 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
     """
 
     def __init__(self, far: float = 1e-4, min_scale: float | Sequence[float] = 0.5,
-                 z_floor: float = 4.0, two_sided: Sequence[int] = (), multivariate: bool = True) -> None:
+                 z_floor: float = 4.0, two_sided: Sequence[int] = (), multivariate: bool = True,
+                 max_modes: int = 2) -> None:
         self.far = far
         self.min_scale = min_scale
         self.z_floor = z_floor
         self.two_sided = two_sided
         self.multivariate = multivariate
+        self.max_modes = max_modes
 
     # ------------------------------------------------------------ fitting
     def fit(self, X, y=None) -> "DeviceBaseline":
@@ -103,6 +151,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         T = np.log1p(np.maximum(X, 0.0))
         self.n_windows_ = int(X.shape[0])
         self._fit_model(T)
+        self._fit_modes(T, self._mode_labels(T))
         self.threshold_ = self._calibrate(self._out_of_sample_scores(T))
         self.version_ = VERSION
         self.anchor_, self.anchor_scale_ = self.median_.copy(), self.scale_.copy()
@@ -115,6 +164,63 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         mad = np.median(np.abs(T - self.median_), axis=0)
         self.scale_ = np.maximum(MAD_TO_SD * mad, self._scale_floor())
         self._fit_covariance(T)
+
+    def _mode_labels(self, T: np.ndarray) -> np.ndarray | None:
+        """Each warm-up window's cluster (k-means on the clipped z-vectors), or None.
+
+        Each cross-fitted fold clusters its own windows again: with the whole warm-up's
+        labels a held-out window would have chosen its own mode, and the threshold would be
+        read from scores too kind by that much.  A fixed seed: a refit of the same warm-up
+        gives the same modes.
+        """
+        n = T.shape[0]
+        k = min(int(self.max_modes), n // MODE_MIN_WINDOWS)
+        if k < 2:
+            return None
+        Z = self._mv_input(self._z(T))
+        if np.unique(Z, axis=0).shape[0] < k:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # duplicate windows: fewer distinct clusters
+            return KMeans(n_clusters=k, n_init=KMEANS_INITS, random_state=0, max_iter=100).fit(Z).labels_
+
+    def _fit_modes(self, T: np.ndarray, labels: np.ndarray | None) -> None:
+        """A full model (median, scale, covariance, distance spread) of every cluster big
+        enough to be a state; none unless two are.
+
+        A feature constant within a mode but not device-wide (a share that is 0 while the
+        camera idles) enters the mode's distance as independent at the variance floor: the
+        mode never saw it move, so its moving is a departure from that mode.  Left out, as
+        the device-wide model leaves out features constant everywhere, a mode would absorb
+        exactly the windows that the device-wide distance flags on it.
+        """
+        F = T.shape[1]
+        self.mode_median_, self.mode_scale_ = np.zeros((0, F)), np.ones((0, F))
+        self.mode_location_, self.mode_precision_ = np.zeros((0, F)), np.zeros((0, F, F))
+        self.mode_d_median_, self.mode_d_scale_ = np.zeros(0), np.ones(0)
+        if labels is None:
+            return
+        need = max(MODE_MIN_WINDOWS, MODE_MIN_SHARE * T.shape[0])
+        ids, counts = np.unique(labels, return_counts=True)
+        big = ids[counts >= need]
+        if big.size < 2:
+            return
+        floor, K = self._scale_floor(), big.size
+        varies = self._mv_input(self._z(T)).std(axis=0) > 1e-9      # device-wide
+        med, scale = np.zeros((K, F)), np.ones((K, F))
+        loc, prec, dmed, dscale = np.zeros((K, F)), np.zeros((K, F, F)), np.zeros(K), np.ones(K)
+        for i, c in enumerate(big.tolist()):
+            Tc = T[labels == c]
+            med[i] = np.median(Tc, axis=0)
+            scale[i] = np.maximum(MAD_TO_SD * np.median(np.abs(Tc - med[i]), axis=0), floor)
+            if self.multivariate:
+                loc[i], prec[i] = _gaussian(self._mv_input((Tc - med[i]) / scale[i]), pad=varies)
+        self.mode_median_, self.mode_scale_, self.mode_location_, self.mode_precision_ = med, scale, loc, prec
+        if self.multivariate:
+            d = self._mode_distance(self._mode_signed(T))
+            for i, c in enumerate(big.tolist()):
+                dmed[i], dscale[i] = _spread(d[labels == c, i])
+        self.mode_d_median_, self.mode_d_scale_ = dmed, dscale
 
     def _out_of_sample_scores(self, T: np.ndarray) -> np.ndarray:
         """Each warm-up window's score by a model fitted without it (CV_FOLDS-fold cross-fit).
@@ -135,6 +241,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             m = DeviceBaseline(**self.get_params())
             m.n_features_in_ = self.n_features_in_
             m._fit_model(T[fold != k])
+            m._fit_modes(T[fold != k], m._mode_labels(T[fold != k]))
             out[fold == k] = m._scores(T[fold == k])
         return out
 
@@ -144,20 +251,10 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             self.location_, self.precision_ = np.zeros(F), np.zeros((F, F))
             self.d_median_, self.d_scale_ = 0.0, 1.0
             return
-        Z = self._mv_input(self._z(T))
-        self.location_, self.precision_ = Z.mean(axis=0), np.zeros((F, F))
         # Features constant in training stay out: their covariance is unknown, and their
         # per-feature z with its min_scale floor is the deliberate judgement on them.
-        v = np.flatnonzero(Z.std(axis=0) > 1e-9)
-        if v.size:
-            cov = LedoitWolf().fit(Z[:, v]).covariance_
-            diag = np.diag_indices(v.size)
-            cov[diag] = np.maximum(cov[diag], _VAR_FLOOR)   # raising a diagonal keeps it PSD
-            P = np.linalg.pinv(cov, hermitian=True)
-            self.precision_[np.ix_(v, v)] = (P + P.T) / 2
-        d = self._distance(self._z(T))
-        self.d_median_ = float(np.median(d))
-        self.d_scale_ = float(max(MAD_TO_SD * np.median(np.abs(d - self.d_median_)), _D_SCALE_FLOOR))
+        self.location_, self.precision_ = _gaussian(self._mv_input(self._z(T)))
+        self.d_median_, self.d_scale_ = _spread(self._distance(self._z(T)))
 
     def _calibrate(self, a: np.ndarray) -> float:
         """The (1 - far) quantile of the (out-of-sample) warm-up scores, floored at z_floor.
@@ -211,11 +308,38 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         D = self._mv_input(z) - self.location_
         return np.sqrt(np.maximum(((D @ self.precision_) * D).sum(axis=1), 0.0))
 
-    def _scores(self, T: np.ndarray) -> np.ndarray:
+    def _n_modes(self) -> int:
+        return len(getattr(self, "mode_median_", ()))
+
+    def _mode_signed(self, T: np.ndarray) -> np.ndarray:
+        """Per-mode z, (n, K, F), with its sign."""
+        return (T[:, None, :] - self.mode_median_) / self.mode_scale_
+
+    def _mode_distance(self, z: np.ndarray) -> np.ndarray:
+        """Each window's distance to each mode, (n, K), from the signed per-mode z."""
+        D = np.clip(self._one_or_two_sided(z, z), -_Z_CAP, _Z_CAP) - self.mode_location_
+        return np.sqrt(np.maximum(np.einsum("nkf,kfg,nkg->nk", D, self.mode_precision_, D), 0.0))
+
+    def _mode_scores(self, T: np.ndarray) -> np.ndarray:
+        """Each window's score against each mode, (n, K): the device-wide score's formula."""
+        z = self._mode_signed(T)
+        a = self._one_or_two_sided(z, np.abs(z)).max(axis=2)
+        if self.multivariate:
+            a = np.maximum(a, (self._mode_distance(z) - self.mode_d_median_) / self.mode_d_scale_)
+        return a
+
+    def _device_scores(self, T: np.ndarray) -> np.ndarray:
         z = self._z(T)
         a = self._one_or_two_sided(z, np.abs(z)).max(axis=1)
         if self.multivariate:
             a = np.maximum(a, (self._distance(z) - self.d_median_) / self.d_scale_)
+        return a
+
+    def _scores(self, T: np.ndarray) -> np.ndarray:
+        """The device-wide score, or a mode's if lower: a window normal for one state is normal."""
+        a = self._device_scores(T)
+        if self._n_modes():
+            a = np.minimum(a, self._mode_scores(T).min(axis=1))
         return a
 
     def score_one(self, x: np.ndarray) -> float:
@@ -251,19 +375,59 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         return -self.threshold_
 
     def band(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each feature's normal range in its own units (`band`)."""
+        """Each feature's normal range in its own units (`band`), device-wide."""
         return band(self.median_, self.scale_)
 
+    def top_band(self) -> np.ndarray:
+        """Each feature's highest normal value over the device-wide band and every mode's:
+        what a volume check compares against (a streaming camera's rate is normal)."""
+        high = self.band()[1]
+        if self._n_modes():
+            high = np.maximum(high, band(self.mode_median_, self.mode_scale_)[1].max(axis=0))
+        return high
+
+    def feature_alone(self, j: int, value: float) -> float:
+        """z of one feature's value alone, against the device-wide model and every mode (the
+        lowest): for a check that sees one counter, not a whole window."""
+        t = math.log1p(max(float(value), 0.0))
+        z = (t - self.median_[j]) / self.scale_[j]
+        if self._n_modes():
+            z = min(z, float(((t - self.mode_median_[:, j]) / self.mode_scale_[:, j]).min()))
+        return float(z)
+
+    def reference(self, x) -> int | None:
+        """The mode a window is judged against, or None for the device-wide model: the one
+        it scores lowest against, ties (one feature far out in all of them) going to the one
+        its other features sit closest to (least total z), so a streaming camera's ping burst
+        is told against streaming, not against idle."""
+        if not self._n_modes():
+            return None
+        T = self._logs(np.asarray(x, dtype=np.float64).reshape(1, -1))
+        z = self._z(T)
+        zm = self._mode_signed(T)[0]
+        score = np.concatenate([self._device_scores(T), self._mode_scores(T)[0]])
+        total = np.concatenate([[self._one_or_two_sided(z, np.abs(z)).sum()],
+                                self._one_or_two_sided(zm, np.abs(zm)).sum(axis=1)])
+        best = int(np.lexsort((total, np.round(score, 9)))[0])
+        return None if best == 0 else best - 1
+
     def explain(self, x, feature_names: Sequence[str] | None = None, top: int = 3) -> list[Contribution]:
-        """The features that pushed one window up, largest z first (only z > 0)."""
+        """The features that pushed one window up, largest z first (only z > 0), against the
+        device-wide model or, if the window scores lower against one of its modes, that mode."""
         row = np.asarray(x, dtype=np.float64).reshape(1, -1)
-        z = self.feature_z(row)[0]
+        k = self.reference(row)
+        if k is None:
+            z = self.feature_z(row)[0]
+            low, high = self.band()
+        else:
+            z = self._mode_signed(self._logs(row))[0, k]
+            z = self._one_or_two_sided(z, np.abs(z))
+            low, high = band(self.mode_median_[k], self.mode_scale_[k])
         if feature_names is None:
             feature_names = getattr(self, "feature_names_in_", [f"x{j}" for j in range(len(z))])
         names = [str(n) for n in feature_names]
         if len(names) != len(z):
             raise ValueError(f"explain: {len(names)} feature names for {len(z)} features")
-        low, high = self.band()
         total = float(z[z > 0].sum())
         order = [j for j in np.argsort(-z, kind="stable") if z[j] > 0][:top]
         return [Contribution(names[j], float(max(row[0, j], 0.0)), float(low[j]), float(high[j]),
@@ -310,16 +474,25 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
     def to_dict(self) -> dict:
         """Numbers and lists only, JSON-serialisable."""
         check_is_fitted(self)
-        return {
-            "schema": SCHEMA, "version": int(getattr(self, "version_", VERSION)),
+        version = int(getattr(self, "version_", VERSION))
+        d = {
+            "schema": SCHEMA, "version": version,
             "params": {"far": float(self.far), "min_scale": _plain(self.min_scale),
                        "z_floor": float(self.z_floor), "two_sided": [int(i) for i in self.two_sided],
-                       "multivariate": bool(self.multivariate)},
+                       "multivariate": bool(self.multivariate), "max_modes": int(self.max_modes)},
             "n_features_in_": int(self.n_features_in_), "n_windows_": int(self.n_windows_),
             **{k: getattr(self, k).tolist() for k in _ARRAYS},
             **{k: float(getattr(self, k)) for k in ("d_median_", "d_scale_", "threshold_")},
             "anchor_time_": None if self.anchor_time_ is None else float(self.anchor_time_),
+            "modes_": [{"median": self.mode_median_[i].tolist(), "scale": self.mode_scale_[i].tolist(),
+                        "location": self.mode_location_[i].tolist(),
+                        "precision": self.mode_precision_[i].tolist(),
+                        "d_median": float(self.mode_d_median_[i]), "d_scale": float(self.mode_d_scale_[i])}
+                       for i in range(self._n_modes())],
         }
+        if version < 3:                         # as it was written: no modes
+            del d["params"]["max_modes"], d["modes_"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "DeviceBaseline":
@@ -328,14 +501,16 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             raise BaselineFormatError(f"baseline: expected an object, got {type(d).__name__}")
         if not isinstance(d.get("schema"), str) or d["schema"] != SCHEMA:
             raise BaselineFormatError(f"schema: expected {SCHEMA!r}")
-        _exact_keys({k: v for k, v in d.items() if k != "version"}, _FIELDS, "baseline")
         version = _integer(d.get("version", 1), "version", 1, VERSION)
+        modal = version >= 3
+        _exact_keys({k: v for k, v in d.items() if k != "version"},
+                    _FIELDS | {"modes_"} if modal else _FIELDS, "baseline")
         params = d["params"]
         if not isinstance(params, dict):
             raise BaselineFormatError("params: expected an object")
-        _exact_keys(params, _PARAMS, "params")
+        _exact_keys(params, _PARAMS if modal else _PARAMS - {"max_modes"}, "params")
         F = _integer(d["n_features_in_"], "n_features_in_", 1, _MAX_FEATURES)
-        est = cls(**_check_params(params, F, BaselineFormatError))
+        est = cls(**_check_params(params if modal else {**params, "max_modes": 1}, F, BaselineFormatError))
         est.n_features_in_ = F
         est.version_ = version
         est.n_windows_ = _integer(d["n_windows_"], "n_windows_", 2, 10**15)
@@ -347,20 +522,41 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             if low.size:
                 raise BaselineFormatError(f"{k}[{low[0]}]: below min_scale")
             setattr(est, k, v)
-        P = d["precision_"]
-        if not isinstance(P, list) or len(P) != F:
-            raise BaselineFormatError(f"precision_: expected a list of {F} rows")
-        est.precision_ = np.array([_vector(r, f"precision_[{i}]", F) for i, r in enumerate(P)])
-        if not np.allclose(est.precision_, est.precision_.T, rtol=1e-9, atol=1e-12):
-            raise BaselineFormatError("precision_: not symmetric")
-        if np.linalg.eigvalsh(est.precision_).min() < -1e-9 * max(1.0, np.abs(est.precision_).max()):
-            raise BaselineFormatError("precision_: not positive semi-definite")
+        est.precision_ = _precision(d["precision_"], "precision_", F)
         est.d_median_ = _number(d["d_median_"], "d_median_", lo=0.0)
         est.d_scale_ = _number(d["d_scale_"], "d_scale_", lo=1e-12)
         est.threshold_ = _number(d["threshold_"], "threshold_", lo=est.z_floor)
         t = d["anchor_time_"]
         est.anchor_time_ = None if t is None else _number(t, "anchor_time_")
+        est._fit_modes(np.zeros((0, F)), None)           # no modes
+        if modal:
+            est._load_modes(d["modes_"])
         return est
+
+    def _load_modes(self, modes: Any) -> None:
+        F, floor = self.n_features_in_, self._scale_floor()
+        if not isinstance(modes, list) or len(modes) == 1 or len(modes) > self.max_modes:
+            raise BaselineFormatError(f"modes_: expected a list of 0 or 2 to {self.max_modes} modes (max_modes)")
+        if not modes:
+            return
+        K = len(modes)
+        med, scale = np.zeros((K, F)), np.ones((K, F))
+        loc, prec, dmed, dscale = np.zeros((K, F)), np.zeros((K, F, F)), np.zeros(K), np.ones(K)
+        for i, m in enumerate(modes):
+            where = f"modes_[{i}]"
+            if not isinstance(m, dict):
+                raise BaselineFormatError(f"{where}: expected an object")
+            _exact_keys(m, _MODE_FIELDS, where)
+            med[i], loc[i] = _vector(m["median"], f"{where}.median", F), _vector(m["location"], f"{where}.location", F)
+            scale[i] = _vector(m["scale"], f"{where}.scale", F)
+            low = np.flatnonzero(~(scale[i] >= floor))
+            if low.size:
+                raise BaselineFormatError(f"{where}.scale[{low[0]}]: below min_scale")
+            prec[i] = _precision(m["precision"], f"{where}.precision", F)
+            dmed[i] = _number(m["d_median"], f"{where}.d_median", lo=0.0)
+            dscale[i] = _number(m["d_scale"], f"{where}.d_scale", lo=1e-12)
+        self.mode_median_, self.mode_scale_, self.mode_location_, self.mode_precision_ = med, scale, loc, prec
+        self.mode_d_median_, self.mode_d_scale_ = dmed, dscale
 
     def nbytes(self) -> int:
         """Memory estimate: the object, its __dict__, and every value in it with its data."""
@@ -375,7 +571,8 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
 
 
 _ARRAYS = ("median_", "scale_", "location_", "precision_", "anchor_", "anchor_scale_")
-_PARAMS = {"far", "min_scale", "z_floor", "two_sided", "multivariate"}
+_MODE_FIELDS = {"median", "scale", "location", "precision", "d_median", "d_scale"}
+_PARAMS = {"far", "min_scale", "z_floor", "two_sided", "multivariate", "max_modes"}
 _FIELDS = {"schema", "params", "n_features_in_", "n_windows_", "d_median_", "d_scale_",
            "threshold_", "anchor_time_", *_ARRAYS}
 
@@ -411,6 +608,10 @@ def _check_params(p: dict, n_features: int, error: type[Exception]) -> dict:
     if not isinstance(p["multivariate"], (bool, np.bool_)):
         raise error(f"multivariate: expected true or false, got {_show(p['multivariate'])}")
     out["multivariate"] = bool(p["multivariate"])
+    m = p["max_modes"]
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= _MAX_MODES:
+        raise error(f"max_modes: expected an integer in [1, {_MAX_MODES}], got {_show(m)}")
+    out["max_modes"] = int(m)
     return out
 
 
@@ -454,3 +655,15 @@ def _vector(v: Any, field: str, n: int) -> np.ndarray:
     if not isinstance(v, list) or len(v) != n:
         raise BaselineFormatError(f"{field}: expected a list of {n} numbers")
     return np.array([_number(e, f"{field}[{i}]") for i, e in enumerate(v)], dtype=np.float64)
+
+
+def _precision(v: Any, field: str, n: int) -> np.ndarray:
+    """An n x n symmetric positive semi-definite matrix from lists, or BaselineFormatError."""
+    if not isinstance(v, list) or len(v) != n:
+        raise BaselineFormatError(f"{field}: expected a list of {n} rows")
+    P = np.array([_vector(r, f"{field}[{i}]", n) for i, r in enumerate(v)])
+    if not np.allclose(P, P.T, rtol=1e-9, atol=1e-12):
+        raise BaselineFormatError(f"{field}: not symmetric")
+    if np.linalg.eigvalsh(P).min() < -1e-9 * max(1.0, np.abs(P).max()):
+        raise BaselineFormatError(f"{field}: not positive semi-definite")
+    return P

@@ -491,9 +491,8 @@ class Detector:
             if self.excluded(tags):
                 continue
             b = p.baseline
-            lows, highs = b.band()
-            low, high = float(lows[j]), float(highs[j])
-            z = float((math.log1p(pps) - b.median_[j]) / b.scale_[j])
+            low, high = float(b.band()[0][j]), float(b.top_band()[j])    # a mode's rate is normal too
+            z = b.feature_alone(j, pps)
             if pps < FAST_FACTOR * max(high, 1.0) or z <= b.threshold_:
                 continue
             text = (f"{name} sent {_num(pps)} packets/s ({_bytes(bps)}/s, its switch port's counters over "

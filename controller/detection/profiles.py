@@ -3,8 +3,9 @@
 A device first learns for `learn_seconds`; meanwhile it is judged against the
 prior of its class (the pooled windows of devices with the same first tag that
 already have a baseline) or, with no class prior, against a conservative
-global prior.  Fitting is spread over polls (`fit_budget` per call) so that
-scikit-learn never holds the hub for long.
+global prior.  Fitting is spread over polls (at most `fit_budget` devices and about
+`fit_seconds` per call, at least one device) so that scikit-learn never holds the hub for
+long: a fit with modes costs tens of milliseconds, and a fleet may finish warm-up at once.
 
 State is a JSON file of numbers: baseline parameters and a small sample of
 training windows per device, the known destinations and the frozen novelty
@@ -60,6 +61,7 @@ class BaselineStore:
     def __init__(self, n_features: int, learn_seconds: float = 300.0, far: float = 1e-4,
                  two_sided: tuple[int, ...] = (), max_shift_per_day: float = 0.7,
                  fit_budget: int = 20, prior_refresh: float = 60.0, known=None,
+                 fit_seconds: float = 0.1,
                  fractions: tuple[int, ...] = ()) -> None:
         self.n_features = n_features
         self.fractions = frozenset(fractions)   # features that are shares in [0, 1]
@@ -70,6 +72,7 @@ class BaselineStore:
         self.two_sided = tuple(two_sided)
         self.max_shift_per_day = max_shift_per_day
         self.fit_budget = fit_budget
+        self.fit_seconds = fit_seconds
         self.prior_refresh = prior_refresh
         self.profiles: dict[str, Profile] = {}
         self.bank = BaselineBank(n_features)   # the profiles' own baselines, stacked for scoring
@@ -133,9 +136,13 @@ class BaselineStore:
                 if p.learning and now - p.started >= self.learn_seconds and len(p.windows) >= MIN_WINDOWS]
 
     def fit_pending(self, now: float) -> list[str]:
-        """Fit up to `fit_budget` devices whose warm-up is over; refresh priors."""
+        """Fit up to `fit_budget` devices whose warm-up is over, stopping once `fit_seconds`
+        are spent (after one at least); refresh priors."""
         fitted = []
+        start = time.perf_counter()
         for p in self.ready(now)[: self.fit_budget]:
+            if fitted and time.perf_counter() - start >= self.fit_seconds:
+                break
             X = self._defined(np.vstack(p.windows).astype(np.float64))
             p.baseline = self._new_baseline(len(X)).fit(X)
             self.bank.put(p.mac, p.baseline)

@@ -21,11 +21,14 @@ def random_baseline(rng: np.random.Generator) -> DeviceBaseline:
     the covariance model, a constant feature (outside the covariance) now and then."""
     n = int(rng.integers(25, 90))
     X = rng.lognormal(rng.uniform(0, 8, F), rng.uniform(0.05, 1.0, F), (n, F))
+    if rng.random() < 0.5:                   # a second state (streaming, on): modes
+        X[rng.random(n) < 0.4] *= np.exp(rng.uniform(1.0, 4.0, F))
     if rng.random() < 0.3:
         X[:, int(rng.integers(F))] = 3.0
     two = tuple(int(j) for j in np.flatnonzero(rng.random(F) < 0.4))
     floor = 0.5 if rng.random() < 0.5 else [float(v) for v in rng.uniform(0.05, 0.6, F)]
-    return DeviceBaseline(min_scale=floor, two_sided=two, multivariate=bool(rng.random() < 0.7)).fit(X)
+    return DeviceBaseline(min_scale=floor, two_sided=two, multivariate=bool(rng.random() < 0.7),
+                          max_modes=int(rng.choice([1, 2, 4]))).fit(X)
 
 
 def windows(rng: np.random.Generator, b: DeviceBaseline, k: int) -> np.ndarray:
@@ -45,6 +48,7 @@ def test_scores_equal_each_baselines_own():
         bank.put(f"m{d}", b)
         baselines.append(b)
     assert any(b.multivariate for b in baselines) and not all(b.multivariate for b in baselines)
+    assert {0, 2, 3, 4} <= {b._n_modes() for b in baselines}     # rows of every width, padded
     rows = rng.integers(0, 60, 500)
     X = np.vstack([windows(rng, baselines[r], 1) for r in rows])
     got = bank.scores(rows, X)
@@ -105,6 +109,26 @@ def test_added_refitted_folded_forgotten_are_reflected():
     assert "a" not in bank and len(bank) == 1 and bank.row("b", c) == ra
     assert np.all(a.median_ == ma) and np.all(c.median_ == mc)
     assert bank.scores([ra], x)[0] == pytest.approx(c.score_one(x[0]), abs=1e-9)
+    # refitted in place with more modes than any row had: the mode slots grow, nothing is lost
+    two_states = np.abs(rng.normal(5, 1, (80, F)))
+    two_states[::2] *= 30.0
+    narrow = DeviceBaseline(max_modes=1).fit(np.abs(rng.normal(5, 2, (40, F))))
+    wide = DeviceBaseline(max_modes=1).fit(np.abs(rng.normal(5, 2, (40, F))))
+    bank2 = BaselineBank(F)
+    rn, rw = bank2.put("narrow", narrow), bank2.put("wide", wide)
+    wide.set_params(max_modes=4).fit(two_states)
+    fresh = {k: getattr(wide, k).copy() for k in ("median_", "mode_median_", "mode_precision_")}
+    assert wide._n_modes() >= 2 and bank2.row("wide", wide) == rw
+    for k, v in fresh.items():
+        np.testing.assert_array_equal(getattr(wide, k), v)
+    y = np.vstack([windows(rng, wide, 5), two_states[:5] * 3, windows(rng, narrow, 5)])
+    rows = np.array([rw] * 10 + [rn] * 5)
+    np.testing.assert_allclose(bank2.scores(rows, y), [wide.score_one(v) for v in y[:10]] +
+                               [narrow.score_one(v) for v in y[10:]], rtol=1e-9, atol=1e-9)
+    modes = wide.mode_median_.copy()
+    bank2.forget("wide")                     # detached: keeps its modes, as copies
+    np.testing.assert_array_equal(wide.mode_median_, modes)
+    assert wide.mode_median_.base is not bank2._a["mode_median"]
     # growth past the capacity keeps every view pointing at its row
     many = [copy.deepcopy(a) for _ in range(40)]
     for d, m in enumerate(many):

@@ -11,7 +11,7 @@ from controller.detection.baseline import (SCHEMA, TAIL_MARGIN, VERSION, Baselin
 NAMES = ["tx_bytes", "tx_packets", "rx_bytes", "rx_packets", "flows", "distinct_ports",
          "distinct_dsts", "dns_queries", "syn_count", "tcp_share", "udp_share",
          "mean_pkt_size", "icmp_packets", "ntp_queries", "internal_share"]
-TX, TX_PKTS, RX, PORTS, PKT_SIZE = 0, 1, 2, 5, 11
+TX, TX_PKTS, RX, PORTS, PKT_SIZE, ICMP = 0, 1, 2, 5, 11, 12
 TWO_SIDED = (9, 10, 11, 14)     # shares and mean packet size: a drop is news too
 DAY_WINDOWS = 1440              # one window a minute
 
@@ -185,6 +185,80 @@ def test_scoring_is_vectorised():
     assert b.offset_ == -b.threshold_
 
 
+# ------------------------------------------------------------ modes
+def camera(n: int, rng, streaming: float = 0.3) -> np.ndarray:
+    """`benign`, but a share of the windows stream: 40x the bytes in bigger packets, 10x rx."""
+    X = benign(n, rng)
+    s = rng.random(n) < streaming
+    X[s, TX] *= 40
+    X[s, TX_PKTS] = np.round(X[s, TX] / rng.lognormal(np.log(1200), 0.05, s.sum()))
+    X[s, RX] *= 10
+    X[s, 3] *= 10
+    X[:, PKT_SIZE] = X[:, TX] / np.maximum(X[:, TX_PKTS], 1)
+    return X
+
+
+def test_a_second_state_is_a_mode_so_the_threshold_comes_down():
+    rng = np.random.default_rng(3)
+    X = camera(1500, rng)
+    modal = DeviceBaseline(two_sided=TWO_SIDED, max_modes=4).fit(X)
+    single = DeviceBaseline(two_sided=TWO_SIDED, max_modes=1).fit(X)
+    assert 2 <= len(modal.mode_median_) <= modal.max_modes and len(single.mode_median_) == 0
+    streaming = camera(300, rng, streaming=1.0)
+    assert np.median(modal.anomaly_score(streaming)) < np.median(single.anomaly_score(streaming)) / 2
+    assert modal.threshold_ < single.threshold_ - 1
+    held_out = camera(2000, rng)
+    assert (modal.predict(held_out) == -1).mean() <= 0.001
+    # what the lower threshold buys: 30 ICMP packets in a window (the device sends none)
+    ping = camera(300, rng)
+    ping[:, ICMP] = 30
+    assert (modal.predict(ping) == -1).mean() == 1.0 and (single.predict(ping) == -1).mean() == 0.0
+    # the words judge a streaming window against the streaming mode: its volume is not blamed
+    x = camera(50, rng, streaming=1.0)[0]
+    x[ICMP] = 30
+    tx_z = {m: {c.feature: c.z for c in m.explain(x, NAMES, top=len(NAMES))}.get("tx_bytes", 0.0)
+            for m in (modal, single)}
+    assert modal.explain(x, NAMES)[0].feature == "icmp_packets"
+    assert tx_z[modal] < 2 < 4 < tx_z[single]
+    k = modal.reference(x)
+    assert k is not None and modal.top_band()[TX] >= x[TX] > modal.band()[1][TX]
+
+
+def test_scores_never_exceed_the_device_wide_model_and_modes_can_be_off():
+    rng = np.random.default_rng(8)
+    X = camera(800, rng)
+    b = DeviceBaseline(two_sided=TWO_SIDED).fit(X)
+    Y = camera(500, rng) * rng.lognormal(0, 1, (500, len(NAMES)))
+    T = np.log1p(Y)
+    assert np.all(b.anomaly_score(Y) <= b._device_scores(T) + 1e-12)
+    assert np.any(b.anomaly_score(Y) < b._device_scores(T) - 1)
+    with pytest.raises(ValueError, match="max_modes"):
+        DeviceBaseline(max_modes=0).fit(X)
+    with pytest.raises(ValueError, match="max_modes"):
+        DeviceBaseline(max_modes=True).fit(X)
+    few = DeviceBaseline(two_sided=TWO_SIDED).fit(X[:19])     # under 2 x MODE_MIN_WINDOWS
+    assert len(few.mode_median_) == 0 and few.reference(X[0]) is None
+
+
+def test_a_feature_constant_in_a_mode_counts_in_its_distance():
+    # CTU-Malware-Capture-8-1: both states never had new-destination traffic; one warm-up
+    # window had some.  Left out of the modes' covariances (as constant features are left out
+    # of the device-wide one), the attack's share alone (z 6.9) stayed under the threshold.
+    rng = np.random.default_rng(4)
+    X = benign(1500, rng)
+    X[:, 14] = 0.0
+    X[rng.random(1500) < 0.25, TX] *= 20
+    X[rng.random(1500) < 0.004, 14] = 0.5
+    floor = [0.5] * 9 + [0.1, 0.1, 0.5, 0.5, 0.5, 0.1]
+    b = DeviceBaseline(two_sided=TWO_SIDED, min_scale=floor).fit(X)
+    assert len(b.mode_median_) >= 2
+    A = benign(50, rng)
+    A[:, 14] = 1.0
+    alone = math.log1p(1.0) / 0.1            # 6.9: the share's z on its own, in every mode
+    assert np.all(b._mode_scores(np.log1p(A)) > alone + 5)
+    assert np.all(b.predict(A) == -1)
+
+
 # ------------------------------------------------------------ persistence
 def roundtrip(b: DeviceBaseline) -> DeviceBaseline:
     return DeviceBaseline.from_dict(json.loads(json.dumps(b.to_dict(), allow_nan=False)))
@@ -198,24 +272,34 @@ def test_roundtrip_gives_identical_scores():
     c = roundtrip(b)
     assert np.array_equal(b.anomaly_score(X), c.anomaly_score(X))
     assert c.get_params() == b.get_params() and c.threshold_ == b.threshold_
+    assert len(c.mode_median_) == len(b.mode_median_) >= 2
     assert c.to_dict() == b.to_dict() and c.to_dict()["schema"] == SCHEMA
     assert c.fold(X[0], now=2000.0)
 
 
-def test_old_baselines_without_a_version_still_load():
-    b, rng = fitted()
+def test_old_baselines_still_load_without_modes():
+    b, rng = fitted(max_modes=1)
     d = json.loads(json.dumps(b.to_dict()))
-    assert d["version"] == VERSION
-    del d["version"]                    # as written before thresholds were cross-fitted
-    old = DeviceBaseline.from_dict(d)
+    assert d["version"] == VERSION == 3 and d["modes_"] == []
+    del d["modes_"], d["params"]["max_modes"]           # as written before modes
     X = benign(200, rng)
-    assert old.version_ == 1 and old.threshold_ == b.threshold_
-    assert np.array_equal(old.anomaly_score(X), b.anomaly_score(X))
-    assert old.to_dict()["version"] == 1 and roundtrip(old).version_ == 1
+    for version, written in ((2, 2), (None, 1)):        # None: before thresholds were cross-fitted
+        if version is None:
+            del d["version"]
+        else:
+            d["version"] = version
+        old = DeviceBaseline.from_dict(d)
+        assert old.version_ == written and old.threshold_ == b.threshold_ and old.max_modes == 1
+        assert np.array_equal(old.anomaly_score(X), b.anomaly_score(X))
+        assert old.to_dict()["version"] == written and roundtrip(old).version_ == written
+        assert "modes_" not in old.to_dict() and "max_modes" not in old.to_dict()["params"]
     for bad in (0, VERSION + 1, True, "2", 2.0, None):
         d["version"] = bad
         with pytest.raises(BaselineFormatError, match="version"):
             DeviceBaseline.from_dict(d)
+    d["version"], d["modes_"] = 2, []                   # a version 2 file has no modes
+    with pytest.raises(BaselineFormatError, match="unknown field 'modes_'"):
+        DeviceBaseline.from_dict(d)
 
 
 def _deep(depth: int) -> list:
@@ -278,6 +362,24 @@ HOSTILE = [
     ("multivariate", _set("params.multivariate", "yes")),
     ("params", _set("params", None)),
     ("anchor_time_", _set("anchor_time_", "now")),
+    ("max_modes", _set("params.max_modes", 0)),
+    ("max_modes", _set("params.max_modes", True)),
+    ("max_modes", _set("params.max_modes", 17)),
+    ("max_modes", lambda d: d["params"].pop("max_modes")),
+    ("modes_", _delete("modes_")),
+    ("modes_", lambda d: d.update(modes_=d["modes_"][:1])),
+    ("modes_", lambda d: d.update(modes_=d["modes_"] * 3)),
+    ("modes_", _set("modes_", {"0": {}})),
+    ("modes_[1]", _setitem("modes_", 1, [])),
+    ("modes_[0]", lambda d: d["modes_"][0].update(extra=1)),
+    ("modes_[0]", lambda d: d["modes_"][0].pop("d_scale")),
+    ("modes_[1].scale[3]", lambda d: d["modes_"][1]["scale"].__setitem__(3, 0.01)),
+    ("modes_[0].median", lambda d: d["modes_"][0]["median"].pop()),
+    ("modes_[0].location[2]", lambda d: d["modes_"][0]["location"].__setitem__(2, float("nan"))),
+    ("modes_[1].precision", lambda d: d["modes_"][1]["precision"][0].__setitem__(1, 99.0)),
+    ("modes_[0].precision", lambda d: d["modes_"][0].update(precision=_deep(1000))),
+    ("modes_[0].d_scale", lambda d: d["modes_"][0].update(d_scale=0.0)),
+    ("modes_[0].d_median", lambda d: d["modes_"][0].update(d_median="0")),
 ]
 
 

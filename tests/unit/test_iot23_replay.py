@@ -82,11 +82,13 @@ def test_torii_retrying_its_c2_is_flagged_by_its_failed_connections_naming_host_
 
 def test_mirai_ddos_after_a_poisoned_warm_up_is_flagged_within_seconds(replayed):
     # CTU-Malware-Capture-44-1 starts with the C&C download (+0 s): the warm-up learns it and no
-    # alert names it (a known blind spot).  The UDP flood at +6,279 s is flagged anyway.
+    # alert names it (a known blind spot).  The UDP flood at +6,279 s is flagged anyway.  The
+    # download made the warm-up a mode as loud as the flood, so the words may lead with the new
+    # hosts (judged against that mode) but name the volume.
     r = replayed("CTU-Malware-Capture-44-1", "192.168.1.199")
     assert r["first_malicious_s"] == 0
     flood = [a for a in r["alerts_list"] if 6279 <= a["t"] <= 6279 + TEN_MINUTES]
-    assert flood and "B/s" in flood[0]["words"], r["alerts_list"]
+    assert flood and ("B/s" in flood[0]["words"] or "tx bytes" in flood[0]["words"]), r["alerts_list"]
 
 
 # ------------------------------------------------------------------ benign devices

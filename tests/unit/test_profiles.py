@@ -58,9 +58,21 @@ def test_fit_budget_spreads_fitting_over_polls():
     for t in range(11):
         for m in macs:
             store.judge(m, "bulb", row(rng), float(t))
+    store.fit_seconds = 60.0
     assert len(store.fit_pending(11.0)) == 2
     assert len(store.fit_pending(12.0)) == 2
     assert len(store.fit_pending(13.0)) == 1
+
+
+def test_fit_seconds_bounds_one_poll_but_always_fits_one():
+    store = store_for(Config(learn_seconds=10))
+    store.fit_budget, store.fit_seconds = 20, 0.0
+    rng = np.random.default_rng(0)
+    macs = [f"00:00:00:00:02:{i:02x}" for i in range(3)]
+    for t in range(11):
+        for m in macs:
+            store.judge(m, "bulb", row(rng), float(t))
+    assert [len(store.fit_pending(11.0 + k)) for k in range(4)] == [1, 1, 1, 0]
 
 
 def test_save_and_load_round_trip(tmp_path):
