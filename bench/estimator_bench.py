@@ -83,9 +83,10 @@ from bench import datasets  # noqa: E402
 from controller.detection.baseline import DeviceBaseline  # noqa: E402
 
 try:   # the controller's own settings for a device baseline
-    from controller.telemetry.features import FEATURES as CTRL_FEATURES, FRACTIONS, TWO_SIDED
+    from controller.telemetry.features import FEATURES as CTRL_FEATURES, FRACTIONS, MIN_LEVEL, TWO_SIDED
 except ImportError:    # pragma: no cover - only if the controller's layout moves
     CTRL_FEATURES = datasets.FEATURES
+    MIN_LEVEL = 0.0
     FRACTIONS = tuple(i for i, f in enumerate(datasets.FEATURES) if f.endswith("_share"))
     TWO_SIDED = tuple(datasets.IDX[n] for n in ("tcp_share", "udp_share", "icmp_share",
                                                 "other_share", "mean_pkt_size"))
@@ -105,7 +106,7 @@ def _log1p(X):
 def make_models(n_train: int, n_features: int, iotguard_features: bool, seed: int) -> dict:
     if iotguard_features:
         floor = [0.1 if j in FRACTIONS else 0.5 for j in range(n_features)]
-        db = DeviceBaseline(far=FAR, min_scale=floor, two_sided=TWO_SIDED,
+        db = DeviceBaseline(far=FAR, min_scale=floor, two_sided=TWO_SIDED, min_level=MIN_LEVEL,
                             multivariate=n_train >= MV_WINDOWS_PER_FEATURE * n_features)
     else:
         db = DeviceBaseline(far=FAR, multivariate=n_train >= MV_WINDOWS_PER_FEATURE * n_features)

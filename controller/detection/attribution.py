@@ -37,6 +37,11 @@ class Attribution:
             if learning(mac):
                 self.known.learn(mac, self.destinations(mac))
 
+    def befriend(self, mac: str) -> None:
+        """A baselined device's window was judged normal: its destinations stop counting as
+        new in new_dst_share (`KnownDestinations.befriend`); attribution is unchanged."""
+        self.known.befriend(mac, self.destinations(mac))
+
     def remote(self, mac: str) -> str | None:
         """The first destination of `mac`'s window that is external and nobody learned."""
         for ip in self.known.unknown(mac, self.destinations(mac)):

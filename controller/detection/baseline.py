@@ -8,6 +8,10 @@ Why this shape:
   The scale has a floor (`min_scale`) so a device that sends exactly the same thing every
   window does not alarm on a byte of jitter.  It may be given per feature: a share in [0, 1]
   spans only ln 2 = 0.69 in log1p space, so under the default 0.5 its z can never pass 1.39.
+* Below `min_level` (per feature, in its own units) every value is the same level: log1p
+  alone makes 4 kB/s against a median of 2 B/s as far as 4 GB/s against 2 MB/s, and real
+  quiet devices make such sub-kilobyte bursts every few hours.  An effect too small to
+  matter is not evidence, however many scales it is.
 * Most features are only suspicious going *up* (more ports, more bytes); a quiet device is not
   an attack.  Shares and mean packet size are suspicious both ways (`two_sided`).
 * A covariance model (Ledoit-Wolf, F*F floats) over the features that varied in training
@@ -79,10 +83,12 @@ KMEANS_INITS = 4        # k-means restarts: with one, the final fit's partition 
 _MAX_MODES = 16         # the largest max_modes accepted (and loaded)
 
 
-def band(median: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def band(median: np.ndarray, scale: np.ndarray, level: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The normal range per feature, in its own units, of a model on log1p (the 1st..99th
-    percentile of a normal): what "its baseline is a–b" says."""
-    return np.maximum(np.expm1(median - RANGE_K * scale), 0.0), np.expm1(median + RANGE_K * scale)
+    percentile of a normal): what "its baseline is a–b" says.  A low end at or below the
+    feature's `level` (min_level) reads 0: everything below that level is one value."""
+    low = np.expm1(median - RANGE_K * scale)
+    return np.where(low <= np.asarray(level) * (1 + 1e-9), 0.0, np.maximum(low, 0.0)), np.expm1(median + RANGE_K * scale)
 
 
 class BaselineFormatError(ValueError):
@@ -136,9 +142,10 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
 
     def __init__(self, far: float = 1e-4, min_scale: float | Sequence[float] = 0.5,
                  z_floor: float = 4.0, two_sided: Sequence[int] = (), multivariate: bool = True,
-                 max_modes: int = 2) -> None:
+                 max_modes: int = 2, min_level: float | Sequence[float] = 0.0) -> None:
         self.far = far
         self.min_scale = min_scale
+        self.min_level = min_level
         self.z_floor = z_floor
         self.two_sided = two_sided
         self.multivariate = multivariate
@@ -148,7 +155,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
     def fit(self, X, y=None) -> "DeviceBaseline":
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         _check_params(self.get_params(), X.shape[1], ValueError)
-        T = np.log1p(np.maximum(X, 0.0))
+        T = self._log(X)
         self.n_windows_ = int(X.shape[0])
         self._fit_model(T)
         self._fit_modes(T, self._mode_labels(T))
@@ -285,10 +292,18 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
     def _logs(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        return np.log1p(np.maximum(X, 0.0))
+        return self._log(X)
+
+    def _log(self, X: np.ndarray) -> np.ndarray:
+        """log1p of windows already checked, each value raised to its feature's min_level."""
+        return np.log1p(np.maximum(np.asarray(X, dtype=np.float64), self._level()))
 
     def _scale_floor(self) -> np.ndarray:
         return np.broadcast_to(np.asarray(self.min_scale, dtype=np.float64), (self.n_features_in_,))
+
+    def _level(self) -> np.ndarray:
+        return np.broadcast_to(np.asarray(getattr(self, "min_level", 0.0), dtype=np.float64),
+                               (self.n_features_in_,))
 
     def _two_sided_mask(self) -> np.ndarray:
         mask = np.zeros(self.n_features_in_, dtype=bool)
@@ -349,7 +364,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         about 60 µs per call, more than the arithmetic.  `x` must be a finite
         float vector of n_features_in_ values (the detector's own output).
         """
-        T = np.log1p(np.maximum(np.asarray(x, dtype=np.float64).reshape(1, self.n_features_in_), 0.0))
+        T = self._log(np.asarray(x, dtype=np.float64).reshape(1, self.n_features_in_))
         return float(self._scores(T)[0])
 
     def feature_z(self, X) -> np.ndarray:
@@ -376,7 +391,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
 
     def band(self) -> tuple[np.ndarray, np.ndarray]:
         """Each feature's normal range in its own units (`band`), device-wide."""
-        return band(self.median_, self.scale_)
+        return band(self.median_, self.scale_, self._level())
 
     def top_band(self) -> np.ndarray:
         """Each feature's highest normal value over the device-wide band and every mode's:
@@ -389,7 +404,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
     def feature_alone(self, j: int, value: float) -> float:
         """z of one feature's value alone, against the device-wide model and every mode (the
         lowest): for a check that sees one counter, not a whole window."""
-        t = math.log1p(max(float(value), 0.0))
+        t = math.log1p(max(float(value), float(self._level()[j])))
         z = (t - self.median_[j]) / self.scale_[j]
         if self._n_modes():
             z = min(z, float(((t - self.mode_median_[:, j]) / self.mode_scale_[:, j]).min()))
@@ -422,7 +437,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         else:
             z = self._mode_signed(self._logs(row))[0, k]
             z = self._one_or_two_sided(z, np.abs(z))
-            low, high = band(self.mode_median_[k], self.mode_scale_[k])
+            low, high = band(self.mode_median_[k], self.mode_scale_[k], self._level())
         if feature_names is None:
             feature_names = getattr(self, "feature_names_in_", [f"x{j}" for j in range(len(z))])
         names = [str(n) for n in feature_names]
@@ -453,7 +468,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             T = self._logs(np.asarray(x, dtype=np.float64).reshape(1, -1))
             score = float(self._scores(T)[0])
         else:
-            T = np.log1p(np.maximum(np.asarray(x, dtype=np.float64).reshape(1, self.n_features_in_), 0.0))
+            T = self._log(np.asarray(x, dtype=np.float64).reshape(1, self.n_features_in_))
         if score > suspicion * self.threshold_:
             return False
         if self.anchor_time_ is None or now - self.anchor_time_ >= DAY:
@@ -479,7 +494,8 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
             "schema": SCHEMA, "version": version,
             "params": {"far": float(self.far), "min_scale": _plain(self.min_scale),
                        "z_floor": float(self.z_floor), "two_sided": [int(i) for i in self.two_sided],
-                       "multivariate": bool(self.multivariate), "max_modes": int(self.max_modes)},
+                       "multivariate": bool(self.multivariate), "max_modes": int(self.max_modes),
+                       "min_level": _plain(self.min_level)},
             "n_features_in_": int(self.n_features_in_), "n_windows_": int(self.n_windows_),
             **{k: getattr(self, k).tolist() for k in _ARRAYS},
             **{k: float(getattr(self, k)) for k in ("d_median_", "d_scale_", "threshold_")},
@@ -492,6 +508,8 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         }
         if version < 3:                         # as it was written: no modes
             del d["params"]["max_modes"], d["modes_"]
+        if not np.any(np.asarray(self.min_level, dtype=np.float64)):
+            del d["params"]["min_level"]        # as files without it were written
         return d
 
     @classmethod
@@ -508,6 +526,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         params = d["params"]
         if not isinstance(params, dict):
             raise BaselineFormatError("params: expected an object")
+        params = {"min_level": 0.0, **params}   # a file without min_level: no level (as before it)
         _exact_keys(params, _PARAMS if modal else _PARAMS - {"max_modes"}, "params")
         F = _integer(d["n_features_in_"], "n_features_in_", 1, _MAX_FEATURES)
         est = cls(**_check_params(params if modal else {**params, "max_modes": 1}, F, BaselineFormatError))
@@ -572,7 +591,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
 
 _ARRAYS = ("median_", "scale_", "location_", "precision_", "anchor_", "anchor_scale_")
 _MODE_FIELDS = {"median", "scale", "location", "precision", "d_median", "d_scale"}
-_PARAMS = {"far", "min_scale", "z_floor", "two_sided", "multivariate", "max_modes"}
+_PARAMS = {"far", "min_scale", "z_floor", "two_sided", "multivariate", "max_modes", "min_level"}
 _FIELDS = {"schema", "params", "n_features_in_", "n_windows_", "d_median_", "d_scale_",
            "threshold_", "anchor_time_", *_ARRAYS}
 
@@ -591,13 +610,14 @@ def _check_params(p: dict, n_features: int, error: type[Exception]) -> dict:
 
     out = {"far": num("far", p["far"], 0.0, 1.0),
            "z_floor": num("z_floor", p["z_floor"], 0.0, 1e6, closed=True)}
-    floor = p["min_scale"]
-    if isinstance(floor, (list, tuple)) or (isinstance(floor, np.ndarray) and floor.ndim):
-        if len(floor) != n_features:
-            raise error(f"min_scale: expected one number or {n_features}, got {len(floor)}")
-        out["min_scale"] = tuple(num("min_scale", v, 0.0, math.inf) for v in floor)
-    else:
-        out["min_scale"] = num("min_scale", floor, 0.0, math.inf)
+    for key, closed in (("min_scale", False), ("min_level", True)):
+        v = p.get(key, 0.0)
+        if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim):
+            if len(v) != n_features:
+                raise error(f"{key}: expected one number or {n_features}, got {len(v)}")
+            out[key] = tuple(num(key, e, 0.0, math.inf, closed) for e in v)
+        else:
+            out[key] = num(key, v, 0.0, math.inf, closed)
     two = p["two_sided"]
     if isinstance(two, (str, bytes, dict)) or not hasattr(two, "__len__") or len(two) > n_features:
         raise error(f"two_sided: expected at most {n_features} feature indices")

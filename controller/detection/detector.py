@@ -42,6 +42,13 @@ STORIES = 4              # closed anomalies per device a new one may continue (b
 BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
 ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
+# A window anomaly is raised at once when its score is CONFIRM times its threshold; a
+# window between the threshold and that is raised only if another over the threshold came
+# within CONFIRM_SECONDS before it.  Real benign devices cross a threshold calibrated on a
+# 5-minute warm-up by a hair, once, every few hours (a cloud sync, a protocol they did not
+# use while learning); an attack that only just crosses it does so again in its next windows.
+CONFIRM = 1.5
+CONFIRM_SECONDS = 30.0
 EVERYDAY_CLOUD_PORTS = frozenset({53, 80, 123, 443, 853, 8443})   # DNS, HTTP(S), NTP, DoT
 # Asking the LAN's resolver or time server is no news either, however rarely a device does it
 # (an IoT-23 Raspberry Pi first asked its router's DNS hours after warm-up); a sweep of port 53
@@ -58,6 +65,7 @@ NOVELTY_QUIET = 60.0     # s without new items still over the allowance before a
 DEAD_END_FAILURES = 3    # failures to one new internet host before a failed_connections alert names it
 NOVELTY_PENDING = 64     # event snapshots kept per device between two decisions
 _REMOTE = "remote:"      # an outbreak lead: the same new remote address
+_NEW_DST = INDEX["new_dst_share"]
 _NOVELTY_ALERTS = {"new_internal_peers": AlertKind.LATERAL_PROBE, "new_ports_one_host": AlertKind.PORT_PROBE,
                    FAILED: AlertKind.FAILED_CONNECTIONS}
 # A bot retrying a dead C&C every few minutes is one story: its alert stays open over the
@@ -237,6 +245,8 @@ class Detector:
         self.novelty = NoveltyMemory(config.internal_subnets, config.learn_seconds)
         store.novelty = self.novelty                       # saved and loaded with the baselines
         self._pending: dict[str, deque[Novelty]] = {}      # novelty snapshots not yet decided on
+        self._marginal: dict[str, float] = {}              # when a device's window last crossed by a hair
+        self.unconfirmed = 0                               # such windows not (yet) raised
         self._decided: dict[str, float] = {}               # time of the last snapshot decided on
 
     def excluded(self, tags: tuple[str, ...]) -> bool:
@@ -328,6 +338,10 @@ class Detector:
             scored[idx] = True
             calm = score[idx] < SUSPICION * threshold[idx]
             store.fold_rows(rows[calm], X[idx[calm]], now)
+            if self.attribution is not None:
+                # What folds, teaches: the new hosts of a normal window are not new next time.
+                for i in idx[calm & (X[idx, _NEW_DST] > 0)].tolist():
+                    self.attribution.befriend(wf.macs[i])
         by_prior: dict[int, tuple[object, str, list[int]]] = {}
         for i, mac, cls in others:
             baseline, source = store.judge(mac, cls, wf.X[i], now)
@@ -350,6 +364,8 @@ class Detector:
         out: list[Alert] = []
         for i in np.flatnonzero(scored & ~(score <= threshold)).tolist():
             mac = wf.macs[i]
+            if not self._confirmed(mac, float(score[i]), float(threshold[i]), now):
+                continue
             name, tags = who(mac)
             baseline, source = judged.get(i) or (profiles[mac].baseline, "own")
             out += self._anomalous(wf, i, mac, name, tags, baseline, source, X[i], float(score[i]), now)
@@ -372,6 +388,21 @@ class Detector:
         out += self.decide_novelty(now)
         self.store.fit_pending(now)
         return out
+
+    def _confirmed(self, mac: str, score: float, threshold: float, now: float) -> bool:
+        """Whether a window over its threshold is raised now (see CONFIRM): always if the
+        device's anomaly is already open, or the score is CONFIRM x the threshold, or
+        another window crossed within CONFIRM_SECONDS.  Otherwise it is remembered."""
+        if (mac, "anomaly") in self._open or score > CONFIRM * threshold:
+            return True
+        last = self._marginal.get(mac)
+        self._marginal[mac] = now
+        if last is not None and 0.0 <= now - last <= CONFIRM_SECONDS:
+            return True
+        if len(self._marginal) > MAX_ALERTS:
+            self._marginal = {m: t for m, t in self._marginal.items() if now - t <= CONFIRM_SECONDS}
+        self.unconfirmed += 1
+        return False
 
     def _anomalous(self, wf: WindowFeatures, i: int, mac: str, name: str, tags: tuple[str, ...],
                    baseline, source: str, x: np.ndarray, score: float, now: float) -> list[Alert]:

@@ -175,5 +175,6 @@ def band_of(baseline: Any) -> dict | None:
     if baseline is None or getattr(baseline, "median_", None) is None:
         return None
     from controller.detection.baseline import band
-    low, high = band(np.asarray(baseline.median_), np.asarray(baseline.scale_))
+    level = np.asarray(getattr(baseline, "min_level", 0.0), dtype=np.float64)
+    low, high = band(np.asarray(baseline.median_), np.asarray(baseline.scale_), level)
     return {"low": np.round(low, 4).tolist(), "high": np.round(high, 4).tolist()}

@@ -62,8 +62,9 @@ class BaselineStore:
                  two_sided: tuple[int, ...] = (), max_shift_per_day: float = 0.7,
                  fit_budget: int = 20, prior_refresh: float = 60.0, known=None,
                  fit_seconds: float = 0.1,
-                 fractions: tuple[int, ...] = ()) -> None:
+                 fractions: tuple[int, ...] = (), min_level: float | tuple[float, ...] = 0.0) -> None:
         self.n_features = n_features
+        self.min_level = min_level     # per feature, DeviceBaseline's: below it a rate is noise
         self.fractions = frozenset(fractions)   # features that are shares in [0, 1]
         self.known = known          # KnownDestinations, persisted alongside
         self.novelty: NoveltyMemory | None = None   # the detector's, persisted alongside
@@ -90,9 +91,10 @@ class BaselineStore:
         multivariate = n_windows >= MV_WINDOWS_PER_FEATURE * self.n_features
         if conservative:
             return DeviceBaseline(far=self.far, min_scale=[2 * f for f in floor], z_floor=6.0,
-                                  two_sided=self.two_sided, multivariate=multivariate)
+                                  two_sided=self.two_sided, multivariate=multivariate,
+                                  min_level=self.min_level)
         return DeviceBaseline(far=self.far, min_scale=floor, two_sided=self.two_sided,
-                              multivariate=multivariate)
+                              multivariate=multivariate, min_level=self.min_level)
 
     def profile(self, mac: str, cls: str | None, now: float) -> Profile:
         p = self.profiles.get(mac)
@@ -229,6 +231,7 @@ class BaselineStore:
              "baseline": None if p.baseline is None else p.baseline.to_dict()}
             for p in self.profiles.values()],
             "known": self.known.to_dict() if self.known is not None else {},
+            "familiar": self.known.familiar_to_dict() if self.known is not None else {},
             **({"novelty": self.novelty.to_dict()} if self.novelty is not None else {})}
 
     def save(self, path: str) -> None:
@@ -249,7 +252,7 @@ class BaselineStore:
         known = None
         if self.known is not None:
             try:
-                known = type(self.known).from_dict(d.get("known", {}))
+                known = type(self.known).from_dict(d.get("known", {}), familiar=d.get("familiar", {}))
             except (ValueError, TypeError, AttributeError) as e:
                 raise BaselineFormatError(f"known: {e}") from None
         memories = _parse_novelty(d, profiles)
@@ -401,6 +404,6 @@ def _matrix(v: object, where: str, n_features: int, allow_none: bool) -> np.ndar
 
 def store_for(config, known=None) -> BaselineStore:
     """The store for iotguard's feature set with the config's detection settings."""
-    from controller.telemetry.features import FEATURES, FRACTIONS, TWO_SIDED
+    from controller.telemetry.features import FEATURES, FRACTIONS, MIN_LEVEL, TWO_SIDED
     return BaselineStore(len(FEATURES), config.learn_seconds, config.far, TWO_SIDED,
-                         config.max_shift_per_day, known=known, fractions=FRACTIONS)
+                         config.max_shift_per_day, known=known, fractions=FRACTIONS, min_level=MIN_LEVEL)

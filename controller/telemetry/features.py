@@ -113,6 +113,9 @@ class WindowFeatures:
 # ---------------------------------------------------------------- known destinations
 
 
+MAX_FAMILIAR = 128     # destinations per device befriended after learning (oldest forgotten first)
+
+
 class KnownDestinations:
     """Per-device set of destination IPv4s seen while learning (bounded per device, e.g. 512;
     beyond that the device counts as 'talks to many' and new_dst_share is 0)."""
@@ -124,6 +127,9 @@ class KnownDestinations:
         self.max_per_device = max_per_device
         self._sets: dict[str, set[int]] = {}
         self._many: set[str] = set()        # saturated: every destination counts as known
+        # Met after learning, in windows judged normal: known to new_dst_share, not to
+        # attribution (`unknown`, `learned_by`).  Oldest first, at most max_familiar each.
+        self._familiar: dict[str, dict[int, None]] = {}
         self._version = 0
         self._built: tuple[int, int, int] | None = None
         self._keys = np.zeros(0, dtype=np.uint64)
@@ -133,7 +139,7 @@ class KnownDestinations:
     def replace_with(self, other: "KnownDestinations") -> None:
         """Take `other`'s contents in place: the extractor holds a reference to this object."""
         self.max_per_device = other.max_per_device
-        self._sets, self._many = other._sets, other._many
+        self._sets, self._many, self._familiar = other._sets, other._many, other._familiar
         self._version += 1
         self._built = None
 
@@ -167,6 +173,27 @@ class KnownDestinations:
         elif len(cur) != before:
             self._version += 1
 
+    def befriend(self, mac: str, ips: np.ndarray | Iterable[int]) -> None:
+        """After learning: `ips` (the destinations of a window judged normal) are no longer
+        new to `mac`'s new_dst_share.  While learning, every window's destinations are
+        learned, so the feature in the warm-up measures one window's share to hosts met in
+        it; with a frozen set it would instead grow with every host met since, until a
+        device that rotates its cloud servers reads "80% to hosts it never talked to" for
+        good.  Bounded: the oldest of MAX_FAMILIAR are forgotten first (new once more)."""
+        cur = self._sets.get(mac)
+        if cur is None:
+            return
+        fam = self._familiar.setdefault(mac, {})
+        added = False
+        for ip in (int(v) for v in ips):
+            if ip and ip not in cur and ip not in fam:
+                fam[ip] = None
+                added = True
+                if len(fam) > MAX_FAMILIAR:
+                    del fam[next(iter(fam))]
+        if added:
+            self._version += 1
+
     def unknown(self, mac: str, ips: Iterable[int]) -> list[int]:
         """Those of `ips` the device never talked to while learning (none once saturated)."""
         if mac in self._many:
@@ -193,6 +220,9 @@ class KnownDestinations:
                     learned[i] = True
                     parts.append(np.fromiter(ips, dtype=np.uint64, count=len(ips))
                                  | np.uint64(i << 32))
+                    fam = self._familiar.get(mac)
+                    if fam:
+                        parts.append(np.fromiter(fam, dtype=np.uint64, count=len(fam)) | np.uint64(i << 32))
             for mac in self._many:
                 i = index.get(mac)
                 if i is not None:
@@ -227,12 +257,29 @@ class KnownDestinations:
         out.update({mac: ["*"] for mac in self._many})
         return dict(sorted(out.items()))
 
+    def familiar_to_dict(self) -> dict[str, list[str]]:
+        """{mac: dotted IPv4s befriended after learning, oldest first}."""
+        return {mac: [str(ipaddress.IPv4Address(ip)) for ip in fam]
+                for mac, fam in sorted(self._familiar.items()) if fam}
+
     @classmethod
-    def from_dict(cls, d: Mapping[str, list[str]], max_per_device: int = 512) -> KnownDestinations:
-        """Strict inverse of to_dict; a device with more than max_per_device becomes saturated."""
+    def from_dict(cls, d: Mapping[str, list[str]], max_per_device: int = 512,
+                  familiar: Mapping[str, list[str]] | None = None) -> KnownDestinations:
+        """Strict inverse of to_dict (and of familiar_to_dict for `familiar`); a device with
+        more than max_per_device becomes saturated."""
         if not isinstance(d, Mapping):
             raise ValueError(f"known destinations must be a mapping, not {type(d).__name__}")
         known = cls(max_per_device)
+        if familiar is not None:
+            if not isinstance(familiar, Mapping):
+                raise ValueError(f"familiar destinations must be a mapping, not {type(familiar).__name__}")
+            for mac, ips in familiar.items():
+                where = f"familiar destinations[{str(mac)[:40]}]"
+                if mac not in d or d[mac] == ["*"]:
+                    raise ValueError(f"{where}: not a device with known destinations")
+                if not isinstance(ips, list) or len(ips) > MAX_FAMILIAR:
+                    raise ValueError(f"{where}: must be a list of at most {MAX_FAMILIAR} addresses")
+                known._familiar[mac] = dict.fromkeys(_dotted_list(ips, where))
         for mac, ips in d.items():
             if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
                 raise ValueError(f"known destinations: {str(mac)[:40]!r} is not a lower-case MAC")
@@ -241,26 +288,36 @@ class KnownDestinations:
             if ips == ["*"]:
                 known._many.add(mac)
                 continue
-            vals: set[int] = set()
-            for k, s in enumerate(ips):
-                where = f"known destinations[{mac}][{k}]"
-                if not isinstance(s, str):
-                    raise ValueError(f"{where}: must be a string, not {type(s).__name__}")
-                try:
-                    ip = ipaddress.IPv4Address(s)
-                except ValueError:
-                    raise ValueError(f"{where}: {s[:40]!r} is not an IPv4 address") from None
-                if str(ip) != s or int(ip) == 0:
-                    raise ValueError(f"{where}: {s[:40]!r} is not a canonical destination address")
-                if int(ip) in vals:
-                    raise ValueError(f"{where}: duplicate address {s}")
-                vals.add(int(ip))
+            vals = set(_dotted_list(ips, f"known destinations[{mac}]"))
+            fam = known._familiar.get(mac, {})
+            if not vals.isdisjoint(fam):
+                raise ValueError(f"familiar destinations[{mac}]: {ipaddress.IPv4Address(min(vals & set(fam)))} "
+                                 f"is known from learning already")
             if len(vals) > max_per_device:
                 known._many.add(mac)
             else:
                 known._sets[mac] = vals
         known._version += 1
         return known
+
+
+def _dotted_list(ips: list, where: str) -> list[int]:
+    """Distinct canonical dotted IPv4 destinations (not 0.0.0.0), as integers, in order."""
+    vals: dict[int, None] = {}
+    for k, s in enumerate(ips):
+        at = f"{where}[{k}]"
+        if not isinstance(s, str):
+            raise ValueError(f"{at}: must be a string, not {type(s).__name__}")
+        try:
+            ip = ipaddress.IPv4Address(s)
+        except ValueError:
+            raise ValueError(f"{at}: {s[:40]!r} is not an IPv4 address") from None
+        if str(ip) != s or int(ip) == 0:
+            raise ValueError(f"{at}: {s[:40]!r} is not a canonical destination address")
+        if int(ip) in vals:
+            raise ValueError(f"{at}: duplicate address {s}")
+        vals[int(ip)] = None
+    return list(vals)
 
 
 # ---------------------------------------------------------------- extractor
@@ -604,9 +661,19 @@ class FeatureExtractor:
 # Features that are shares in [0, 1]: the baseline gives them a finer scale floor.
 FRACTIONS: tuple[int, ...] = tuple(i for i, f in enumerate(FEATURES) if UNITS[f] == "fraction")
 
+# The least rate that is behaviour rather than noise (DeviceBaseline's min_level): below it
+# every value is one level.  A DNS lookup, an NTP sync, a keep-alive or a cloud poll is
+# under it; a download, an upload, a flood or a scan's packets are orders above it.
+# Without it a device idle at 2 B/s alarms on a 4 kB/s burst (12 scales in log1p space).
+LEVELS: dict[str, float] = {"tx_bytes": 1024.0, "rx_bytes": 1024.0, "tx_packets": 8.0, "rx_packets": 8.0}
+MIN_LEVEL: tuple[float, ...] = tuple(LEVELS.get(f, 0.0) for f in FEATURES)
+
 # What a device's sent packets were made of: undefined in a window where it sent none.
+# new_dst_share too: one 48-byte NTP request to a pool server it never used reads "100% of
+# its traffic to hosts it had never talked to" (seen on IoT-23 44-1, scored 4.6x its
+# threshold); what is new to a device is told, whatever the volume, by novelty.py.
 TX_MIX: tuple[int, ...] = tuple(INDEX[f] for f in ("tcp_share", "udp_share", "icmp_share",
-                                                 "other_share", "mean_pkt_size"))
+                                                 "other_share", "mean_pkt_size", "new_dst_share"))
 
 
 # Packets of evidence a window needs before its own mix outweighs the baseline's.
@@ -617,7 +684,8 @@ def shrink_tx_mix(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """Pull the TX_MIX features of sparse windows towards `fill` (the baseline median).
 
     A share measured on two packets can only be 0, 0.5 or 1: one ARP request
-    beside one ping reads as "50% OTHER" and would alarm on a quiet bulb.  Each
+    beside one ping reads as "50% OTHER" and would alarm on a quiet bulb, and one
+    NTP request to a new pool server as "100% to new hosts".  Each
     row is blended as (p*x + k*fill) / (p + k), with p its packets sent and
     k = MIX_PSEUDO_PACKETS, so a window of pure listening (p = 0) says nothing
     and a scan of hundreds of packets keeps its own mix.  Training and scoring

@@ -27,8 +27,9 @@ def random_baseline(rng: np.random.Generator) -> DeviceBaseline:
         X[:, int(rng.integers(F))] = 3.0
     two = tuple(int(j) for j in np.flatnonzero(rng.random(F) < 0.4))
     floor = 0.5 if rng.random() < 0.5 else [float(v) for v in rng.uniform(0.05, 0.6, F)]
+    level = 0.0 if rng.random() < 0.5 else [float(v) for v in np.expm1(rng.uniform(0, 6, F)) * (rng.random(F) < 0.5)]
     return DeviceBaseline(min_scale=floor, two_sided=two, multivariate=bool(rng.random() < 0.7),
-                          max_modes=int(rng.choice([1, 2, 4]))).fit(X)
+                          max_modes=int(rng.choice([1, 2, 4])), min_level=level).fit(X)
 
 
 def windows(rng: np.random.Generator, b: DeviceBaseline, k: int) -> np.ndarray:

@@ -277,6 +277,32 @@ def test_roundtrip_gives_identical_scores():
     assert c.fold(X[0], now=2000.0)
 
 
+def test_below_min_level_every_value_is_one_level():
+    """IoT-23's HUE bridge idles at 2 B/s received and alarmed on 473 B/s (12 scales in
+    log1p space): an effect too small to matter is not evidence."""
+    rng = np.random.default_rng(5)
+    X = benign(600, rng)
+    X[:, RX] = rng.poisson(2, 600)                      # idle: a few bytes a second
+    level = [0.0] * len(NAMES)
+    level[RX] = 1024.0
+    plain = DeviceBaseline(two_sided=TWO_SIDED).fit(X)
+    b = DeviceBaseline(two_sided=TWO_SIDED, min_level=level).fit(X)
+    x = quiet_windows(b, rng, 1)[0].copy()
+    x[RX] = 700.0                                       # a cloud poll's reply
+    assert plain.anomaly_score(x[None])[0] > plain.threshold_
+    assert b.anomaly_score(x[None])[0] < b.threshold_
+    assert b.score_one(x) == pytest.approx(b.anomaly_score(x[None])[0])
+    x[RX] = 5e6                                         # a download: far above the level
+    assert b.anomaly_score(x[None])[0] > b.threshold_
+    (top,) = b.explain(x, NAMES, top=1)
+    assert top.feature == "rx_bytes" and top.low == 0.0 and 1024 < top.high < 5e6
+    assert b.band()[0][RX] == 0.0 and b.feature_alone(RX, 100.0) == b.feature_alone(RX, 1000.0)
+    c = roundtrip(b)
+    assert c.min_level == tuple(level) and np.array_equal(c.anomaly_score(X), b.anomaly_score(X))
+    assert "min_level" not in plain.to_dict()["params"]  # as files from before it were written
+    assert DeviceBaseline.from_dict(plain.to_dict()).min_level == 0.0
+
+
 def test_old_baselines_still_load_without_modes():
     b, rng = fitted(max_modes=1)
     d = json.loads(json.dumps(b.to_dict()))
@@ -362,6 +388,10 @@ HOSTILE = [
     ("multivariate", _set("params.multivariate", "yes")),
     ("params", _set("params", None)),
     ("anchor_time_", _set("anchor_time_", "now")),
+    ("min_level", _set("params.min_level", -1.0)),
+    ("min_level", _set("params.min_level", [1.0] * 3)),
+    ("min_level", _set("params.min_level", float("inf"))),
+    ("min_level", _set("params.min_level", "1024")),
     ("max_modes", _set("params.max_modes", 0)),
     ("max_modes", _set("params.max_modes", True)),
     ("max_modes", _set("params.max_modes", 17)),

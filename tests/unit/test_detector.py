@@ -213,9 +213,25 @@ def test_explanation_names_the_leading_feature(feature, value, words):
     det, rng = trained()
     x = normal(rng)
     x[INDEX[feature]] = value
+    if feature == "new_dst_share":      # a share needs packets behind it (shrink_tx_mix)
+        x[INDEX["tx_packets"]] = 100
     (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
     assert alert.features[0].feature == feature
     assert words in alert.explanation
+
+
+def test_one_packet_to_a_new_host_is_not_an_anomaly():
+    """IoT-23 44-1: a 48-byte NTP request to a pool server it never used read "100% of its
+    traffic to hosts it had never talked to" and opened an alert that lasted 1.6 h."""
+    det, rng = trained()
+    x = normal(rng)
+    x[INDEX["tx_packets"]], x[INDEX["tx_bytes"]] = 1, 200
+    x[INDEX["new_dst_share"]] = 1.0
+    assert det.on_window(window(2000.0, {CAM: x}), 2000.0) == []
+    x = normal(rng)                         # 100 packets, all to new hosts: news
+    x[INDEX["tx_packets"]], x[INDEX["new_dst_share"]] = 100, 1.0
+    (alert,) = det.on_window(window(2001.0, {CAM: x}), 2001.0)
+    assert "never talked to" in alert.explanation
 
 
 def test_a_window_that_only_listens_is_not_a_protocol_collapse():
@@ -477,3 +493,67 @@ def test_members_still_anomalous_count_when_the_last_one_alerts_after_the_horizo
     assert [a.kind for a in out] == ["anomaly", "anomaly"]
     out = det.on_window(window(2041.0, {m: scan_row(rng) for m in macs}), 2041.0)
     assert sorted(a.kind for a in out) == ["anomaly", "outbreak"]
+
+
+# ------------------------------------------------------------------ marginal windows
+
+
+def _marginal(det, rng, lo: float, hi: float):
+    """A window whose score lies between lo and hi times the camera's threshold."""
+    b = det.store.profiles[CAM].baseline
+    for v in np.geomspace(1, 1e6, 4000):
+        x = normal(rng)
+        x[INDEX["dns_queries"]] = v
+        if lo * b.threshold_ < b.score_one(x) < hi * b.threshold_:
+            return x
+    raise AssertionError("no window in that band")
+
+
+def test_a_window_over_its_threshold_by_a_hair_is_raised_only_when_it_recurs():
+    from controller.detection.detector import CONFIRM, CONFIRM_SECONDS
+    det, rng = trained()
+    x = _marginal(det, rng, 1.05, CONFIRM * 0.95)
+    assert det.on_window(window(2000.0, {CAM: x}), 2000.0) == []          # once: remembered
+    assert det.unconfirmed == 1
+    assert det.on_window(window(2001.0, {CAM: normal(rng)}), 2001.0) == []
+    later = 2000.0 + CONFIRM_SECONDS + 5
+    assert det.on_window(window(later, {CAM: x}), later) == []            # too long after: once again
+    (alert,) = det.on_window(window(later + 10, {CAM: x}), later + 10)    # again within the horizon
+    assert alert.kind == "anomaly" and "DNS" in alert.explanation
+    assert det.on_window(window(later + 11, {CAM: x}), later + 11) == []  # the open alert counts it
+    assert det.current(alert.id).count == 2
+
+
+def test_a_window_well_over_its_threshold_is_raised_at_once():
+    from controller.detection.detector import CONFIRM
+    det, rng = trained()
+    x = _marginal(det, rng, CONFIRM * 1.1, 1e9)
+    (alert,) = det.on_window(window(2000.0, {CAM: x}), 2000.0)
+    assert alert.kind == "anomaly" and det.unconfirmed == 0
+
+
+def test_new_hosts_of_a_normal_window_are_not_new_in_the_next():
+    """With a frozen set of known destinations a device that rotates its cloud servers reads
+    "80% to hosts it never talked to" for good (IoT-23's Echo: one alert open for 4 h)."""
+    from controller.detection.attribution import Attribution
+    from controller.telemetry.features import KnownDestinations
+    known = KnownDestinations()
+    config = Config(learn_seconds=30)
+    dests = {CAM: [1]}
+    det = Detector(config, store_for(config, known), who,
+                   Attribution(known, lambda mac: dests[mac], config.internal_subnets))
+    rng = np.random.default_rng(7)
+    for t in range(35):
+        assert det.on_window(window(1000.0 + t, {CAM: normal(rng)}), 1000.0 + t) == []
+    assert known.to_dict()[CAM] == ["0.0.0.1"]
+    dests[CAM] = [1, 2]
+    x = normal(rng)
+    x[INDEX["new_dst_share"]] = 0.02        # a little to a new host, in a normal window
+    assert det.on_window(window(2000.0, {CAM: x}), 2000.0) == []
+    assert known.familiar_to_dict() == {CAM: ["0.0.0.2"]} and known.to_dict()[CAM] == ["0.0.0.1"]
+    dests[CAM] = [1, 3]
+    x[INDEX["new_dst_share"]] = 1.0
+    x[INDEX["tx_packets"]] = 100            # all of a real transfer to another new host: raised,
+    (alert,) = det.on_window(window(2001.0, {CAM: x}), 2001.0)
+    assert "never talked to" in alert.explanation
+    assert known.familiar_to_dict() == {CAM: ["0.0.0.2"]}   # ... and that host is not befriended

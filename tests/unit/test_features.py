@@ -561,3 +561,58 @@ def test_packet_in_rows_are_bounded_per_window(monkeypatch):
         fx.packet_in(CAM, None, 10)
     wf = fx.close(1.0, 1.0)
     assert val(wf, CAM, "tx_packets") == 3 and fx.dropped_packet_ins == 2
+
+
+# ---------------------------------------------------------------- familiar destinations
+
+
+def test_befriended_hosts_are_not_new_but_stay_unknown_to_attribution():
+    """After learning, the hosts of a window judged normal stop counting in new_dst_share:
+    in the warm-up each window's share is to hosts met in that window, and so it stays."""
+    reg = FlowRegistry()
+    other = flow(reg, CAM, GW, ip="198.51.100.7", proto=6, port=443)
+    e = edges(reg, {CAM: 1, GW: 1})
+    known = KnownDestinations()
+    known.learn(CAM, [int(ipaddress.IPv4Address(CLOUD))])
+    fx = FeatureExtractor(reg, SUBNETS, known)
+    fx.add(deltas(1, [(fwd(other), 4, 1_000)]), e)
+    assert val(fx.close(now=1.0, window=1.0), CAM, "new_dst_share") == 1.0
+    known.befriend(CAM, fx.last_destinations(CAM))
+    fx.add(deltas(1, [(fwd(other), 4, 1_000)]), e)
+    assert val(fx.close(now=2.0, window=1.0), CAM, "new_dst_share") == 0.0
+    ip = int(ipaddress.IPv4Address("198.51.100.7"))
+    assert known.unknown(CAM, [ip]) == [ip] and known.learned_by(ip) == 0   # still no habit of anyone's
+    assert known.to_dict()[CAM] == [CLOUD]                                  # what learning saw, unchanged
+
+
+def test_befriend_is_bounded_oldest_first_and_skips_learning_and_saturated_devices():
+    from controller.telemetry.features import MAX_FAMILIAR
+    known = KnownDestinations(max_per_device=2)
+    known.befriend(CAM, [5])                      # never learned: nothing to befriend against
+    assert known.familiar_to_dict() == {}
+    known.learn(CAM, [1])
+    known.learn(NVR, [1, 2, 3])                   # saturated: everything is known anyway
+    known.befriend(NVR, [9])
+    known.befriend(CAM, [1, 0])                   # learned already, and the L2 marker
+    assert known.familiar_to_dict() == {}
+    known.befriend(CAM, range(100, 100 + MAX_FAMILIAR + 3))
+    fam = known.familiar_to_dict()[CAM]
+    assert len(fam) == MAX_FAMILIAR and fam[0] == str(ipaddress.IPv4Address(103))
+
+
+def test_familiar_destinations_round_trip_and_refuse_hostile_input():
+    known = KnownDestinations()
+    known.learn(CAM, [1])
+    known.befriend(CAM, [7, 3])
+    d = json.loads(json.dumps(known.to_dict()))
+    f = json.loads(json.dumps(known.familiar_to_dict()))
+    assert f == {CAM: ["0.0.0.7", "0.0.0.3"]}
+    back = KnownDestinations.from_dict(d, familiar=f)
+    assert back.familiar_to_dict() == f and back.to_dict() == d
+    for bad, words in [([], "must be a mapping"), ({NVR: ["0.0.0.7"]}, "not a device with known"),
+                       ({CAM: "0.0.0.7"}, "must be a list"), ({CAM: ["0.0.0.1"]}, "known from learning"),
+                       ({CAM: ["0.0.0.7", "0.0.0.7"]}, "duplicate"), ({CAM: ["x"]}, "not an IPv4"),
+                       ({CAM: ["0.0.0.9"] * 1000}, "at most")]:
+        with pytest.raises(ValueError) as err:
+            KnownDestinations.from_dict(d, familiar=bad)
+        assert words in str(err.value), (bad, str(err.value))

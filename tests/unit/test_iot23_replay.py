@@ -103,9 +103,6 @@ def test_benign_devices_get_no_novelty_alert_after_warm_up(replayed, name, ip):
     assert not any(k in NOVELTY for k in r["kinds"]), r["kinds"]
 
 
-@pytest.mark.xfail(strict=True, reason="a 300 s warm-up does not see these devices' routine: window-"
-                                       "anomaly stories after it, 1.1 (HUE, 21.9 h: 1) and 9.2 (Echo, 5.5 h: "
-                                       "2) alerts per device-day (docs/detection.md)")
 @pytest.mark.parametrize("name,ip", BENIGN)
 def test_benign_devices_raise_at_most_one_alert_per_device_day_after_warm_up(replayed, name, ip):
     r = replayed(name, ip)

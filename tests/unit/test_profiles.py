@@ -78,6 +78,7 @@ def test_fit_seconds_bounds_one_poll_but_always_fits_one():
 def test_save_and_load_round_trip(tmp_path):
     store, rng = learned_store()
     store.known.learn(CAM, [0xCB00710A])
+    store.known.befriend(CAM, [0xCB00710B, 0x08080808])
     store.judge("00:00:00:00:00:55", "bulb", row(rng), 1050.0)    # one still learning
     path = str(tmp_path / "baselines.json")
     store.save(path)
@@ -90,6 +91,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert fresh.profiles["00:00:00:00:00:55"].learning
     assert len(fresh.profiles["00:00:00:00:00:55"].windows) == 1
     assert fresh.known.to_dict() == store.known.to_dict()
+    assert fresh.known.familiar_to_dict() == {CAM: ["203.0.113.11", "8.8.8.8"]}
     assert "camera" in fresh.priors
 
 
