@@ -7,13 +7,17 @@ arrays, and the baselines' own arrays (median_, scale_, location_, precision_, a
 anchor_scale_) *are* views of those rows: one copy of the numbers, so a batched fold is
 seen by the estimator (explain, to_dict, the incident report) and nothing is synced back.
 
+Memory (issue #9: at most 20 KB per device): the precision matrices, the largest part of a
+row, are float32 (a Mahalanobis distance needs no more than 7 digits), and capacity grows
+by a quarter, not by doubling, so a fleet's spare rows stay under a quarter of its own.
+
 Invariant: a banked baseline is changed only through its store (fit_pending, fold,
 load, forget), which keeps the bank in step.  `row()` re-reads a baseline whose arrays
 were rebound behind the bank's back (refitted in place, folded on its own), so a stale
 row is never scored; the check is one identity test per device.
 
 All baselines of a bank have the same number of features (the store's feature set);
-their parameters (min_scale, two_sided, multivariate) and number of modes may differ per
+their parameters (min_scale, min_level, two_sided, multivariate) and number of modes may differ per
 row.  A baseline's modes are views too, of (capacity, K, ...) arrays with K the most modes
 of any row; a row with fewer uses its first slots and the rest are never scored.  Modes
 never fold (only the device-wide model drifts), so they are written once per fit.
@@ -57,16 +61,16 @@ class BaselineBank:
         k0, self._k = self._k, self._k if k is None else k
         old = getattr(self, "_a", None)
         a = {"median_": np.zeros((cap, F)), "scale_": np.ones((cap, F)), "location_": np.zeros((cap, F)),
-             "precision_": np.zeros((cap, F, F)), "anchor_": np.zeros((cap, F)),
+             "precision_": np.zeros((cap, F, F), dtype=np.float32), "anchor_": np.zeros((cap, F)),
              "anchor_scale_": np.ones((cap, F)),
-             "floor": np.zeros((cap, F)), "two": np.zeros((cap, F), dtype=bool),
+             "floor": np.zeros((cap, F)), "level": np.zeros((cap, F)), "two": np.zeros((cap, F), dtype=bool),
              "mv": np.zeros(cap, dtype=bool), "d_median": np.zeros(cap), "d_scale": np.ones(cap),
              "threshold": np.zeros(cap), "anchor_time": np.full(cap, np.nan),
              "n_modes": np.zeros(cap, dtype=np.int64)}
         K = self._k
         for key, shape in (("mode_median", (F,)), ("mode_scale", (F,)), ("mode_location", (F,)),
                            ("mode_precision", (F, F)), ("mode_d_median", ()), ("mode_d_scale", ())):
-            a[key] = np.zeros((cap, K, *shape))
+            a[key] = np.zeros((cap, K, *shape), dtype=np.float32 if key == "mode_precision" else np.float64)
         for key, fill in _MODE_VIEWS.values():
             a[key][:] = fill
         if old is not None:
@@ -91,6 +95,7 @@ class BaselineBank:
         for k in _VIEWS:
             a[k][r] = getattr(b, k)
         a["floor"][r] = b._scale_floor()
+        a["level"][r] = b._level()
         a["two"][r] = b._two_sided_mask()
         a["mv"][r] = bool(b.multivariate)
         a["d_median"][r], a["d_scale"][r] = b.d_median_, b.d_scale_
@@ -132,7 +137,7 @@ class BaselineBank:
         if r is None:
             r = len(self._macs)
             if r >= self._cap:
-                self._alloc(max(_MIN_CAPACITY, 2 * self._cap))
+                self._alloc(max(_MIN_CAPACITY, self._cap + self._cap // 4))
             self._rows[mac] = r
             self._macs.append(mac)
             self._owners.append(b)
@@ -194,8 +199,12 @@ class BaselineBank:
     def scores(self, rows: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Anomaly scores of windows X (n, F), row k by baseline rows[k]: `DeviceBaseline.score_one`
         for every k at once (same formula, same order of operations but the matrix product)."""
-        T = np.log1p(np.maximum(np.asarray(X, dtype=np.float64), 0.0))
-        return self._scores(np.asarray(rows, dtype=np.int64), T)
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._scores(rows, self._log(rows, np.asarray(X, dtype=np.float64)))
+
+    def _log(self, rows: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """`DeviceBaseline._log` of X[k] under row rows[k]'s min_level."""
+        return np.log1p(np.maximum(X, self._a["level"][rows]))
 
     def _scores(self, rows: np.ndarray, T: np.ndarray) -> np.ndarray:
         a = self._a
@@ -251,7 +260,7 @@ class BaselineBank:
         if np.any(s[1:] == s[:-1]):
             raise ValueError("fold: a row may fold one window per call")
         a = self._a
-        T = np.log1p(np.maximum(np.asarray(X, dtype=np.float64).reshape(len(rows), self.n_features), 0.0))
+        T = self._log(rows, np.asarray(X, dtype=np.float64).reshape(len(rows), self.n_features))
         med, scale = a["median_"][rows], a["scale_"][rows]
         at = a["anchor_time"][rows]
         roll = np.isnan(at) | (now - at >= DAY)

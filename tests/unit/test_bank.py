@@ -120,8 +120,8 @@ def test_added_refitted_folded_forgotten_are_reflected():
     wide.set_params(max_modes=4).fit(two_states)
     fresh = {k: getattr(wide, k).copy() for k in ("median_", "mode_median_", "mode_precision_")}
     assert wide._n_modes() >= 2 and bank2.row("wide", wide) == rw
-    for k, v in fresh.items():
-        np.testing.assert_array_equal(getattr(wide, k), v)
+    for k, v in fresh.items():             # precisions are kept as float32 in the bank
+        np.testing.assert_allclose(getattr(wide, k), v, rtol=1e-6 if "precision" in k else 0)
     y = np.vstack([windows(rng, wide, 5), two_states[:5] * 3, windows(rng, narrow, 5)])
     rows = np.array([rw] * 10 + [rn] * 5)
     np.testing.assert_allclose(bank2.scores(rows, y), [wide.score_one(v) for v in y[:10]] +
