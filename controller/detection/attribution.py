@@ -37,10 +37,14 @@ class Attribution:
             if learning(mac):
                 self.known.learn(mac, self.destinations(mac))
 
-    def befriend(self, mac: str) -> None:
-        """A baselined device's window was judged normal: its destinations stop counting as
-        new in new_dst_share (`KnownDestinations.befriend`); attribution is unchanged."""
-        self.known.befriend(mac, self.destinations(mac))
+    def befriend(self, mac: str, normal: bool, now: float) -> None:
+        """A baselined device's window was judged normal or not: its destinations move
+        toward counting as familiar in new_dst_share, or wait again
+        (`KnownDestinations.befriend`, `suspect`); attribution is unchanged."""
+        if normal:
+            self.known.befriend(mac, self.destinations(mac), now)
+        else:
+            self.known.suspect(mac, self.destinations(mac))
 
     def remote(self, mac: str) -> str | None:
         """The first destination of `mac`'s window that is external and nobody learned."""

@@ -339,9 +339,11 @@ class Detector:
             calm = score[idx] < SUSPICION * threshold[idx]
             store.fold_rows(rows[calm], X[idx[calm]], now)
             if self.attribution is not None:
-                # What folds, teaches: the new hosts of a normal window are not new next time.
-                for i in idx[calm & (X[idx, _NEW_DST] > 0)].tolist():
-                    self.attribution.befriend(wf.macs[i])
+                # What folds, teaches: new hosts met in normal windows, a minute apart and
+                # never in another kind between, become familiar (not new any more).
+                new = X[idx, _NEW_DST] > 0
+                for i, ok in zip(idx[new].tolist(), calm[new].tolist()):
+                    self.attribution.befriend(wf.macs[i], ok, now)
         by_prior: dict[int, tuple[object, str, list[int]]] = {}
         for i, mac, cls in others:
             baseline, source = store.judge(mac, cls, wf.X[i], now)

@@ -114,6 +114,8 @@ class WindowFeatures:
 
 
 MAX_FAMILIAR = 128     # destinations per device befriended after learning (oldest forgotten first)
+MAX_CANDIDATES = 64    # ... and waiting to be (not saved: after a restart they wait again)
+FAMILIAR_AFTER = 60.0  # s between two normal windows to a host before it is familiar
 
 
 class KnownDestinations:
@@ -130,6 +132,7 @@ class KnownDestinations:
         # Met after learning, in windows judged normal: known to new_dst_share, not to
         # attribution (`unknown`, `learned_by`).  Oldest first, at most max_familiar each.
         self._familiar: dict[str, dict[int, None]] = {}
+        self._candidates: dict[str, dict[int, float]] = {}   # not yet familiar: first normal sighting
         self._version = 0
         self._built: tuple[int, int, int] | None = None
         self._keys = np.zeros(0, dtype=np.uint64)
@@ -140,6 +143,7 @@ class KnownDestinations:
         """Take `other`'s contents in place: the extractor holds a reference to this object."""
         self.max_per_device = other.max_per_device
         self._sets, self._many, self._familiar = other._sets, other._many, other._familiar
+        self._candidates = other._candidates
         self._version += 1
         self._built = None
 
@@ -173,26 +177,49 @@ class KnownDestinations:
         elif len(cur) != before:
             self._version += 1
 
-    def befriend(self, mac: str, ips: np.ndarray | Iterable[int]) -> None:
-        """After learning: `ips` (the destinations of a window judged normal) are no longer
-        new to `mac`'s new_dst_share.  While learning, every window's destinations are
-        learned, so the feature in the warm-up measures one window's share to hosts met in
-        it; with a frozen set it would instead grow with every host met since, until a
-        device that rotates its cloud servers reads "80% to hosts it never talked to" for
-        good.  Bounded: the oldest of MAX_FAMILIAR are forgotten first (new once more)."""
+    def befriend(self, mac: str, ips: np.ndarray | Iterable[int], now: float) -> None:
+        """After learning: `ips` are the destinations of a window judged normal.  One met in
+        such windows FAMILIAR_AFTER seconds apart, and in no window judged otherwise
+        between (`suspect`), is no longer new to `mac`'s new_dst_share.
+
+        Why: while learning, every window's destinations are learned, so the feature in the
+        warm-up measures one window's share to hosts met in it; with a frozen set it would
+        instead grow with every host met since, until a device that rotates its cloud
+        servers reads "80% to hosts it never talked to" for good.  Why not at once: an
+        upload to a drop zone starts with a quiet window (the handshake) and only then
+        sends its megabytes, which must still read as going to a new host.  Bounded: the
+        oldest of MAX_FAMILIAR (and of MAX_CANDIDATES still waiting) go first.
+        """
         cur = self._sets.get(mac)
         if cur is None:
             return
         fam = self._familiar.setdefault(mac, {})
+        cand = self._candidates.setdefault(mac, {})
         added = False
         for ip in (int(v) for v in ips):
-            if ip and ip not in cur and ip not in fam:
+            if not ip or ip in cur or ip in fam:
+                continue
+            first = cand.get(ip)
+            if first is None:
+                cand[ip] = float(now)
+                if len(cand) > MAX_CANDIDATES:
+                    del cand[next(iter(cand))]
+            elif now - first >= FAMILIAR_AFTER:
+                del cand[ip]
                 fam[ip] = None
                 added = True
                 if len(fam) > MAX_FAMILIAR:
                     del fam[next(iter(fam))]
         if added:
             self._version += 1
+
+    def suspect(self, mac: str, ips: np.ndarray | Iterable[int]) -> None:
+        """`ips` are the destinations of a window not judged normal: those still waiting to
+        become familiar wait again from their next normal window."""
+        cand = self._candidates.get(mac)
+        if cand:
+            for ip in (int(v) for v in ips):
+                cand.pop(ip, None)
 
     def unknown(self, mac: str, ips: Iterable[int]) -> list[int]:
         """Those of `ips` the device never talked to while learning (none once saturated)."""

@@ -565,6 +565,8 @@ def test_packet_in_rows_are_bounded_per_window(monkeypatch):
 
 # ---------------------------------------------------------------- familiar destinations
 
+from controller.telemetry.features import FAMILIAR_AFTER  # noqa: E402
+
 
 def test_befriended_hosts_are_not_new_but_stay_unknown_to_attribution():
     """After learning, the hosts of a window judged normal stop counting in new_dst_share:
@@ -577,33 +579,57 @@ def test_befriended_hosts_are_not_new_but_stay_unknown_to_attribution():
     fx = FeatureExtractor(reg, SUBNETS, known)
     fx.add(deltas(1, [(fwd(other), 4, 1_000)]), e)
     assert val(fx.close(now=1.0, window=1.0), CAM, "new_dst_share") == 1.0
-    known.befriend(CAM, fx.last_destinations(CAM))
+    known.befriend(CAM, fx.last_destinations(CAM), now=1.0)     # a first normal window: not yet
     fx.add(deltas(1, [(fwd(other), 4, 1_000)]), e)
-    assert val(fx.close(now=2.0, window=1.0), CAM, "new_dst_share") == 0.0
+    assert val(fx.close(now=2.0, window=1.0), CAM, "new_dst_share") == 1.0
+    known.befriend(CAM, fx.last_destinations(CAM), now=1.0 + FAMILIAR_AFTER)   # a minute on: familiar
+    fx.add(deltas(1, [(fwd(other), 4, 1_000)]), e)
+    assert val(fx.close(now=3.0, window=1.0), CAM, "new_dst_share") == 0.0
     ip = int(ipaddress.IPv4Address("198.51.100.7"))
     assert known.unknown(CAM, [ip]) == [ip] and known.learned_by(ip) == 0   # still no habit of anyone's
     assert known.to_dict()[CAM] == [CLOUD]                                  # what learning saw, unchanged
 
 
 def test_befriend_is_bounded_oldest_first_and_skips_learning_and_saturated_devices():
-    from controller.telemetry.features import MAX_FAMILIAR
+    from controller.telemetry.features import MAX_CANDIDATES, MAX_FAMILIAR
     known = KnownDestinations(max_per_device=2)
-    known.befriend(CAM, [5])                      # never learned: nothing to befriend against
+    twice = lambda mac, ips: [known.befriend(mac, ips, now=t) for t in (0.0, FAMILIAR_AFTER)]   # noqa: E731
+    twice(CAM, [5])                               # never learned: nothing to befriend against
     assert known.familiar_to_dict() == {}
     known.learn(CAM, [1])
     known.learn(NVR, [1, 2, 3])                   # saturated: everything is known anyway
-    known.befriend(NVR, [9])
-    known.befriend(CAM, [1, 0])                   # learned already, and the L2 marker
+    twice(NVR, [9])
+    twice(CAM, [1, 0])                            # learned already, and the L2 marker
     assert known.familiar_to_dict() == {}
-    known.befriend(CAM, range(100, 100 + MAX_FAMILIAR + 3))
+    for lo in range(100, 100 + MAX_FAMILIAR + 3, MAX_CANDIDATES):
+        twice(CAM, range(lo, min(lo + MAX_CANDIDATES, 100 + MAX_FAMILIAR + 3)))
     fam = known.familiar_to_dict()[CAM]
     assert len(fam) == MAX_FAMILIAR and fam[0] == str(ipaddress.IPv4Address(103))
+    known.befriend(CAM, range(1000, 1000 + MAX_CANDIDATES + 1), now=0.0)   # waiting: bounded too
+    known.befriend(CAM, [1000, 1001 + MAX_CANDIDATES - 1], now=FAMILIAR_AFTER)
+    assert "0.0.3.232" not in known.familiar_to_dict()[CAM]          # 1000: forgotten while waiting
+    assert known.familiar_to_dict()[CAM][-1] == str(ipaddress.IPv4Address(1000 + MAX_CANDIDATES))
+
+
+def test_a_host_met_in_a_window_not_judged_normal_waits_again():
+    """An upload to a drop zone: a quiet handshake window, then the megabytes."""
+    known = KnownDestinations()
+    known.learn(CAM, [1])
+    known.befriend(CAM, [9], now=0.0)
+    known.suspect(CAM, [9])
+    known.befriend(CAM, [9], now=FAMILIAR_AFTER)       # the clock starts again here
+    assert known.familiar_to_dict() == {}
+    known.befriend(CAM, [9], now=2 * FAMILIAR_AFTER - 1)
+    assert known.familiar_to_dict() == {}
+    known.befriend(CAM, [9], now=2 * FAMILIAR_AFTER)
+    assert known.familiar_to_dict() == {CAM: ["0.0.0.9"]}
 
 
 def test_familiar_destinations_round_trip_and_refuse_hostile_input():
     known = KnownDestinations()
     known.learn(CAM, [1])
-    known.befriend(CAM, [7, 3])
+    for t in (0.0, FAMILIAR_AFTER):
+        known.befriend(CAM, [7, 3], now=t)
     d = json.loads(json.dumps(known.to_dict()))
     f = json.loads(json.dumps(known.familiar_to_dict()))
     assert f == {CAM: ["0.0.0.7", "0.0.0.3"]}

@@ -20,6 +20,7 @@ def row(rng, scale=1.0):
 
 def learned_store(learn=30):
     store = store_for(Config(learn_seconds=learn), known=KnownDestinations())
+    store.fit_seconds = float("inf")     # every due device fits in its poll, however busy the machine
     rng = np.random.default_rng(3)
     for t in range(learn + 2):
         for mac, cls in ((CAM, "camera"), (CAM2, "camera"), (BULB, "bulb")):
@@ -78,7 +79,8 @@ def test_fit_seconds_bounds_one_poll_but_always_fits_one():
 def test_save_and_load_round_trip(tmp_path):
     store, rng = learned_store()
     store.known.learn(CAM, [0xCB00710A])
-    store.known.befriend(CAM, [0xCB00710B, 0x08080808])
+    for t in (0.0, 60.0):                                         # two normal windows a minute apart
+        store.known.befriend(CAM, [0xCB00710B, 0x08080808], now=t)
     store.judge("00:00:00:00:00:55", "bulb", row(rng), 1050.0)    # one still learning
     path = str(tmp_path / "baselines.json")
     store.save(path)
