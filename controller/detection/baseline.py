@@ -302,8 +302,7 @@ class DeviceBaseline(OutlierMixin, BaseEstimator):
         return np.broadcast_to(np.asarray(self.min_scale, dtype=np.float64), (self.n_features_in_,))
 
     def _level(self) -> np.ndarray:
-        return np.broadcast_to(np.asarray(getattr(self, "min_level", 0.0), dtype=np.float64),
-                               (self.n_features_in_,))
+        return np.broadcast_to(np.asarray(self.min_level, dtype=np.float64), (self.n_features_in_,))
 
     def _two_sided_mask(self) -> np.ndarray:
         mask = np.zeros(self.n_features_in_, dtype=bool)
@@ -611,7 +610,7 @@ def _check_params(p: dict, n_features: int, error: type[Exception]) -> dict:
     out = {"far": num("far", p["far"], 0.0, 1.0),
            "z_floor": num("z_floor", p["z_floor"], 0.0, 1e6, closed=True)}
     for key, closed in (("min_scale", False), ("min_level", True)):
-        v = p.get(key, 0.0)
+        v = p[key]
         if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim):
             if len(v) != n_features:
                 raise error(f"{key}: expected one number or {n_features}, got {len(v)}")
