@@ -42,6 +42,15 @@ STORIES = 4              # closed anomalies per device a new one may continue (b
 BURST_QUIET = 5.0        # seconds without a burst before a burst alert closes
 SUSPICION = 0.5          # windows scoring above this share of the threshold are never folded
 ESCALATION = 1.5         # an open alert is handed to the playbooks again when its score grows this much
+# ... or when a count of its window is GROWTH times the one they last saw.  Scores are in
+# log space: an upload whose first, partial window sent 1.2 MB and whose next sent 39 MB
+# moved from 8 to 9, while a playbook's `tx_bytes > 2000000` only matched the second
+# (seen in CI: block-exfiltration never fired, the upload was over within 2 s).
+GROWTH = 2.0
+# ... and by at least this much: small counts double by chance (1 host, then 2).
+GROWING: dict[str, float] = {"tx_bytes": 65536.0, "rx_bytes": 65536.0, "tx_packets": 100.0, "rx_packets": 100.0,
+                             "new_flows": 5.0, "distinct_dst_ips": 5.0, "lateral_peers": 3.0,
+                             "distinct_dst_ports": 5.0, "dns_queries": 5.0}
 # A window anomaly is raised at once when its score is CONFIRM times its threshold; a
 # window between the threshold and that is raised only if another over the threshold came
 # within CONFIRM_SECONDS before it.  Real benign devices cross a threshold calibrated on a
@@ -196,6 +205,18 @@ def _failed_words(name: str, hits, count: int, h: float, r) -> str:
             f"answer or were refused, in the last {f'{h / 60:g} min' if h >= 600 else f'{h:g} s'} "
             f"({_examples(shown)}); while learning "
             + ("none of its connections failed" if learned == 0 else f"{_plural(learned, 'connection')} failed"))
+
+
+def _grown(window: dict[str, float], handed: dict | None) -> bool:
+    """Whether a count in `window` is GROWTH times (and GROWING more than) what the window
+    last handed to the playbooks carried: a raw condition may match only now."""
+    if not handed:
+        return False
+    for f, floor in GROWING.items():
+        now, then = window.get(f, 0.0), handed.get(f)
+        if isinstance(then, (int, float)) and now >= GROWTH * then and now - then >= floor:
+            return True
+    return False
 
 
 def _observed(wf: WindowFeatures, i: int) -> dict[str, float]:
@@ -427,7 +448,8 @@ class Detector:
         if opened is not None:
             opened.quiet = 0
             changes: dict = {"count": opened.alert.count + 1, "last_time": now}
-            worse = score > ESCALATION * opened.alert.score
+            window = _observed(wf, i)
+            worse = score > ESCALATION * opened.alert.score or _grown(window, opened.alert.window)
             if opened.handed < opened.alert.time:
                 opened.handed = opened.alert.time
             stale = now - opened.handed >= REHAND_SECONDS
@@ -436,8 +458,8 @@ class Detector:
                 # new window (a flood's first window is often a partial one, so a
                 # condition such as tx_packets > 1000 may only match later).
                 # Re-applying is idempotent: an active response is refreshed.
-                changes.update(window=_observed(wf, i), remote=self._remote(mac) or opened.alert.remote)
-                if worse:
+                changes.update(window=window, remote=self._remote(mac) or opened.alert.remote)
+                if score > opened.alert.score:
                     changes["score"] = score
                 opened.handed = now
             alert = self._update(opened, **changes)
@@ -689,7 +711,8 @@ class Detector:
             return []
         burst = self._open.get((mac, "new_flow_burst"))
         if burst is not None and now - burst.alert.last_time <= BURST_QUIET:
-            return []                   # a fast scan: the burst alert already says it
+            self.novelty.told(mac)      # a fast scan: the burst alert already says it
+            return []
         since = self._decided.get(mac, -math.inf)
         fresh = [e for e in r.examples["new_services"] if e[0] > since and self._telling(e)]
         appliance = ("iot" in tags or self.novelty.appliance(mac)) and self.novelty.stable_services(mac)

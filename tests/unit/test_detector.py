@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -319,6 +321,26 @@ def test_an_open_alert_that_grows_worse_is_handed_over_again_with_its_new_window
     det.escalated.clear()
     det.on_window(window(2002.0, {CAM: full}), 2002.0)
     assert det.escalated == [], "the same level again is not an escalation"
+
+
+def test_an_open_alert_whose_volume_grows_is_handed_over_again_though_its_score_barely_moves(monkeypatch):
+    """An upload's first window is partial (its handshake and 1.2 MB), the next sends 39 MB:
+    in log space the score hardly moves, but block-exfiltration's `tx_bytes > 2000000`
+    only matches the second, and the upload may be over before the 5 s re-hand."""
+    import controller.detection.detector as detector
+    monkeypatch.setattr(detector, "ESCALATION", math.inf)      # the score alone never hands it over
+    det, rng = trained()
+    first = normal(rng)
+    first[INDEX["tx_bytes"]], first[INDEX["new_dst_share"]] = 1.2e6, 0.67
+    (alert,) = det.on_window(window(2000.0, {CAM: first}), 2000.0)
+    big = normal(rng)
+    big[INDEX["tx_bytes"]], big[INDEX["new_dst_share"]] = 3.9e7, 0.99
+    det.on_window(window(2001.0, {CAM: big}), 2001.0)
+    (again,) = det.escalated
+    assert again.id == alert.id and again.window["tx_bytes"] == 3.9e7
+    det.escalated.clear()
+    det.on_window(window(2002.0, {CAM: big}), 2002.0)
+    assert det.escalated == [], "the same volume again is not an escalation"
 
 
 def test_outbreak_alert_lists_a_bounded_number_of_devices(monkeypatch):
