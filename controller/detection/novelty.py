@@ -416,6 +416,19 @@ class NoveltyMemory:
                        learned_external=len(d.external), learned_failures=d.settled_new[FAILED],
                        scanned_host=best, tripped=tripped)
 
+    def told(self, mac: str) -> None:
+        """What the device's horizons counted so far was told by another alert (a burst
+        for a fast scan): they start afresh, so a later alert is about what came after
+        (in CI, a camera's quarantined and released scan read, 40 s later, as "looked for
+        74 internal hosts ... in the last 60 s").  What it met stays met."""
+        d = self.devices.get(mac)
+        if d is None or d.learning:
+            return
+        for kind in KINDS:
+            d.sliding[kind].clear()
+            d.examples[kind].clear()
+        d.hosts.clear()
+
     def appliance(self, mac: str) -> bool:
         """Did the device's warm-up use at most IOT_SERVICES services?"""
         d = self.devices.get(mac)

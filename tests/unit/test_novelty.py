@@ -175,6 +175,22 @@ def test_a_fast_scan_is_the_burst_alert_not_a_novelty_alert():
     assert [a.kind for a in r.alerts] == ["new_flow_burst"]
 
 
+def test_a_fast_sweep_told_by_its_burst_is_not_told_again_later_but_a_slow_one_after_it_is():
+    """A camera ARPs for 80 neighbours within a second (a burst alert), then, 30 s later, uploads
+    to a new address: that is not 'looked for 80 internal hosts in the last 60 s' (seen in CI
+    after a quarantined scan was released).  Probing anew, slowly, is alerted as ever."""
+    r = Replay().warm()
+    start = r.t + 0.2
+    sweep = [(start + k * 0.01, CAM, 0, ip("10.0.0.100") + k, -1) for k in range(80)]
+    r.run_until(start + 30, sweep + [(start + 29, CAM, TCP, ip("198.51.100.9"), 443)])
+    assert [a.kind for a in r.alerts] == ["new_flow_burst"]
+    later = r.t + 0.3
+    r.run_until(later + 30, lateral_probe(later, 2.0))
+    (a,) = [a for a in r.alerts if a.kind == "lateral_probe"]
+    assert a.time - later <= 15.0 and "on 5 internal hosts" in a.explanation and "10.0.0.21" in a.explanation
+    assert "10.0.0.100" not in a.explanation, "the sweep's hosts are not its examples"
+
+
 def test_nothing_new_while_learning_and_a_memory_not_restored_learns_again():
     mem = NoveltyMemory(["10.0.0.0/8"], learn_seconds=30)
     for k in range(40):
