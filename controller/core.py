@@ -663,7 +663,8 @@ class Core:
         detection = self.detector.health()
         snap.update(alerts=dict(self.alert_kinds), switches=len(self.switches),
                     devices=len(self.inventory.devices),
-                    baselined=detection["baselined"], learning=detection["learning"])
+                    baselined=detection["baselined"], learning=detection["learning"],
+                    unconfirmed=self.detector.unconfirmed)
         if self.responder is not None:
             snap.update(self.responder.metrics())
         return snap

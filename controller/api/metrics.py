@@ -41,6 +41,8 @@ _COUNTERS = (
     ("flow_entries", "iotguard_flow_entries", "Flow-stats entries processed."),
     ("packet_in", "iotguard_packet_in", "Packet-in messages received."),
     ("windows", "iotguard_windows", "Per-device feature windows scored."),
+    ("unconfirmed", "iotguard_windows_unconfirmed",
+     "Windows over their threshold by less than 1.5x that no other crossing within 30 s confirmed (not raised)."),
     ("lldp_in", "iotguard_lldp_in", "LLDP probes received back (topology discovery)."),
     ("malformed", "iotguard_malformed_packets", "Packet-ins that could not be parsed."),
     ("notify_dropped", "iotguard_notify_dropped", "Notifications dropped because the queue was full."),

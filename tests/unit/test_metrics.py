@@ -17,7 +17,7 @@ from controller.api.metrics import Metrics, actions
 REPO = Path(__file__).resolve().parents[2]
 
 FULL = {
-    "polls": 10, "flow_entries": 1234, "packet_in": 99, "windows": 40, "lldp_in": 8, "malformed": 1,
+    "polls": 10, "flow_entries": 1234, "packet_in": 99, "windows": 40, "unconfirmed": 6, "lldp_in": 8, "malformed": 1,
     "alerts": {"anomaly": 3, "new_flow_burst": 1, "outbreak": 0, "manual": 2},
     "responses": {("quarantine", "installed"): 2, ("rate_limit", "failed"): 1},
     "active_responses": {"quarantine": 1, "rate_limit": 2},
@@ -41,6 +41,7 @@ def test_full_snapshot_exact_samples() -> None:
         "iotguard_flow_entries_total 1234.0",
         "iotguard_packet_in_total 99.0",
         "iotguard_windows_total 40.0",
+        "iotguard_windows_unconfirmed_total 6.0",
         "iotguard_lldp_in_total 8.0",
         "iotguard_malformed_packets_total 1.0",
         "iotguard_notify_dropped_total 4.0",
@@ -196,6 +197,6 @@ def test_docs_describe_every_metric() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
     families = {ln.split()[2] for ln in Metrics(lambda: FULL).render().decode().splitlines()
                 if ln.startswith("# TYPE") and not ln.split()[2].endswith("_created")}
-    assert len(families) == 17
+    assert len(families) == 18
     for name in families:
         assert f"`{name}`" in doc, name
