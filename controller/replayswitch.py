@@ -28,6 +28,12 @@ The clock (`clock=` and `wall=`) is the capture's timestamps, so learning lasts
 (playbooks) stay off: the replay only reports.  Port statistics are not emulated
 (no window feature uses them; the volume fast path does not run), nor LLDP (one
 switch has no links).
+
+Capture clocks are not always sane: a frame stamped earlier than one before it (a
+capture merged from several files) counts at the latest time seen, and a silence in
+which the switch's table is empty is polled for SILENCE_POLLED seconds, then skipped
+(one frame of a damaged capture stamped ten years ahead had the replay poll an empty
+switch 300 million times).  Both are told in the result's warnings.
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ DPID = 1
 _ENTRY = struct.Struct("!HBxIIHHHH4xQQQ")     # ofp_flow_stats up to the match
 _EMPTY_MATCH = struct.pack("!HH4x", 1, 4)     # OFPMT_OXM, no fields
 _FLAG_SEND_FLOW_REM = 1
+# Seconds of polls of an empty table after which the rest of a silence is skipped: by then
+# every flow, alert and novelty horizon (10 min) has run out, so the windows of an idle
+# switch say nothing new, and a day of silence costs an hour of polls.
+SILENCE_POLLED = 3600.0
 
 
 class CaptureError(ValueError):
@@ -311,15 +321,34 @@ class Replay:
         self._k = 0
         self._seen_alerts: dict[str, tuple[int, float]] = {}
         self._alerts_total = 0
+        self._empty_from: int | None = None   # the poll since which the table has been empty
+        self.skipped_polls = 0
+        self.longest_silence = 0.0
+        self.stepped_back = 0                 # frames stamped earlier than the latest seen
+        self.most_back = 0.0
         self._poll(0)                       # the switch connected: first poll, an empty table
 
     # -------------------------------------------------------------- the clock
     def advance(self, ts: float) -> float:
-        """Run the polls due before `ts` and the idle timeouts up to it; returns the time used."""
-        ts = max(ts, self.last)
+        """Run the polls due before `ts` and the idle timeouts up to it; returns the time used.
+        A `ts` before the latest seen is taken as it; the polls of a silence longer than
+        SILENCE_POLLED with an empty table are skipped (see the module docstring)."""
+        if ts < self.last:
+            self.stepped_back += 1
+            self.most_back = max(self.most_back, self.last - ts)
+            ts = self.last
+        self.longest_silence = max(self.longest_silence, ts - self.last)
         self.last = ts
-        due = int((ts - self.t0) // self.config.poll_interval)
+        interval = self.config.poll_interval
+        due = int((ts - self.t0) // interval)
         while self._k < due:
+            if self.switch.flows:
+                self._empty_from = None
+            elif self._empty_from is None:
+                self._empty_from = self._k
+            elif (self._k - self._empty_from) * interval >= SILENCE_POLLED and due - 1 > self._k:
+                self.skipped_polls += due - 1 - self._k
+                self._k = due - 1               # the poll just before `ts` still runs
             self._k += 1
             self._poll(self._k)
         self._expire_until(ts, inclusive=True)
@@ -441,6 +470,16 @@ class Replay:
         """The last window's poll, then what the replay found."""
         self._k += 1
         self._poll(self._k)                 # the last frames' window
+        interval = self.config.poll_interval
+        if self.skipped_polls:
+            warnings.append(f"{path}: skipped {self.skipped_polls:,} polls ({self.skipped_polls * interval:,.0f} s) "
+                            f"of an empty switch in silences longer than {SILENCE_POLLED:g} s (the longest: "
+                            f"{self.longest_silence:,.0f} s between two {unit}); an idle switch's windows "
+                            f"say nothing new")
+        if self.stepped_back:
+            warnings.append(f"{path}: {self.stepped_back} {unit} were stamped earlier than one before them "
+                            f"(by up to {self.most_back:,.3f} s) and were counted at the latest time seen; "
+                            f"a capture merged from several files, or with a damaged timestamp, reads so")
         core = self.core
         for mac, d in self.devices.items():
             d.name, d.tags = core.who(mac)

@@ -260,6 +260,40 @@ def test_a_truncated_capture_replays_what_it_holds(tmp_path, capsys):
     assert json.loads(captured.out)["frames"] in (49, 50)
 
 
+@pytest.mark.timeout(120)
+def test_a_frame_stamped_years_ahead_ends_with_warnings_not_endless_polls(tmp_path, capsys):
+    """One damaged timestamp ten years ahead: the replay polled an empty switch 300 million
+    times.  Now the silence is skipped after an hour of polls, and both oddities are told."""
+    frames = sweep_frames()[:60]
+    frames[30] = (frames[30][0] + 10 * 365 * 86400, frames[30][1])
+    path = tmp_path / "glitch.pcap"
+    write_capture(path, frames)
+    assert cli.main(["replay", "--pcap", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["frames"] == 60
+    skipped, back = out["warnings"]
+    assert "skipped " in skipped and "polls" in skipped and "silences longer than 3600 s" in skipped
+    assert back.startswith(f"{path}: 29 frames were stamped earlier than one before them")
+    assert "counted at the latest time seen" in back
+    assert "iotguard: warning:" in captured.err
+
+
+def test_a_long_silence_is_skipped_after_an_hour_and_the_device_is_still_told_apart(tmp_path):
+    """Three hours of silence between two halves of a heartbeat: polled for an hour, the rest
+    skipped; every frame still counts."""
+    first = [(T0 + 2 * i, _eth(DEV, GW, _udp(DEV_IP, CLOUD, 40000, 5683))) for i in range(50)]
+    later = [(T0 + 3 * 3600 + 2 * i, _eth(DEV, GW, _udp(DEV_IP, CLOUD, 40000, 5683))) for i in range(50)]
+    path = tmp_path / "silence.pcap"
+    write_capture(path, first + later)
+    res = replay_pcap(str(path), Config()).to_dict()
+    dev = device(res, DEV)
+    assert dev["frames_sent"] == 100 and dev["packets"] == 100
+    (note,) = res["warnings"]
+    assert "silences longer than 3600 s" in note and "the longest: 10,702 s" in note
+    assert res["windows"] < 3600 + 400, "the polls of the silence's last two hours were skipped"
+
+
 # ------------------------------------------------------------------ a bot retrying a dead C&C
 
 C2 = "198.51.100.7"
