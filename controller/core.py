@@ -316,7 +316,9 @@ class Core:
         return out
 
     # ------------------------------------------------------------ packet-in
-    def packet_in(self, dpid: int, in_port: int, data: bytes) -> Out:
+    def packet_in(self, dpid: int, in_port: int, data: bytes, total_len: int = 0) -> Out:
+        """A table-miss.  `total_len`: the frame's length on the wire when `data` was cut
+        short (a replayed capture's snaplen); counts use the larger of the two."""
         if dpid not in self.switches:
             return []
         now = self.clock()
@@ -351,13 +353,13 @@ class Core:
                 if at_src and is_bare_syn(pkt) and pkt.tp_dst is not None and pkt.ipv4_dst is not None:
                     # a bare SYN whose conversation this flow now carries: did it get an answer?
                     self.outcomes.opened(rules.cookie_id(f.cookie), pkt.eth_src, ip_int(pkt.ipv4_dst),
-                                         pkt.tp_dst, dpid, len(data), now)
+                                         pkt.tp_dst, dpid, max(len(data), total_len), now)
         if at_src:
             self._event(pkt)
         out: Out = [(dpid, f) for f in decision.flows]
         if decision.out_port is None:
             return out
-        self._count_frame(dpid, pkt, len(data), at_src)
+        self._count_frame(dpid, pkt, max(len(data), total_len), at_src)
         port: int | str = "flood" if decision.out_port == FLOOD else decision.out_port
         out.append((dpid, PacketOut(fix_l4_checksum(data), port, in_port)))
         return out

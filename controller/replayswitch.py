@@ -47,7 +47,7 @@ from controller.config import Config
 from controller.core import Core
 from controller.network.forwarding import is_group_mac
 from controller.openflow import rules
-from controller.openflow.packets import parse_frame
+from controller.openflow.packets import parse_frame, wire_length
 from controller.openflow.rules import FlowKey, FlowSpec
 from controller.telemetry.features import INDEX
 
@@ -415,14 +415,17 @@ class Replay:
 
     # -------------------------------------------------------------- the wire
     def frame(self, ts: float, buf: bytes) -> None:
-        """One frame on the wire at `ts`."""
-        self.packets(ts, buf, 1, len(buf))
+        """One frame on the wire at `ts` (counted at its wire length: a capture's snaplen
+        may have cut it, see packets.wire_length)."""
+        n = wire_length(buf)
+        self.packets(ts, buf, 1, n, n)
 
-    def packets(self, ts: float, buf: bytes, count: int, nbytes: int) -> None:
+    def packets(self, ts: float, buf: bytes, count: int, nbytes: int, frame_len: int = 0) -> None:
         """`count` frames like `buf`, `nbytes` in all, at `ts`: table-misses (through the
         meter) until a flow matches them, then the rest count on that flow.  Frames the
         meter drops are lost (all the rest once its tokens are gone: they do not come
-        back within one instant)."""
+        back within one instant).  `frame_len`: each one's length on the wire, when
+        larger than `buf` (a capture's snaplen cut it)."""
         if count <= 0:
             return
         ts = self.advance(ts)
@@ -445,9 +448,9 @@ class Replay:
             if not self.switch.meter(ts):
                 self.switch.metered += count - 1     # meter() counted this one
                 return
-            self._install(self.core.packet_in(DPID, in_port, buf), ts)
+            self._install(self.core.packet_in(DPID, in_port, buf, frame_len), ts)
             count -= 1
-            nbytes -= len(buf)
+            nbytes -= max(len(buf), frame_len)
 
     def _count(self, pkt, n: int) -> None:
         """The capture's own count per MAC: frames sent, unicast frames received."""

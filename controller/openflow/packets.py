@@ -137,6 +137,28 @@ def parse_frame(data: bytes) -> PacketInfo | None:
     return PacketInfo(eth_src, eth_dst, eth_type)
 
 
+_ETH_TYPE_IPV6 = 0x86DD
+
+
+def wire_length(data: bytes) -> int:
+    """The frame's length on the wire: len(data), or more when a capture's snaplen cut it
+    (`tcpdump -s 96`) and its IPv4 header (an IPv6 one: its payload length) says how long
+    it was.  A switch counts the whole frame; a replay must too."""
+    n = len(data)
+    if n < 14:
+        return n
+    (eth_type,) = struct.unpack_from("!H", data, 12)
+    off = 14
+    if eth_type == 0x8100 and n >= 18:
+        (eth_type,) = struct.unpack_from("!H", data, 16)
+        off = 18
+    if eth_type == ETH_TYPE_IP and n >= off + 4:
+        return max(n, off + struct.unpack_from("!H", data, off + 2)[0])
+    if eth_type == _ETH_TYPE_IPV6 and n >= off + 6:
+        return max(n, off + 40 + struct.unpack_from("!H", data, off + 4)[0])
+    return n
+
+
 class LldpSigner:
     """Builds and verifies iotguard's LLDP probes."""
 

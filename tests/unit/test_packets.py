@@ -1,6 +1,6 @@
 import struct
 
-from controller.openflow.packets import LldpSigner, mac_bytes, parse_frame
+from controller.openflow.packets import LldpSigner, mac_bytes, parse_frame, wire_length
 
 
 def eth(dst, src, eth_type, payload=b""):
@@ -99,3 +99,16 @@ def test_frames_that_must_not_be_touched():
     assert fix_l4_checksum(bytes(frag)) == bytes(frag)
     arp = b"\xff" * 6 + b"\x00" * 6 + b"\x08\x06" + b"\x00" * 28
     assert fix_l4_checksum(arp) == arp
+
+
+def test_wire_length_of_frames_a_snaplen_cut():
+    eth = b"\x02" * 12
+    ipv4 = eth + b"\x08\x00" + bytes([0x45, 0]) + struct.pack("!H", 1500) + b"\0" * 16
+    assert wire_length(ipv4) == 14 + 1500, "the IPv4 total length, not the 34 bytes kept"
+    tagged = eth + b"\x81\x00\x00\x05\x08\x00" + ipv4[14:]
+    assert wire_length(tagged) == 18 + 1500
+    ipv6 = eth + b"\x86\xdd" + b"\x60\0\0\0" + struct.pack("!H", 1000) + b"\0" * 34
+    assert wire_length(ipv6) == 14 + 40 + 1000
+    whole = ipv4[:14] + bytes([0x45, 0]) + struct.pack("!H", 20) + b"\0" * 60   # padded past its IP length
+    assert wire_length(whole) == len(whole)
+    assert wire_length(eth + b"\x08\x06" + b"\0" * 28) == 42 and wire_length(b"\0" * 5) == 5

@@ -294,6 +294,18 @@ def test_a_long_silence_is_skipped_after_an_hour_and_the_device_is_still_told_ap
     assert res["windows"] < 3600 + 400, "the polls of the silence's last two hours were skipped"
 
 
+def test_a_capture_cut_by_its_snaplen_counts_every_frame_at_its_wire_length(tmp_path):
+    """`tcpdump -s 96` keeps 96 bytes of each frame; a switch counts the whole frame, and so
+    does the replay, from the IPv4 header's total length."""
+    frames = [(T0 + 0.5 * i, _eth(DEV, GW, _udp(DEV_IP, CLOUD, 40000, 5683, b"x" * 1200))) for i in range(120)]
+    full, cut = tmp_path / "full.pcap", tmp_path / "cut.pcap"
+    write_capture(full, frames)
+    write_capture(cut, [(t, buf[:96]) for t, buf in frames])
+    a, b = (device(replay_pcap(str(p), Config()).to_dict(), DEV) for p in (full, cut))
+    assert a["tx_bytes"] == 120 * len(frames[0][1]) and b["tx_bytes"] == a["tx_bytes"]
+    assert b["tx_packets"] == a["tx_packets"] == 120
+
+
 # ------------------------------------------------------------------ a bot retrying a dead C&C
 
 C2 = "198.51.100.7"
