@@ -544,7 +544,8 @@ class IoTGuard(compat.GuardedApp):
         fast = self._fast_inflight.get(msg.datapath.id)
         if fast is not None and fast[0] == msg.xid and not msg.flags & ofp.OFPMPF_REPLY_MORE:
             del self._fast_inflight[msg.datapath.id]
-        ports = [(p.port_no, p.rx_bytes, p.tx_bytes, p.rx_packets, p.tx_packets)
+        ports = [(p.port_no, p.rx_bytes, p.tx_bytes, p.rx_packets, p.tx_packets,
+                  p.duration_sec + p.duration_nsec * 1e-9)
                  for p in msg.body if p.port_no < ofp.OFPP_MAX]
         try:
             self._locked(self.core.port_stats_part, msg.datapath.id, msg.xid, ports,

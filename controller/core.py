@@ -106,6 +106,7 @@ class Core:
                                              config.internal_subnets))
         self.recorder: Recorder | None = None
         self._window_start = clock()
+        self._round_seconds: list[float] = []   # each answer's interval on its switch's clock
         self._awaiting: set[int] = set()   # switches whose flow stats this round still lacks
         self.incidents = Incidents(None, FEATURES)   # the app sets its directory
         self.score_hook = None             # called with each window's features + scoring seconds
@@ -420,7 +421,13 @@ class Core:
         window = now - self._window_start
         self._window_start = now
         if window <= 0:
+            self._round_seconds.clear()
             return []
+        if self._round_seconds:
+            # The counters span the switches' intervals (telemetry.stats.switch_seconds),
+            # not the time between the replies' handling.
+            window = float(np.median(self._round_seconds))
+            self._round_seconds.clear()
         t0 = time.perf_counter()
         wf = self.extractor.close(now, window)
         wall = self.wall()
@@ -509,6 +516,7 @@ class Core:
         if deltas.window <= 0:
             self._round_answered(dpid)
             return {}
+        self._round_seconds.append(deltas.window)
         edges = self._edge_array()
         self.extractor.add(deltas, edges)
         self.outcomes.add(deltas)

@@ -152,6 +152,45 @@ def test_gateway_does_not_inherit_the_addresses_it_routes():
     assert c.inventory.get(gw).ips == ["10.0.0.1"]
 
 
+def test_a_reply_handled_late_does_not_shorten_the_next_window():
+    """The switch read its counters 1 s apart; a busy controller handled the first reply
+    0.93 s late, the second on time.  The window's rates are per the switch's second, not
+    per the 0.07 s between the two replies' handling (seen in CI: 15 times the rate)."""
+    from controller.telemetry.features import INDEX
+
+    class Recorder:
+        def __init__(self):
+            self.windows = []
+
+        def window(self, wall, wf, who):
+            self.windows.append(wf)
+
+        def event(self, *a):
+            pass
+
+    c, clock = core()
+    c.recorder = rec = Recorder()
+    c.switch_connected(1)
+    c.packet_in(1, 1, arp(CAM, "10.0.0.11", "10.0.0.12"))
+    c.packet_in(1, 2, arp(HUB, "10.0.0.12", "10.0.0.11"))
+    out = c.packet_in(1, 1, tcp(CAM, HUB, "10.0.0.11", "10.0.0.12", 23))
+    (flow,) = [m for _, m in out if isinstance(m, FlowSpec)]
+    c.poll_sent([1])
+    c.flow_stats(1, body([(flow.cookie, 0, 0, 10)]))
+    clock.t += 1.0
+    c.poll_sent([1])
+    clock.t += 0.93
+    c.flow_stats(1, body([(flow.cookie, 100, 10000, 11)]))       # read at +1 s, handled at +1.93 s
+    clock.t += 0.07
+    c.poll_sent([1])
+    c.flow_stats(1, body([(flow.cookie, 200, 20000, 12)]))       # read and handled at +2 s
+    last = rec.windows[-1]
+    assert last.window == 1.0
+    assert last.row(CAM)[INDEX["tx_bytes"]] == 10000.0, "not 10000 / 0.07"
+    devs = {d["name"]: d for d in c.devices_view()}
+    assert devs["camera-1"]["tx_bytes_per_s"] == 10000.0
+
+
 def test_window_closes_when_every_switch_has_answered():
     c, clock = core()
     c.switch_connected(1), c.switch_connected(2)

@@ -103,6 +103,30 @@ def test_switches_are_independent():
     assert d1.packets.tolist() == [1]
 
 
+def test_the_window_is_the_switchs_interval_not_the_time_the_replies_were_handled():
+    """A reply that waited in a busy event loop, then one handled on time: 0.07 s apart here,
+    1 s apart on the switch, whose counters are 1 s of traffic (seen in CI: two devices read
+    15 times their rate and re-alerted)."""
+    t = FlowStatsTracker()
+    t.update(1, heads([(fwd(1), 10, 1000, 5), (fwd(2), 1, 100, 9)]), now=0.93)
+    d = t.update(1, heads([(fwd(1), 30, 3000, 6), (fwd(2), 2, 200, 10), (fwd(3), 4, 400, 0)]), now=1.0)
+    assert d.window == pytest.approx(1.0)
+    still = t.update(1, heads([(fwd(1), 31, 3100, 6), (fwd(2), 3, 300, 10)]), now=1.5)
+    assert still.window == pytest.approx(0.5), "durations that did not advance say nothing"
+    redone = t.update(1, heads([(fwd(1), 1, 100, 0)]), now=2.5)
+    assert redone.window == pytest.approx(1.0), "a re-added flow's duration is no interval"
+
+
+def test_port_deltas_use_the_ports_duration_when_it_advances():
+    t = PortStatsTracker()
+    t.update(1, [(1, 1000, 2000, 10, 20, 100.0), (2, 0, 0, 0, 0)], now=0.95)
+    d1, d2 = t.update(1, [(1, 2000, 2500, 30, 25, 101.0), (2, 5, 5, 1, 1)], now=1.0)
+    assert d1.window == pytest.approx(1.0) and d1.rx_packets == 20 and not d1.reset
+    assert d2.window == pytest.approx(0.05), "no duration: the controller's interval"
+    (again,) = t.update(1, [(1, 3000, 3000, 40, 30, 0.5)], now=2.0)
+    assert again.reset and again.window == pytest.approx(1.0), "a port re-added: its counters anew"
+
+
 def test_by_device_counts_each_conversation_once_at_the_edges():
     reg = FlowRegistry()
     up = reg.id_for(rules.flow_key(CAM, INET, 0x0800, "203.0.113.10", 6, 443))
@@ -113,7 +137,7 @@ def test_by_device_counts_each_conversation_once_at_the_edges():
         t.update(dpid, heads([(fwd(up), 0, 0, 0), (fwd(down), 0, 0, 0)]), now=0.0)
     per = {}
     for dpid in (1, 2):
-        d = t.update(dpid, heads([(fwd(up), 100, 150000, 1), (fwd(down), 50, 3000, 1)]), now=2.0)
+        d = t.update(dpid, heads([(fwd(up), 100, 150000, 2), (fwd(down), 50, 3000, 2)]), now=2.0)
         for mac, traffic in by_device(d, reg, edge_array(reg, edges.get)).items():
             per[mac] = traffic
     cam, inet = per[CAM], per[INET]
