@@ -105,15 +105,21 @@ def fix_l4_checksum(frame: bytes) -> bytes:
     return frame[:at] + struct.pack("!H", c) + frame[at + 2:]
 
 
+def _l3(data: bytes) -> tuple[int, int]:
+    """EtherType and offset of the payload of an Ethernet frame of at least 14 bytes,
+    past one optional 802.1Q tag."""
+    (eth_type,) = struct.unpack_from("!H", data, 12)
+    if eth_type == 0x8100 and len(data) >= 18:
+        return struct.unpack_from("!H", data, 16)[0], 18
+    return eth_type, 14
+
+
 def parse_frame(data: bytes) -> PacketInfo | None:
     """Ethernet (one optional 802.1Q tag), ARP, IPv4, TCP/UDP ports. None if too short."""
     if len(data) < 14:
         return None
-    dst, src, eth_type = _MAC.unpack_from(data, 0)
-    off = 14
-    if eth_type == 0x8100 and len(data) >= 18:
-        (eth_type,) = struct.unpack_from("!H", data, 16)
-        off = 18
+    dst, src, _ = _MAC.unpack_from(data, 0)
+    eth_type, off = _l3(data)
     eth_dst, eth_src = mac_str(dst), mac_str(src)
     if eth_type == ETH_TYPE_ARP and len(data) >= off + 28:
         (op,) = struct.unpack_from("!H", data, off + 6)
@@ -147,11 +153,7 @@ def wire_length(data: bytes) -> int:
     n = len(data)
     if n < 14:
         return n
-    (eth_type,) = struct.unpack_from("!H", data, 12)
-    off = 14
-    if eth_type == 0x8100 and n >= 18:
-        (eth_type,) = struct.unpack_from("!H", data, 16)
-        off = 18
+    eth_type, off = _l3(data)
     if eth_type == ETH_TYPE_IP and n >= off + 4:
         return max(n, off + struct.unpack_from("!H", data, off + 2)[0])
     if eth_type == _ETH_TYPE_IPV6 and n >= off + 6:

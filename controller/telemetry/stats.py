@@ -253,18 +253,16 @@ def _aggregate(entries: np.ndarray):
 MAX_SWITCH_SECONDS = 86400.0    # a switch's interval beyond this is no clock reading
 
 
-def switch_seconds(advance: np.ndarray, fallback: float) -> float:
-    """The time between a switch's two counter reads, on its own clock: the median advance
-    of the durations of what it held both times (flows, or a port).  The controller's clock
-    tells when the replies were handled: a reply that waited in a busy event loop, then one
-    on time, made a 0.07 s window of 1 s of counters, and every device read 15 times its
-    rate (seen in CI: two old attackers re-alerted).  `fallback` (the controller's interval)
-    when nothing was held twice, or the durations did not advance (a switch or a test that
-    reports none)."""
-    if len(advance):
-        s = float(np.median(advance))
-        if math.isfinite(s) and 1e-3 <= s <= MAX_SWITCH_SECONDS:
-            return s
+def switch_seconds(advance: float, fallback: float) -> float:
+    """The time between a switch's two counter reads, on its own clock: how far the
+    duration of what it held both times advanced (for flows, the median over them; for
+    a port, its own).  The controller's clock tells when the replies were handled: a reply
+    that waited in a busy event loop, then one on time, made a 0.07 s window of 1 s of
+    counters, and every device read 15 times its rate (seen in CI: two old attackers
+    re-alerted).  `fallback` (the controller's interval) when nothing was held twice, or
+    the durations did not advance (a switch or a test that reports none)."""
+    if math.isfinite(advance) and 1e-3 <= advance <= MAX_SWITCH_SECONDS:
+        return advance
     return fallback
 
 
@@ -307,7 +305,8 @@ class FlowStatsTracker:
             d_p = packets - np.where(base, prev_p, 0)
             d_b = nbytes - np.where(base, prev_b, 0)
             vanished = np.setdiff1d(pcookie, cookie, assume_unique=True)
-            window = switch_seconds(duration[base] - prev_d[base], window)
+            advance = duration[base] - prev_d[base]
+            window = switch_seconds(float(np.median(advance)) if len(advance) else math.nan, window)
         self._prev[dpid] = _Snapshot(now, cookie, packets, nbytes, duration)
         return FlowDeltas(dpid, now, window, cookie, d_p, d_b, duration, reset, vanished)
 
@@ -432,7 +431,7 @@ class PortStatsTracker:
             d = cur if reset else tuple(c - o for c, o in zip(cur, old))
             window = max(now - t0, 0.0)
             if not reset:
-                window = switch_seconds(np.array([duration - before]), window)
+                window = switch_seconds(duration - before, window)
             out.append(PortDelta(dpid, port, window, *d, reset=reset))
         return out
 
