@@ -425,7 +425,8 @@ class Core:
             return []
         if self._round_seconds:
             # The counters span the switches' intervals (telemetry.stats.switch_seconds),
-            # not the time between the replies' handling.
+            # not the time between the replies' handling.  Each device's rates divide by its
+            # own switch's (FeatureExtractor.add); this is the window's nominal length.
             window = float(np.median(self._round_seconds))
             self._round_seconds.clear()
         t0 = time.perf_counter()
@@ -568,7 +569,7 @@ class Core:
             delta = self.flow_tracker.removed(dpid, cookie, packets, nbytes, duration, self.clock())
             self._retire.add(rules.cookie_id(cookie))
             edges = self._edge_array()
-            self.extractor.add(delta, edges)
+            self.extractor.add(delta, edges, tail=True)
             self.outcomes.add(delta)
             for mac, t in by_device(delta, self.registry, edges).items():
                 self.traffic.fold(mac, t)     # the tail belongs to the device's last window

@@ -430,6 +430,9 @@ class FeatureExtractor:
         self._compact_at = _COMPACT_ROWS
         self._rx_b = np.zeros(0, dtype=np.int64)
         self._rx_p = np.zeros(0, dtype=np.int64)
+        # Per device, the seconds its edge switch's polls in this window cover: its counters
+        # come from that switch alone, so its rates divide by that switch's clock.
+        self._span = np.zeros(0, dtype=np.float64)
         self._new: dict[int, tuple[int, int, int, int]] = {}
         self._dropped = 0
         # Frames that reached the controller (packet-in, then packet-out): no flow counter
@@ -472,15 +475,27 @@ class FeatureExtractor:
         d = reg.mac_index(dst) if dst is not None else -1
         self._pin.append((s, d, int(nbytes), int(ip), int(proto), int(port)))
 
-    def add(self, deltas: FlowDeltas, edges: np.ndarray) -> None:
-        """One switch's poll deltas (or a flow-removed tail) in this window.
+    def add(self, deltas: FlowDeltas, edges: np.ndarray, tail: bool = False) -> None:
+        """One switch's poll deltas (or, with `tail`, a flow-removed tail) in this window.
 
         tx counts where edges[source] is this switch, rx where edges[destination]
-        is, so a conversation crossing several switches counts once.
+        is, so a conversation crossing several switches counts once.  A poll's
+        interval (deltas.window, on the switch's clock) is added to the span of every
+        device plugged into this switch; a tail lies inside an interval already counted.
         """
         reg = self.registry
         n = len(reg.macs)
-        if n == 0 or len(deltas) == 0:
+        if n == 0:
+            return
+        edges = np.asarray(edges)
+        here = np.zeros(n, dtype=bool)
+        m = min(len(edges), n)
+        here[:m] = edges[:m] == deltas.dpid
+        if not tail and deltas.window > 0:
+            if len(self._span) < n:
+                self._span = np.concatenate([self._span, np.zeros(n - len(self._span))])
+            self._span[:n][here] += float(deltas.window)
+        if len(deltas) == 0:
             return
         c = np.asarray(deltas.cookie).astype(np.uint64, copy=False)
         ours = (c & _KIND_MASK) == _FORWARD
@@ -495,10 +510,6 @@ class FeatureExtractor:
             return
         fid, pk, by = fid[moved], pk[moved], by[moved]
         src, dst = reg.src_dev[fid], reg.dst_dev[fid]
-        edges = np.asarray(edges)
-        here = np.zeros(n, dtype=bool)
-        m = min(len(edges), n)
-        here[:m] = edges[:m] == deltas.dpid
         tx = (src >= 0) & here[np.maximum(src, 0)]
         rx = (dst >= 0) & here[np.maximum(dst, 0)]
         if tx.any():
@@ -530,7 +541,10 @@ class FeatureExtractor:
 
     # -------------------------------------------------------- output
     def close(self, now: float, window: float) -> WindowFeatures:
-        """Features of every device with any traffic or new flow in the window; resets."""
+        """Features of every device with any traffic or new flow in the window; resets.
+
+        Rates divide by each device's span (`add`), or by `window` for a device whose
+        switch sent no poll in it (only packet-ins, or flow-removed tails, counted)."""
         ok = isinstance(window, (int, float, np.integer, np.floating)) and not isinstance(window, bool)
         w = float(window) if ok else math.nan
         if not (math.isfinite(w) and w > 0):
@@ -541,6 +555,7 @@ class FeatureExtractor:
         new = self._new
         rx_b, rx_p = self._rx_b, self._rx_p
         pin = np.array(self._pin, dtype=np.int64).reshape(-1, 6)
+        span = self._span
         self.dropped_new_flows = self._dropped
         self.dropped_packet_ins, self._dropped_pin = self._dropped_pin, 0
         self._reset()
@@ -548,6 +563,8 @@ class FeatureExtractor:
         n = len(self.registry.macs)
         pad = lambda a: np.concatenate([a, np.zeros(n - len(a), dtype=a.dtype)])  # noqa: E731
         rx_b, rx_p = pad(rx_b), pad(rx_p)
+        span = pad(span[:n])
+        per = np.where(span > 0, span, w)
         src, pk, by = tx["src"], tx["pk"], tx["by"]
         ip, proto, port = tx["ip"], tx["proto"], tx["port"]
 
@@ -635,7 +652,7 @@ class FeatureExtractor:
         active = (tx_b > 0) | (tx_p > 0) | (rx_b > 0) | (rx_p > 0) | (new_flows > 0)
         rows = np.flatnonzero(active)
         X = np.column_stack([
-            tx_b / w, rx_b / w, tx_p / w, rx_p / w, new_flows,
+            tx_b / per, rx_b / per, tx_p / per, rx_p / per, new_flows,
             distinct_ips, lateral, distinct_ports, new_share,
             shares[:, 0], shares[:, 1], shares[:, 2], shares[:, 3], mean_size, dns_q,
         ]).astype(np.float64)[rows].reshape(len(rows), len(FEATURES))

@@ -79,7 +79,7 @@ def test_camera_uploading_to_one_cloud_host():
     e = edges(reg, {CAM: 1, GW: 2})
     fx = FeatureExtractor(reg, SUBNETS)
     for dpid in (1, 2):   # both flows cross both switches
-        fx.add(deltas(dpid, [(fwd(up), 1000, 1_400_000), (fwd(down), 500, 30_000)]), e)
+        fx.add(deltas(dpid, [(fwd(up), 1000, 1_400_000), (fwd(down), 500, 30_000)], window=10.0), e)
     wf = fx.close(now=100.0, window=10.0)
     assert wf.time == 100.0 and wf.window == 10.0
     assert sorted(wf.macs) == [CAM, GW] and wf.X.shape == (2, len(FEATURES))
@@ -173,8 +173,8 @@ def test_dns_client():
     ntp = flow(reg, HUB, GW, ip="10.0.0.1", proto=17, port=123)
     e = edges(reg, {HUB: 1, GW: 1})
     fx = FeatureExtractor(reg, SUBNETS)
-    fx.add(deltas(1, [(fwd(dns), 6, 420), (fwd(ntp), 2, 180)]), e)
-    fx.add(deltas(1, [(fwd(dns), 4, 280), (fwd(dns_tcp), 1, 80)]), e)   # a second poll
+    fx.add(deltas(1, [(fwd(dns), 6, 420), (fwd(ntp), 2, 180)], window=5.0), e)
+    fx.add(deltas(1, [(fwd(dns), 4, 280), (fwd(dns_tcp), 1, 80)], window=5.0), e)   # a second poll
     wf = fx.close(now=10.0, window=10.0)
     assert val(wf, HUB, "dns_queries") == 10            # per window, not per second
     assert val(wf, HUB, "tx_packets") == pytest.approx(1.3)
@@ -215,10 +215,10 @@ def test_edge_rule_counts_a_conversation_once():
     lost = flow(reg, HUB, NVR, ip="10.0.0.20", proto=6, port=80)    # HUB not located
     e = edges(reg, {CAM: 1, NVR: 3})
     fx = FeatureExtractor(reg, SUBNETS)
+    foreign = [(fwd(999), 7, 700), (rules.cookie(Kind.PIPELINE, 2), 9, 900),
+               (rules.cookie(Kind.QUARANTINE, f), 9, 900), (0x1234, 9, 900)]
     for dpid in (1, 2, 3):   # the flow crosses three switches
-        fx.add(deltas(dpid, [(fwd(f), 10, 10_000), (fwd(lost), 5, 500)]), e)
-    fx.add(deltas(1, [(fwd(999), 7, 700), (rules.cookie(Kind.PIPELINE, 2), 9, 900),
-                      (rules.cookie(Kind.QUARANTINE, f), 9, 900), (0x1234, 9, 900)]), e)
+        fx.add(deltas(dpid, [(fwd(f), 10, 10_000), (fwd(lost), 5, 500)] + (foreign if dpid == 1 else [])), e)
     wf = fx.close(now=1.0, window=1.0)
     assert val(wf, CAM, "tx_bytes") == 10_000 and val(wf, CAM, "tx_packets") == 10
     assert val(wf, NVR, "rx_bytes") == 10_500 and val(wf, NVR, "rx_packets") == 15
@@ -517,7 +517,7 @@ def test_packet_in_frames_count_in_bytes_packets_mix_and_dns():
     dns = flow(reg, CAM, GW, ip="10.0.0.1", proto=17, port=53)
     fx = FeatureExtractor(reg, SUBNETS)
     e = edges(reg, {CAM: 1, GW: 1})
-    fx.add(deltas(1, [(fwd(dns), 2, 200)]), e)          # two more queries through the flow
+    fx.add(deltas(1, [(fwd(dns), 2, 200)], window=2.0), e)   # two more queries through the flow
     fx.packet_in(CAM, GW, 100, int(ipaddress.IPv4Address("10.0.0.1")), 17, 53)    # the first one
     fx.packet_in(CAM, None, 60)                         # an ARP broadcast: tx only, no IP
     fx.packet_in(None, CAM, 80, int(ipaddress.IPv4Address("10.0.0.11")), 17, -1)  # the answer: rx
@@ -642,3 +642,26 @@ def test_familiar_destinations_round_trip_and_refuse_hostile_input():
         with pytest.raises(ValueError) as err:
             KnownDestinations.from_dict(d, familiar=bad)
         assert words in str(err.value), (bad, str(err.value))
+
+
+def test_each_device_divides_by_its_own_switchs_interval():
+    """Two edge switches; switch 2 missed the last round, so its late answer and its
+    answer of this round both land in this window: its counters cover 2 s, switch 1's
+    cover 1 s.  Each device's rates are its own switch's; a device whose switch sent no
+    poll (only a packet-in) divides by the window; a flow-removed tail adds no time."""
+    reg = FlowRegistry()
+    up = flow(reg, CAM, GW, ip=CLOUD, proto=6, port=443)
+    hub = flow(reg, HUB, GW, ip=CLOUD, proto=6, port=443)
+    e = edges(reg, {CAM: 1, HUB: 2, GW: 3})
+    fx = FeatureExtractor(reg, SUBNETS)
+    fx.add(deltas(1, [(fwd(up), 100, 100_000)], window=1.0), e)
+    fx.add(deltas(2, [(fwd(hub), 100, 100_000)], window=1.0), e)     # the late answer
+    fx.add(deltas(2, [(fwd(hub), 100, 100_000)], window=1.0), e)     # this round's
+    fx.add(deltas(2, [(fwd(hub), 20, 20_000)], window=0.6), e, tail=True)   # a flow removed
+    fx.packet_in(NVR, None, 1_000)
+    wf = fx.close(now=10.0, window=1.0)
+    assert val(wf, CAM, "tx_bytes") == 100_000 and val(wf, CAM, "tx_packets") == 100
+    assert val(wf, HUB, "tx_bytes") == 110_000 and val(wf, HUB, "tx_packets") == 110
+    assert val(wf, NVR, "tx_bytes") == 1_000
+    again = fx.close(now=11.0, window=1.0)      # the spans start afresh
+    assert again.macs == []
