@@ -421,8 +421,10 @@ def events(r: ConnRecord, addresses: Addresses, interval: float) -> list[Event]:
 
 # ------------------------------------------------------------------ the replay
 
-def replay_conn_log(path: str, config: Config, records: list[ConnRecord] | None = None) -> Result:
-    """Run a fresh Core over the conn log at `path` (or over `records`, named `path`)."""
+def replay_conn_log(path: str, config: Config, records: list[ConnRecord] | None = None,
+                    baselines: str | None = None, save_baselines: str | None = None) -> Result:
+    """Run a fresh Core over the conn log at `path` (or over `records`, named `path`),
+    starting from the state file `baselines` if given, saving to `save_baselines`."""
     warnings: list[str] = []
     if records is None:
         records = read_conn_log(path, warnings)
@@ -432,6 +434,8 @@ def replay_conn_log(path: str, config: Config, records: list[ConnRecord] | None 
     config = with_inventory(config, records, addresses, warnings)
     interval = config.poll_interval
     replay = Replay(config, records[0].ts)
+    if baselines is not None:
+        replay.load_baselines(baselines)
     if any(addresses.mac(ip) == GATEWAY_MAC for r in records for ip in (r.orig_h, r.resp_h)):
         replay.frame(records[0].ts, _announcement(GATEWAY_MAC))
     heap: list[tuple[float, int, int, list[Event]]] = []     # next event time, record, index, its events
@@ -447,4 +451,4 @@ def replay_conn_log(path: str, config: Config, records: list[ConnRecord] | None 
         replay.packets(t, frame, n, nbytes)
         if k + 1 < len(evs):
             heapq.heappush(heap, (evs[k + 1][0], rec, k + 1, evs))
-    return replay.finish(path, len(records), warnings, unit="connections")
+    return replay.finish(path, len(records), warnings, unit="connections", save=save_baselines)

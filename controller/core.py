@@ -479,7 +479,7 @@ class Core:
         return self.store.load(self.state_path)
 
     def save_state(self) -> None:
-        self.store.save(self.state_path)
+        self.store.save(self.state_path, now=self.wall())
 
     def _raised(self, alerts: list[Alert]) -> None:
         wall = self.wall()

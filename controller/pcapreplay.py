@@ -60,8 +60,10 @@ def read_capture(path: str, warnings: list[str] | None = None) -> Iterator[tuple
 
 # ------------------------------------------------------------------ the replay
 
-def replay_pcap(path: str, config: Config, frames: Iterable[tuple[float, bytes]] | None = None) -> Result:
-    """Run a fresh Core over the capture at `path` (or over `frames`, named `path`)."""
+def replay_pcap(path: str, config: Config, frames: Iterable[tuple[float, bytes]] | None = None,
+                baselines: str | None = None, save_baselines: str | None = None) -> Result:
+    """Run a fresh Core over the capture at `path` (or over `frames`, named `path`),
+    starting from the state file `baselines` if given, saving to `save_baselines`."""
     warnings: list[str] = []
     source = iter(frames) if frames is not None else read_capture(path, warnings)
     first = next(source, None)
@@ -70,10 +72,12 @@ def replay_pcap(path: str, config: Config, frames: Iterable[tuple[float, bytes]]
             raise CaptureError(warnings[0])
         raise CaptureError(f"{path}: the capture holds no frames")
     replay = Replay(config, first[0])
+    if baselines is not None:
+        replay.load_baselines(baselines)
     n = 0
     frame: tuple[float, bytes] | None = first
     while frame is not None:
         n += 1
         replay.frame(*frame)
         frame = next(source, None)
-    return replay.finish(path, n, warnings)
+    return replay.finish(path, n, warnings, save=save_baselines)

@@ -33,18 +33,28 @@ Capture clocks are not always sane: a frame stamped earlier than one before it (
 capture merged from several files) counts at the latest time seen, and a silence in
 which the switch's table is empty is polled for SILENCE_POLLED seconds, then skipped
 (one frame of a damaged capture stamped ten years ahead had the replay poll an empty
-switch 300 million times).  Both are told in the result's warnings.
+switch 300 million times).  Both are told in the result's warnings; a step back of
+less than JITTER (1 ms) is counted at the latest time without one.
+
+A replay may start from saved baselines (`load_baselines`: `iotguard run`'s state file,
+or another replay's `save` in `finish`), so that a capture whose device was infected
+before it began is judged against a clean day instead of learning the infection as a
+habit.  Devices in the file are judged from the first frame; the others learn as usual.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import json
+import os
 import struct
 from dataclasses import dataclass, field
 
 from controller.config import Config
 from controller.core import Core
+from controller.detection.baseline import BaselineFormatError
+from controller.detection.profiles import MAX_STATE_BYTES
 from controller.network.forwarding import is_group_mac
 from controller.openflow import rules
 from controller.openflow.packets import parse_frame, wire_length
@@ -59,6 +69,9 @@ _FLAG_SEND_FLOW_REM = 1
 # every flow, alert and novelty horizon (10 min) has run out, so the windows of an idle
 # switch say nothing new, and a day of silence costs an hour of polls.
 SILENCE_POLLED = 3600.0
+# Frames out of order by less than this are a capture's normal jitter (several queues or
+# interfaces written into one file): taken at the latest time, without a warning.
+JITTER = 0.001
 
 
 class CaptureError(ValueError):
@@ -232,12 +245,16 @@ class Result:
     alerts: list[dict]
     warnings: list[str]
     unit: str = "frames"           # what `frames` counts: "frames" (a pcap) or "connections" (a log)
+    baselines: str | None = None   # the file the replay started from (Replay.load_baselines)
+    loaded: frozenset = frozenset()   # MACs judged from the first frame by a baseline from it
+    saved: str | None = None       # where finish(save=) wrote the baselines at the end
 
     def to_dict(self) -> dict:
         learn_end = self.start + self.config.learn_seconds
         devs = []
         for d in sorted(self.devices.values(), key=lambda d: (d.excluded, d.name)):
             mine = [a for a in self.alerts if a["mac"] == d.mac]
+            after = self.start if d.mac in self.loaded else learn_end
             kinds: dict[str, int] = {}
             for a in mine:
                 kinds[a["kind"]] = kinds.get(a["kind"], 0) + 1
@@ -249,7 +266,8 @@ class Result:
                 "frames_sent": d.frames_sent, "frames_received": d.frames_received,
                 "frames_before_located": d.frames_before_located,
                 "learned_at": d.learned_at, "failed_connections": d.failed_connections, "alerts": len(mine),
-                "alerts_after_learning": sum(1 for a in mine if a["time"] >= learn_end),
+                "from_baselines": d.mac in self.loaded,
+                "alerts_after_learning": sum(1 for a in mine if a["time"] >= after),
                 "alert_kinds": kinds, "flagged_windows": d.flagged})
         return {
             "file": self.file, self.unit: self.frames, "unit": self.unit, "start": self.start, "end": self.end,
@@ -259,6 +277,7 @@ class Result:
             "switch": {"packet_ins": self.packet_ins, "flows_installed": self.switch.installed,
                        "flows_expired": self.switch.expired, "flows_deleted": self.switch.deleted,
                        "dropped_by_packet_in_meter": self.switch.metered, "unparsed_frames": self.unparsed},
+            "baselines": {"loaded_from": self.baselines, "devices": len(self.loaded), "saved_to": self.saved},
             "devices": devs, "alerts": self.alerts, "warnings": list(self.warnings)}
 
 
@@ -326,7 +345,21 @@ class Replay:
         self.longest_silence = 0.0
         self.stepped_back = 0                 # frames stamped earlier than the latest seen
         self.most_back = 0.0
+        self.baselines: str | None = None
+        self.loaded: frozenset = frozenset()
         self._poll(0)                       # the switch connected: first poll, an empty table
+
+    def load_baselines(self, path: str) -> None:
+        """Start from the baselines, known destinations and novelty memories saved at `path`
+        (before the first frame).  CaptureError naming the file (and the field) if it cannot
+        be read or is not a state file this version loads; nothing is loaded then."""
+        data = read_baselines(path)
+        try:
+            self.core.store.load_dict(data, now=self.t0)
+        except BaselineFormatError as e:
+            raise CaptureError(f"{path}: not a baselines file iotguard can load: {e}") from None
+        self.baselines = path
+        self.loaded = frozenset(m for m, p in self.core.store.profiles.items() if p.baseline is not None)
 
     # -------------------------------------------------------------- the clock
     def advance(self, ts: float) -> float:
@@ -334,8 +367,9 @@ class Replay:
         A `ts` before the latest seen is taken as it; the polls of a silence longer than
         SILENCE_POLLED with an empty table are skipped (see the module docstring)."""
         if ts < self.last:
-            self.stepped_back += 1
-            self.most_back = max(self.most_back, self.last - ts)
+            if self.last - ts >= JITTER:
+                self.stepped_back += 1
+                self.most_back = max(self.most_back, self.last - ts)
             ts = self.last
         self.longest_silence = max(self.longest_silence, ts - self.last)
         self.last = ts
@@ -469,8 +503,10 @@ class Replay:
                 dst.frames_before_located += n
 
     # -------------------------------------------------------------- the end
-    def finish(self, path: str, records: int, warnings: list[str], unit: str = "frames") -> Result:
-        """The last window's poll, then what the replay found."""
+    def finish(self, path: str, records: int, warnings: list[str], unit: str = "frames",
+               save: str | None = None) -> Result:
+        """The last window's poll, then what the replay found; with `save`, the baselines
+        written there in the state-file format (`iotguard run` and `load_baselines` read it)."""
         self._k += 1
         self._poll(self._k)                 # the last frames' window
         interval = self.config.poll_interval
@@ -488,9 +524,30 @@ class Replay:
             d.name, d.tags = core.who(mac)
             d.excluded = core.detector.excluded(d.tags)
         alerts = sorted((a.to_dict() for a in core.detector.alerts), key=lambda a: a["time"])
+        if save is not None:
+            try:
+                core.store.save(save, now=self.last)
+            except OSError as e:
+                raise CaptureError(f"{save}: cannot write the baselines: {e.strerror or e}") from None
         return Result(path, records, self.t0, self.last, self.config, core.counters["windows"],
                       core.counters["packet_in"], self.switch, self.unparsed, self.devices, alerts, warnings,
-                      unit)
+                      unit, self.baselines, self.loaded, save)
+
+
+def read_baselines(path: str) -> dict:
+    """The JSON of a saved state file; CaptureError naming the file if it is unreadable."""
+    try:
+        if os.path.getsize(path) > MAX_STATE_BYTES:
+            raise CaptureError(f"{path}: larger than {MAX_STATE_BYTES:,} bytes; not a baselines file")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot read the baselines: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:     # JSONDecodeError, bad UTF-8
+        raise CaptureError(f"{path}: not a baselines file (not JSON: {e})") from None
+    if not isinstance(data, dict):
+        raise CaptureError(f"{path}: not a baselines file (a JSON {type(data).__name__}, not an object)")
+    return data
 
 
 def with_learning(config: Config, learn: float | None) -> Config:

@@ -104,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
                     "      feed a recording made with 'iotguard run --record' to a fresh detector and\n"
                     "      print its alerts as JSON lines, oldest first.\n\n"
                     "  iotguard replay --pcap CAPTURE [--devices INVENTORY] [--windows] [--json]\n"
-                    "                  [--learn SECONDS] [--config FILE]\n"
+                    "                  [--learn SECONDS] [--baselines FILE] [--save-baselines FILE]\n"
+                    "                  [--config FILE]\n"
                     "      run iotguard's real controller core (forwarding, feature extraction,\n"
                     "      detection) over a pcap or pcapng of Ethernet frames, emulating the one\n"
                     "      switch it would program: flows, idle timeouts and flow-stats polls follow\n"
@@ -114,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
                     "      Responses (playbooks) stay off. Exit status 2 if the capture cannot be\n"
                     "      read or is not Ethernet.\n\n"
                     "  iotguard replay --conn-log CONN_LOG [--devices INVENTORY] [--windows] [--json]\n"
-                    "                  [--learn SECONDS] [--config FILE]\n"
+                    "                  [--learn SECONDS] [--baselines FILE] [--save-baselines FILE]\n"
+                    "                  [--config FILE]\n"
                     "      the same over a Zeek conn.log (tab-separated with its #fields header, JSON\n"
                     "      lines, or CSV with a header row; gzip or not): each connection becomes its\n"
                     "      first packet(s) as table-misses (a TCP SYN, a UDP datagram, an ICMP echo;\n"
@@ -125,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
                     "      other address is behind one gateway MAC, 06:00:00:00:00:01, tagged\n"
                     "      'gateway'. Devices are named by address; in INVENTORY name them by 'ip:'.\n"
                     "      Exit status 2, naming the file and line, if the log is malformed.\n\n"
+                    "  A warm-up learns whatever the device does, an infection that began before the\n"
+                    "  capture included. To judge a capture against a clean day instead, learn on that\n"
+                    "  day with --save-baselines FILE, then replay the suspect capture with\n"
+                    "  --baselines FILE: devices in FILE are judged from the first frame (no warm-up),\n"
+                    "  the others learn as usual. FILE is the state-file format of 'iotguard run'\n"
+                    "  (<state_dir>/baselines.json), so a live controller's baselines work too.\n\n"
                     "The config's detection settings, poll_interval, forwarding settings and device\n"
                     "inventory apply; --devices replaces the inventory.")
     rep.add_argument("file", metavar="FILE", nargs="?", help="recording (JSON lines)")
@@ -144,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--learn", type=float, metavar="SECONDS",
                      help="with --pcap or --conn-log: warm-up length in capture seconds (overrides "
                           "detection.learn_seconds)")
+    rep.add_argument("--baselines", metavar="FILE",
+                     help="with --pcap or --conn-log: start from the baselines, known destinations and "
+                          "novelty memories saved in FILE (a replay's --save-baselines, or iotguard run's "
+                          "<state_dir>/baselines.json); exit status 2 if it cannot be loaded")
+    rep.add_argument("--save-baselines", metavar="FILE",
+                     help="with --pcap or --conn-log: write them to FILE at the end, in the state-file "
+                          "format that --baselines and iotguard run read")
 
     pb = sub.add_parser("playbook", help="validate or reload response playbooks",
                         description="Response playbooks (see docs/playbooks.md).")
@@ -410,7 +425,8 @@ def cmd_replay(args) -> int:
         raise UsageError("replay needs a recording FILE, --pcap CAPTURE or --conn-log CONN_LOG "
                          "(see 'iotguard replay --help')")
     used = [o for o, v in (("--devices", args.devices), ("--windows", args.windows), ("--json", args.json),
-                           ("--learn", args.learn)) if v not in (None, False)]
+                           ("--learn", args.learn), ("--baselines", args.baselines),
+                           ("--save-baselines", args.save_baselines)) if v not in (None, False)]
     if used:
         raise UsageError(f"{', '.join(used)}: only with 'replay --pcap CAPTURE' or '--conn-log CONN_LOG'")
     config = load_config(args.config) if args.config else Config()
@@ -441,9 +457,10 @@ def cmd_replay_pcap(args) -> int:
     log.setLevel(logging.ERROR)   # the summary says it; no ALERT log lines
     try:
         if args.conn_log is not None:
-            result = replay_conn_log(args.conn_log, config)
+            result = replay_conn_log(args.conn_log, config, baselines=args.baselines,
+                                     save_baselines=args.save_baselines)
         else:
-            result = replay_pcap(args.pcap, config)
+            result = replay_pcap(args.pcap, config, baselines=args.baselines, save_baselines=args.save_baselines)
     except CaptureError as e:
         print(f"iotguard: {e}", file=sys.stderr)
         return 2
@@ -466,9 +483,12 @@ def _utc(t: float) -> str:
 def print_pcap_summary(r: dict, windows: bool = False) -> None:
     """The human form of `replay --pcap` and `--conn-log`: what was replayed, then one row per device."""
     sw = r["switch"]
+    b = r["baselines"]
+    loaded = (f"; {b['devices']} device{'' if b['devices'] == 1 else 's'} judged from the first frame by the "
+              f"baselines in {b['loaded_from']}" if b["loaded_from"] else "")
     print(f"{r['file']}: {r[r['unit']]:,} {r['unit']} over {r['duration_s']:,.0f} s from {_utc(r['start'])}; "
           f"{r['windows']:,} windows of {r['poll_interval_s']:g} s, learning the first "
-          f"{r['learn_seconds']:g} s")
+          f"{r['learn_seconds']:g} s{loaded}")
     print(f"switch: {sw['packet_ins']:,} packet-ins, {sw['flows_installed']:,} flows installed, "
           f"{sw['flows_expired']:,} idled out ({r['idle_timeout_s']} s), "
           f"{sw['dropped_by_packet_in_meter']:,} dropped by the packet-in meter"
@@ -481,6 +501,8 @@ def print_pcap_summary(r: dict, windows: bool = False) -> None:
                      "-" if d["excluded"] else len(d["flagged_windows"]), "-" if d["excluded"] else kinds])
     print()
     _table(["DEVICE", "MAC", "TAGS", "WINDOWS", "PACKETS", "ALERTS", "FLAGGED", "KINDS"], rows)
+    if b["saved_to"]:
+        print(f"baselines saved to {b['saved_to']} (load them with --baselines, or as iotguard run's state file)")
     uncounted = [d for d in r["devices"] if d["frames_before_located"]]
     for d in uncounted:
         n = d["frames_before_located"]

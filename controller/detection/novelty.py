@@ -61,7 +61,7 @@ import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import ipaddress
 
@@ -445,6 +445,16 @@ class NoveltyMemory:
         return d is not None and (proto, port) in d.services
 
     # ------------------------------------------------------------ persistence
+    def settle(self, now: float, learning: Callable[[str], bool]) -> None:
+        """Freeze every memory whose warm-up is over but waits for its device's next
+        conversation to end (what `_device_at` does then).  A device whose traffic all
+        rides flows it already has starts none, and its memory, still learning, would be
+        left out of a save: after a restart it would learn again, an attacker active
+        then included.  `learning(mac)`: is the device's baseline still learning?"""
+        for mac, d in self.devices.items():
+            if d.learning and not learning(mac) and now - d.started >= self.learn_seconds:
+                self._finish(d, now)
+
     def to_dict(self) -> dict:
         """The frozen memories, JSON-serialisable (addresses dotted, oldest first).
 

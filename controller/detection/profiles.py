@@ -222,7 +222,11 @@ class BaselineStore:
         return max(floor, 2 * p.burst_max)
 
     # ------------------------------------------------------------ persistence
-    def to_dict(self) -> dict:
+    def to_dict(self, now: float | None = None) -> dict:
+        """The saved form.  With `now` (the store's clock), novelty memories whose warm-up
+        is over are frozen first (NoveltyMemory.settle), so that they are saved."""
+        if self.novelty is not None and now is not None:
+            self.novelty.settle(now, lambda mac: (p := self.profiles.get(mac)) is None or p.learning)
         return {"schema": SCHEMA, "saved": time.time(), "n_features": self.n_features, "profiles": [
             {"mac": p.mac, "cls": p.cls, "started": p.started, "fitted_at": p.fitted_at,
              "burst_max": p.burst_max,
@@ -234,20 +238,21 @@ class BaselineStore:
             "familiar": self.known.familiar_to_dict() if self.known is not None else {},
             **({"novelty": self.novelty.to_dict()} if self.novelty is not None else {})}
 
-    def save(self, path: str) -> None:
-        """Atomically replace `path` (0600)."""
+    def save(self, path: str, now: float | None = None) -> None:
+        """Atomically replace `path` (0600); `now` as in to_dict."""
         tmp = f"{path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, separators=(",", ":"))
+            json.dump(self.to_dict(now), f, separators=(",", ":"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def load_dict(self, d: object) -> str:
+    def load_dict(self, d: object, now: float | None = None) -> str:
         """Replace the profiles, known destinations and novelty memories with validated ones
         from `d` (BaselineFormatError if any part is bad; nothing is replaced then).
-        Returns what the novelty part says, for the load message ("" if nothing to say)."""
+        `now` is the clock the store runs on (a replay's capture time; default the wall
+        clock).  Returns what the novelty part says, for the load message ("" if nothing to say)."""
         profiles = _parse_state(d, self.n_features)
         known = None
         if self.known is not None:
@@ -266,7 +271,7 @@ class BaselineStore:
             if p.baseline is not None:
                 self.bank.put(p.mac, p.baseline)
         self._priors_dirty = True
-        self._fit_priors(time.time())
+        self._fit_priors(time.time() if now is None else float(now))
         return self._novelty_note(memories, sum(1 for p in profiles if p.baseline is not None))
 
     def _novelty_note(self, memories: dict | None, baselined: int) -> str:

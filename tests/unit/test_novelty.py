@@ -200,6 +200,26 @@ def test_nothing_new_while_learning_and_a_memory_not_restored_learns_again():
     assert fresh.observe(CAM, TCP, ip("10.0.0.9"), 22, T0, learning=False) is None, "memory learns first"
 
 
+def test_a_warm_up_over_but_waiting_for_its_next_conversation_is_saved():
+    """A device whose traffic all rides the one flow it opened starts no conversation after
+    its warm-up, so its memory stayed "learning" and a save left it out: after a restart it
+    learned again, whatever it did then.  settle() freezes it as its next event would."""
+    mem = NoveltyMemory(["10.0.0.0/8"], learn_seconds=30)
+    mem.observe(CAM, UDP, ip("203.0.113.10"), 5683, T0, learning=True)
+    assert mem.to_dict()["devices"] == []
+    mem.settle(T0 + 20, learning=lambda mac: False)
+    assert mem.to_dict()["devices"] == [], "its warm-up is not over"
+    mem.settle(T0 + 40, learning=lambda mac: True)
+    assert mem.to_dict()["devices"] == [], "its baseline still learns"
+    mem.settle(T0 + 40, learning=lambda mac: False)
+    (saved,) = mem.to_dict()["devices"]
+    assert saved["mac"] == CAM and saved["services"] == [[UDP, 5683]]
+    back = NoveltyMemory(["10.0.0.0/8"], learn_seconds=30)
+    back.restore(NoveltyMemory.parse(mem.to_dict()))
+    r = back.observe(CAM, TCP, ip("198.51.100.66"), 6667, T0 + 50, learning=False)
+    assert r is not None and r.counts["new_services"][0] == 1, "judged at once, not learned"
+
+
 def test_memory_is_bounded_per_device():
     mem = NoveltyMemory(["10.0.0.0/8"], learn_seconds=10)
     for k in range(20000):

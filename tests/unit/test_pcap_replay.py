@@ -364,3 +364,106 @@ def test_a_bot_retrying_a_dead_c2_in_a_capture_is_flagged_as_failed_connections(
     assert failed, [a["kind"] for _, a in flagged]
     assert C2 in failed[0]["explanation"] and "HTTPS" in failed[0]["explanation"], failed[0]["explanation"]
     assert min(t for t, a in flagged if a["kind"] == "failed_connections") <= T0 + 150 + 60
+
+
+# ------------------------------------------------------------------ saved baselines
+
+IRC = "198.51.100.66"
+
+
+def heartbeat(start: float, seconds: float) -> list[tuple[float, bytes]]:
+    """The plug's normal life: an answered UDP heartbeat to its cloud every 2 s."""
+    out = []
+    for i in range(int(seconds // 2)):
+        t = start + 2 * i
+        out.append((t, _eth(DEV, GW, _udp(DEV_IP, CLOUD, 40000, 5683))))
+        out.append((t + 0.05, _eth(GW, DEV, _udp(CLOUD, DEV_IP, 5683, 40000))))
+    return out
+
+
+def infected_frames(start: float) -> list[tuple[float, bytes]]:
+    """A capture of the plug that begins infected: the same heartbeat, and from +5 s an
+    IRC session (TCP/6667, answered) to a host it never used, every 30 s."""
+    A, S, P = dpkt.tcp.TH_ACK, dpkt.tcp.TH_SYN, dpkt.tcp.TH_PUSH
+    out = heartbeat(start, 400)
+    for j in range(13):
+        t, sport = start + 5 + 30 * j, 45000 + j
+        out += [(t, _eth(DEV, GW, _syn(DEV_IP, IRC, sport, 6667))),
+                (t + 0.03, _eth(GW, DEV, _syn(IRC, DEV_IP, 6667, sport, S | A))),
+                (t + 0.031, _eth(DEV, GW, _tcp(DEV_IP, IRC, sport, 6667, A | P)))]
+    return sorted(out, key=lambda f: f[0])
+
+
+def test_a_capture_infected_from_its_start_is_judged_against_a_clean_days_baselines(tmp_path, capsys):
+    """The poisoned warm-up: learning on the infected capture itself makes the C&C a habit
+    (no alert).  Learned on a clean capture of the same plug and saved, the baselines judge
+    the infected one from its first frame, and its C&C is told at once."""
+    clean, bad = tmp_path / "clean.pcap", tmp_path / "infected.pcap"
+    write_capture(clean, heartbeat(T0, 400))
+    t1 = T0 + 7 * 86400                  # a week later
+    write_capture(bad, infected_frames(t1))
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f'- {{name: plug, mac: "{DEV}", tags: [iot]}}\n- {{name: gw, mac: "{GW}", tags: [gateway]}}\n')
+    base = tmp_path / "plug-baselines.json"
+    common = ["--devices", str(inv), "--learn", "100", "--json"]
+
+    assert cli.main(["replay", "--pcap", str(bad), *common]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert device(alone, DEV)["alerts"] == 0, "learned on itself, the C&C is a habit"
+
+    assert cli.main(["replay", "--pcap", str(clean), *common, "--save-baselines", str(base)]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert saved["baselines"] == {"loaded_from": None, "devices": 0, "saved_to": str(base)}
+    assert device(saved, DEV)["alerts"] == 0
+
+    assert cli.main(["replay", "--pcap", str(bad), *common, "--baselines", str(base)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["baselines"]["loaded_from"] == str(base) and r["baselines"]["devices"] == 1
+    d = device(r, DEV)
+    assert d["from_baselines"] and d["alerts_after_learning"] == d["alerts"] >= 1
+    first = min((a for a in r["alerts"] if a["mac"] == DEV), key=lambda a: a["time"])
+    assert first["kind"] == "new_service" and first["time"] - t1 <= 15, first
+    assert "TCP/6667" in first["explanation"] and IRC in first["explanation"], first["explanation"]
+
+    # The same file is iotguard run's state file: a live controller loads it as it is.
+    from controller.core import Core
+    note = Core(Config()).store.load(str(base))
+    assert note.startswith(f"loaded 2 device profiles from {base}") or note.startswith(
+        f"loaded 1 device profiles from {base}"), note
+
+    # The human form names where the baselines came from.
+    assert cli.main(["replay", "--pcap", str(bad), "--devices", str(inv), "--baselines", str(base)]) == 0
+    assert f"judged from the first frame by the baselines in {base}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "cannot read the baselines"),
+    ("{not json", "not a baselines file (not JSON"),
+    ("[1, 2]", "not a baselines file (a JSON list, not an object)"),
+    ('{"schema": "iotguard.profiles/1", "profiles": [{"mac": 5}]}', "not a baselines file iotguard can load"),
+])
+def test_baselines_that_cannot_be_loaded_exit_2_naming_the_file(tmp_path, capsys, content, words):
+    cap = tmp_path / "c.pcap"
+    write_capture(cap, heartbeat(T0, 60))
+    base = tmp_path / "b.json"
+    if content is not None:
+        base.write_text(content)
+    assert cli.main(["replay", "--pcap", str(cap), "--baselines", str(base)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith(f"iotguard: {base}: {words}"), out.err
+
+
+def test_saving_baselines_where_nothing_can_be_written_exits_2(tmp_path, capsys):
+    cap = tmp_path / "c.pcap"
+    write_capture(cap, heartbeat(T0, 60))
+    target = tmp_path / "no-such-dir" / "b.json"
+    assert cli.main(["replay", "--pcap", str(cap), "--save-baselines", str(target)]) == 2
+    assert f"iotguard: {target}: cannot write the baselines" in capsys.readouterr().err
+
+
+def test_the_recording_form_refuses_the_baselines_options(tmp_path, capsys):
+    rec = tmp_path / "rec.jsonl"
+    rec.write_text("")
+    for opt in ("--baselines", "--save-baselines"):
+        assert cli.main(["replay", str(rec), opt, str(tmp_path / "b.json")]) == 2
+        assert f"{opt}: only with 'replay --pcap CAPTURE'" in capsys.readouterr().err
