@@ -452,6 +452,11 @@ def cmd_replay_pcap(args) -> int:
         config = with_learning(config, args.learn)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.save_baselines is not None:        # before the replay, not after it: nothing lost
+        where = os.path.dirname(os.path.abspath(args.save_baselines))
+        if os.path.isdir(args.save_baselines) or not os.path.isdir(where) or not os.access(where, os.W_OK):
+            raise UsageError(f"--save-baselines {args.save_baselines}: cannot write there "
+                             f"({'a directory' if os.path.isdir(args.save_baselines) else 'no writable directory ' + where})")
     log = logging.getLogger("iotguard")
     level = log.level
     log.setLevel(logging.ERROR)   # the summary says it; no ALERT log lines

@@ -458,7 +458,11 @@ def test_saving_baselines_where_nothing_can_be_written_exits_2(tmp_path, capsys)
     write_capture(cap, heartbeat(T0, 60))
     target = tmp_path / "no-such-dir" / "b.json"
     assert cli.main(["replay", "--pcap", str(cap), "--save-baselines", str(target)]) == 2
-    assert f"iotguard: {target}: cannot write the baselines" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert out.out == "", "refused before the replay, not after it"
+    assert out.err.startswith(f"iotguard: --save-baselines {target}: cannot write there (no writable directory "), out.err
+    assert cli.main(["replay", "--pcap", str(cap), "--save-baselines", str(tmp_path)]) == 2
+    assert "cannot write there (a directory)" in capsys.readouterr().err
 
 
 def test_the_recording_form_refuses_the_baselines_options(tmp_path, capsys):
