@@ -352,14 +352,19 @@ class Replay:
     def load_baselines(self, path: str) -> None:
         """Start from the baselines, known destinations and novelty memories saved at `path`
         (before the first frame).  CaptureError naming the file (and the field) if it cannot
-        be read or is not a state file this version loads; nothing is loaded then."""
+        be read or is not a state file this version loads; nothing is loaded then.  A device
+        the file holds still learning (its warm-up rows were taken on another clock) learns
+        afresh on this capture."""
         data = read_baselines(path)
+        store = self.core.store
         try:
-            self.core.store.load_dict(data, now=self.t0)
+            store.load_dict(data, now=self.t0)
         except BaselineFormatError as e:
             raise CaptureError(f"{path}: not a baselines file iotguard can load: {e}") from None
+        for mac in [m for m, p in store.profiles.items() if p.baseline is None]:
+            store.forget(mac)
         self.baselines = path
-        self.loaded = frozenset(m for m, p in self.core.store.profiles.items() if p.baseline is not None)
+        self.loaded = frozenset(store.profiles)
 
     # -------------------------------------------------------------- the clock
     def advance(self, ts: float) -> float:

@@ -279,6 +279,16 @@ def test_a_frame_stamped_years_ahead_ends_with_warnings_not_endless_polls(tmp_pa
     assert "iotguard: warning:" in captured.err
 
 
+def test_frames_out_of_order_by_less_than_a_millisecond_are_jitter_not_a_warning(tmp_path, capsys):
+    frames = sweep_frames()[:60]
+    frames[30] = (frames[29][0] - 0.0005, frames[30][1])     # half a millisecond early
+    path = tmp_path / "jitter.pcap"
+    write_capture(path, frames)
+    assert cli.main(["replay", "--pcap", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["frames"] == 60 and out["warnings"] == []
+
+
 def test_a_long_silence_is_skipped_after_an_hour_and_the_device_is_still_told_apart(tmp_path):
     """Three hours of silence between two halves of a heartbeat: polled for an hour, the rest
     skipped; every frame still counts."""
@@ -471,3 +481,20 @@ def test_the_recording_form_refuses_the_baselines_options(tmp_path, capsys):
     for opt in ("--baselines", "--save-baselines"):
         assert cli.main(["replay", str(rec), opt, str(tmp_path / "b.json")]) == 2
         assert f"{opt}: only with 'replay --pcap CAPTURE'" in capsys.readouterr().err
+
+
+def test_a_device_the_baselines_file_holds_still_learning_learns_afresh(tmp_path, capsys):
+    """Saved before its warm-up ended, the plug has no baseline in the file: its warm-up rows
+    were taken on the other capture's clock, so it learns on this one, from its start."""
+    short, bad = tmp_path / "short.pcap", tmp_path / "infected.pcap"
+    write_capture(short, heartbeat(T0, 60))
+    t1 = T0 + 86400
+    write_capture(bad, infected_frames(t1))
+    base = tmp_path / "b.json"
+    assert cli.main(["replay", "--pcap", str(short), "--learn", "100", "--save-baselines", str(base), "--json"]) == 0
+    capsys.readouterr()
+    assert cli.main(["replay", "--pcap", str(bad), "--learn", "100", "--baselines", str(base), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["baselines"]["devices"] == 0
+    d = device(r, DEV)
+    assert not d["from_baselines"] and d["learned_at"] == pytest.approx(t1 + 100, abs=2)
