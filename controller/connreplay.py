@@ -59,7 +59,8 @@ from typing import Iterator
 from controller.config import Config, Device
 from controller.replayswitch import CaptureError, Replay, Result
 
-__all__ = ["ConnRecord", "GATEWAY_MAC", "mac_for", "read_conn_log", "replay_conn_log"]
+__all__ = ["Addresses", "ConnRecord", "GATEWAY_MAC", "announcement", "mac_for", "read_conn_log", "replay_conn_log",
+           "synthetic_inventory"]
 
 GATEWAY_MAC = "06:00:00:00:00:01"
 REQUIRED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto")
@@ -282,13 +283,20 @@ def with_inventory(config: Config, records: list[ConnRecord], addresses: Address
                    warnings: list[str]) -> Config:
     """The config's inventory plus an entry per on-link address that sends (named by the
     address, or as the inventory names that `ip:`) and the gateway, tagged `gateway`."""
-    import dataclasses
-    user = list(config.devices)
     senders: dict[str, None] = {}
     for r in records:
         senders[r.orig_h] = None
         if r.resp_pkts or r.conn_state not in NO_ANSWER:
             senders[r.resp_h] = None
+    return synthetic_inventory(config, senders, addresses, warnings, "a conn log")
+
+
+def synthetic_inventory(config: Config, senders, addresses: Addresses, warnings: list[str],
+                        what: str) -> Config:
+    """`with_inventory` for any source without MACs (`what` names it in the warning):
+    `senders` are the addresses that sent something, in order."""
+    import dataclasses
+    user = list(config.devices)
     added: list[Device] = []
     macs = {d.mac for d in user if d.mac}
     synthetic = set()
@@ -309,7 +317,7 @@ def with_inventory(config: Config, records: list[ConnRecord], addresses: Address
     strays = [d.name for d in user if d.mac and not d.ips and d.mac not in synthetic and d.mac != GATEWAY_MAC]
     if strays:
         warnings.append(f"--devices: {', '.join(strays[:5])}{' ...' if len(strays) > 5 else ''} only name a MAC; "
-                        "a conn log has none (each address gets a synthetic MAC): give them 'ip:'")
+                        f"{what} has none (each address gets a synthetic MAC): give them 'ip:'")
     return dataclasses.replace(config, devices=tuple(user + added))
 
 
@@ -344,7 +352,7 @@ def _frame(src_mac: str, dst_mac: str, src: str, dst: str, proto: str, sport: in
     return bytes(dpkt.ethernet.Ethernet(src=_mac(src_mac), dst=_mac(dst_mac), type=eth_type, data=ip))
 
 
-def _announcement(mac: str) -> bytes:
+def announcement(mac: str) -> bytes:
     """An ARP announcement from `mac` (no address: the log does not say the gateway's)."""
     import dpkt
     arp = dpkt.arp.ARP(sha=_mac(mac), spa=b"\0" * 4, tha=b"\0" * 6, tpa=b"\0" * 4, op=dpkt.arp.ARP_OP_REPLY)
@@ -437,7 +445,7 @@ def replay_conn_log(path: str, config: Config, records: list[ConnRecord] | None 
     if baselines is not None:
         replay.load_baselines(baselines)
     if any(addresses.mac(ip) == GATEWAY_MAC for r in records for ip in (r.orig_h, r.resp_h)):
-        replay.frame(records[0].ts, _announcement(GATEWAY_MAC))
+        replay.frame(records[0].ts, announcement(GATEWAY_MAC))
     heap: list[tuple[float, int, int, list[Event]]] = []     # next event time, record, index, its events
     i = 0
     while i < len(records) or heap:

@@ -107,13 +107,15 @@ def _parser() -> argparse.ArgumentParser:
                     "                  [--learn SECONDS] [--baselines FILE] [--save-baselines FILE]\n"
                     "                  [--config FILE]\n"
                     "      run iotguard's real controller core (forwarding, feature extraction,\n"
-                    "      detection) over a pcap or pcapng of Ethernet frames, emulating the one\n"
+                    "      detection) over a pcap or pcapng, emulating the one\n"
                     "      switch it would program: flows, idle timeouts and flow-stats polls follow\n"
                     "      the capture's timestamps. Baselines and known destinations are learned\n"
                     "      from the capture's first detection.learn_seconds (default 300 s). Prints\n"
                     "      a summary per device: windows, packets counted, alerts, flagged windows.\n"
-                    "      Responses (playbooks) stay off. Exit status 2 if the capture cannot be\n"
-                    "      read or is not Ethernet.\n\n"
+                    "      Responses (playbooks) stay off. A capture without Ethernet MACs (Linux\n"
+                    "      cooked from 'tcpdump -i any', raw IP) gets the synthetic MACs of --conn-log\n"
+                    "      below. Exit status 2 if the capture cannot be read or is of another link\n"
+                    "      type.\n\n"
                     "  iotguard replay --conn-log CONN_LOG [--devices INVENTORY] [--windows] [--json]\n"
                     "                  [--learn SECONDS] [--baselines FILE] [--save-baselines FILE]\n"
                     "                  [--config FILE]\n"
@@ -138,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("file", metavar="FILE", nargs="?", help="recording (JSON lines)")
     rep.add_argument("--config", metavar="FILE", help="YAML configuration file")
     rep.add_argument("--pcap", metavar="CAPTURE",
-                     help="replay a packet capture (pcap or pcapng, Ethernet) instead of a recording")
+                     help="replay a packet capture (pcap or pcapng: Ethernet, Linux cooked or raw IP) instead "
+                          "of a recording")
     rep.add_argument("--conn-log", metavar="CONN_LOG",
                      help="replay a Zeek conn.log (TSV, JSON lines or CSV; gzip or not) instead of a recording; "
                           "addresses get synthetic MACs (see above)")

@@ -6,12 +6,14 @@ import dataclasses
 import json
 import os
 import socket
+import struct
 
 import dpkt
 import pytest
 
 from controller.api import cli
 from controller.config import Config, load_devices
+from controller import pcapreplay
 from controller.pcapreplay import CaptureError, replay_pcap, with_learning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -219,12 +221,56 @@ def test_a_file_that_is_not_a_capture_exits_2_naming_it(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
-def test_a_capture_that_is_not_ethernet_exits_2_naming_its_link_type(tmp_path, capsys):
-    raw = tmp_path / "raw.pcap"
-    write_capture(raw, [(T0, bytes(_udp(DEV_IP, CLOUD, 40000, 5683)))], linktype=dpkt.pcap.DLT_RAW)
-    assert cli.main(["replay", "--pcap", str(raw)]) == 2
+def test_a_capture_of_a_link_type_it_cannot_read_exits_2_naming_it(tmp_path, capsys):
+    wifi = tmp_path / "wifi.pcap"
+    write_capture(wifi, [(T0, b"\x00" * 40)], linktype=127)      # 802.11 with radiotap
+    assert cli.main(["replay", "--pcap", str(wifi)]) == 2
     err = capsys.readouterr().err
-    assert str(raw) in err and "not Ethernet" in err
+    assert err.startswith(f"iotguard: {wifi}: link type 127 is not Ethernet (1) nor one without MACs"), err
+    assert "113 Linux cooked capture (SLL)" in err and "101 raw IP" in err
+
+
+def _without_macs(frames, link):
+    """The frames as a capture without Ethernet headers records them: Linux cooked (SLL, SLL2;
+    `tcpdump -i any`) with the sender's MAC, or raw IP (ARP then is not in the capture)."""
+    out = []
+    for ts, eth in frames:
+        dst, src, etype, l3 = eth[0:6], eth[6:12], int.from_bytes(eth[12:14], "big"), eth[14:]
+        kind = 4 if src == _mac(DEV) else (1 if dst == b"\xff" * 6 else 0)
+        if link == 113:
+            out.append((ts, struct.pack("!HHH8sH", kind, 1, 6, src + b"\0\0", etype) + l3))
+        elif link == 276:
+            out.append((ts, struct.pack("!HHiHBB8s", etype, 0, 2, 1, kind, 6, src + b"\0\0") + l3))
+        elif etype == 0x0800:
+            out.append((ts, l3))
+    return out
+
+
+@pytest.mark.parametrize("link", [113, 276, 101], ids=["sll", "sll2", "raw-ip"])
+def test_captures_without_macs_replay_with_synthetic_ones_and_the_sweep_is_still_flagged(tmp_path, capsys, link):
+    """`tcpdump -i any` writes Linux cooked frames; some tools write raw IP.  Neither has the
+    MACs a switch sees: each internal address gets the synthetic MAC of --conn-log."""
+    frames = _without_macs(sweep_frames(), link)
+    path = tmp_path / f"any-{link}.pcap"
+    write_capture(path, frames, linktype=link)
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f'- {{name: thermostat, ip: "{DEV_IP}", tags: [iot]}}\n')
+    assert cli.main(["replay", "--pcap", str(path), "--devices", str(inv), "--learn", "60", "--json"]) == 0
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    assert r["frames"] == len(frames)
+    assert r["warnings"][0].startswith(f"{path}: a {pcapreplay.NO_MACS[link]} has no Ethernet MACs"), r["warnings"]
+    mac = "02:00:" + ":".join(f"{b:02x}" for b in socket.inet_aton(DEV_IP))
+    d = device(r, mac)
+    assert d["name"] == "thermostat" and d["tags"] == ["iot"]
+    sent = sum(1 for _, b in sweep_frames() if b[6:12] == _mac(DEV) and (link != 101 or b[12:14] == b"\x08\x00"))
+    assert d["tx_packets"] == sent
+    gw = next(x for x in r["devices"] if x["name"] == "gateway")
+    assert gw["excluded"] and gw["mac"] == "06:00:00:00:00:01"
+    flagged = [a for w in d["flagged_windows"] for a in w["alerts"]]
+    assert flagged and all(w["start"] >= T0 + 120 for w in d["flagged_windows"]), flagged
+    words = " ".join(a["explanation"] for a in flagged)
+    assert "SSH" in words and "192.168.1.101" in words, words
 
 
 def test_a_capture_with_no_frames_is_an_error(tmp_path):
