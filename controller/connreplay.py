@@ -349,18 +349,19 @@ def _frame(src_mac: str, dst_mac: str, src: str, dst: str, proto: str, sport: in
         ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=p, ttl=64, data=l4)
         ip.len = len(bytes(ip))
         eth_type = dpkt.ethernet.ETH_TYPE_IP
-    return bytes(dpkt.ethernet.Ethernet(src=_mac(src_mac), dst=_mac(dst_mac), type=eth_type, data=ip))
+    return bytes(dpkt.ethernet.Ethernet(src=mac_bytes(src_mac), dst=mac_bytes(dst_mac), type=eth_type, data=ip))
 
 
 def announcement(mac: str) -> bytes:
     """An ARP announcement from `mac` (no address: the log does not say the gateway's)."""
     import dpkt
-    arp = dpkt.arp.ARP(sha=_mac(mac), spa=b"\0" * 4, tha=b"\0" * 6, tpa=b"\0" * 4, op=dpkt.arp.ARP_OP_REPLY)
-    return bytes(dpkt.ethernet.Ethernet(src=_mac(mac), dst=b"\xff" * 6, type=dpkt.ethernet.ETH_TYPE_ARP,
+    arp = dpkt.arp.ARP(sha=mac_bytes(mac), spa=b"\0" * 4, tha=b"\0" * 6, tpa=b"\0" * 4, op=dpkt.arp.ARP_OP_REPLY)
+    return bytes(dpkt.ethernet.Ethernet(src=mac_bytes(mac), dst=b"\xff" * 6, type=dpkt.ethernet.ETH_TYPE_ARP,
                                         data=arp))
 
 
-def _mac(m: str) -> bytes:
+def mac_bytes(m: str) -> bytes:
+    """The six bytes of a MAC written aa:bb:cc:dd:ee:ff."""
     return bytes.fromhex(m.replace(":", ""))
 
 

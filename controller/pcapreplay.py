@@ -106,6 +106,7 @@ def synthetic_frame(ethertype: int, l3: bytes, mac) -> tuple[bytes, str | None] 
     """An Ethernet frame around `l3` with the synthetic MACs `mac(ip)` gives, and its
     sender's address; ARP's hardware addresses rewritten to match.  None: not IP or ARP."""
     import ipaddress
+    from controller.connreplay import mac_bytes
     if ethertype == ETH_IP and len(l3) >= 20:
         src, dst = str(ipaddress.IPv4Address(l3[12:16])), str(ipaddress.IPv4Address(l3[16:20]))
     elif ethertype == ETH_IP6 and len(l3) >= 40:
@@ -113,13 +114,13 @@ def synthetic_frame(ethertype: int, l3: bytes, mac) -> tuple[bytes, str | None] 
     elif ethertype == ETH_ARP and len(l3) >= 28 and l3[0:6] == b"\x00\x01\x08\x00\x06\x04":
         spa, tpa = str(ipaddress.IPv4Address(l3[14:18])), str(ipaddress.IPv4Address(l3[24:28]))
         op = int.from_bytes(l3[6:8], "big")
-        s_mac = bytes.fromhex(mac(spa).replace(":", ""))
-        d_mac = bytes.fromhex(mac(tpa).replace(":", "")) if op == 2 else b"\xff" * 6
+        s_mac = mac_bytes(mac(spa))
+        d_mac = mac_bytes(mac(tpa)) if op == 2 else b"\xff" * 6
         arp = l3[:8] + s_mac + l3[14:18] + (d_mac if op == 2 else l3[18:24]) + l3[24:]
         return d_mac + s_mac + ETH_ARP.to_bytes(2, "big") + arp, spa
     else:
         return None
-    s_mac, d_mac = (bytes.fromhex(mac(a).replace(":", "")) for a in (src, dst))
+    s_mac, d_mac = mac_bytes(mac(src)), mac_bytes(mac(dst))
     return d_mac + s_mac + ethertype.to_bytes(2, "big") + l3, src
 
 

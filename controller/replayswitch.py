@@ -46,15 +46,13 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import json
-import os
 import struct
 from dataclasses import dataclass, field
 
 from controller.config import Config
 from controller.core import Core
 from controller.detection.baseline import BaselineFormatError
-from controller.detection.profiles import MAX_STATE_BYTES
+from controller.detection.profiles import read_state
 from controller.network.forwarding import is_group_mac
 from controller.openflow import rules
 from controller.openflow.packets import parse_frame, wire_length
@@ -540,14 +538,14 @@ class Replay:
 
 
 def read_baselines(path: str) -> dict:
-    """The JSON of a saved state file; CaptureError naming the file if it is unreadable."""
+    """The JSON of a saved state file (profiles.read_state); CaptureError naming the file
+    if it is unreadable."""
     try:
-        if os.path.getsize(path) > MAX_STATE_BYTES:
-            raise CaptureError(f"{path}: larger than {MAX_STATE_BYTES:,} bytes; not a baselines file")
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_state(path)
     except OSError as e:
         raise CaptureError(f"{path}: cannot read the baselines: {e.strerror or e}") from None
+    except BaselineFormatError as e:
+        raise CaptureError(f"{path}: not a baselines file ({e})") from None
     except (ValueError, RecursionError) as e:     # JSONDecodeError, bad UTF-8
         raise CaptureError(f"{path}: not a baselines file (not JSON: {e})") from None
     if not isinstance(data, dict):

@@ -295,11 +295,7 @@ class BaselineStore:
         if not os.path.exists(path):
             return "no saved baselines; learning from scratch"
         try:
-            if os.path.getsize(path) > MAX_STATE_BYTES:
-                raise BaselineFormatError(f"file is larger than {MAX_STATE_BYTES} bytes")
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            note = self.load_dict(data)
+            note = self.load_dict(read_state(path))
             return f"loaded {len(self.profiles)} device profiles from {path}" + (f"; {note}" if note else "")
         except (OSError, ValueError, RecursionError) as e:   # JSONDecodeError, BaselineFormatError
             aside = f"{path}.corrupt-{int(time.time())}"
@@ -315,6 +311,15 @@ class BaselineStore:
             msg = f"{path}: unusable baseline state ({e}); moved to {aside}, learning from scratch"
             LOG.error(msg)
             return msg
+
+
+def read_state(path: str) -> object:
+    """The JSON of a state file, bounded by MAX_STATE_BYTES.  OSError if it cannot be read,
+    BaselineFormatError if it is too large, ValueError if it is not JSON (or not UTF-8)."""
+    if os.path.getsize(path) > MAX_STATE_BYTES:
+        raise BaselineFormatError(f"file is larger than {MAX_STATE_BYTES} bytes")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _parse_state(d: object, n_features: int) -> list[Profile]:
