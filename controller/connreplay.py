@@ -12,6 +12,12 @@ the switch emulated by controller/replayswitch.py would have seen of it:
   none for S0, SH and RSTOS0; a RST for REJ; a SYN-ACK for an established TCP
   connection (an ACK for OTH); a UDP datagram or an ICMP echo reply when it sent
   packets;
+* for a TCP connection that was answered (a SYN-ACK), the originator's handshake ACK
+  `HANDSHAKE` seconds after it, and its SYN a full `SYN_IP_BYTES` when the record's
+  bytes allow: a real SYN carries options that the ACK does not, and the ACK follows the
+  SYN-ACK at once, whatever the connection's duration.  Spreading them with the rest
+  made a long or payload-free answered connection look unanswered (its next packet
+  late, or SYN-sized) to the failed-connection judge (`telemetry/outcomes.py`);
 * the rest of each side's packets (`orig_pkts`, `resp_pkts`) and bytes
   (`orig_ip_bytes`, `resp_ip_bytes`, plus a 14-byte Ethernet header each) spread
   evenly over `duration`, in at most one batch per `poll_interval`, counted on the
@@ -72,6 +78,8 @@ NO_SYN = frozenset({"OTH", "SHR", "RSTRH"})             # the originator's SYN w
 NO_SYNACK = frozenset({"OTH"})                          # nor a SYN-ACK: midstream
 SYN, RST_ACK, SYN_ACK, ACK = 0x02, 0x14, 0x12, 0x10
 SYN_IP_BYTES = 60           # a SYN with the usual options (MSS, SACK, timestamps, window scale)
+MIN_TCP_IP_BYTES = 40       # an IPv4 header and a TCP header without options
+HANDSHAKE = 0.001           # s from the SYN to the originator's ACK of an answered connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,15 +412,23 @@ def events(r: ConnRecord, addresses: Addresses, interval: float) -> list[Event]:
     if o_n:
         first = SYN if state not in NO_SYN else ACK
         size = avg(o_bytes, o_n)
-        if tcp and first == SYN and o_n > 1:
+        # Answered: the SYN-ACK came, so the originator's next packet is its handshake ACK.
+        shake = tcp and first == SYN and o_n > 1 and r_n > 0 and state != "REJ" and state not in NO_SYNACK
+        if shake and (r.orig_ip_bytes or 0) >= SYN_IP_BYTES + MIN_TCP_IP_BYTES * (o_n - 1):
+            size = SYN_IP_BYTES             # a SYN's options make it bigger than the ACK that follows
+        elif tcp and first == SYN and o_n > 1:
             size = min(size, SYN_IP_BYTES)  # a SYN is SYN-sized; its answer's ACK and the data carry the rest
         f = _frame(o_mac, r_mac, r.orig_h, r.resp_h, r.proto, r.orig_p, r.resp_p, first, size)
         out.append((r.ts, f, 1, len(f)))
         if o_n > 1:
             bulk = f if not tcp or state in ("S0", "REJ") else \
                 _frame(o_mac, r_mac, r.orig_h, r.resp_h, r.proto, r.orig_p, r.resp_p, ACK, avg(o_bytes, o_n))
-            later += [(t, 0, bulk, n, b) for t, n, b in _spread(r.ts, r.duration, o_n - 1, o_bytes - len(f),
-                                                                interval)]
+            rest_n, rest_b = o_n - 1, o_bytes - len(f)
+            if shake:                       # the handshake ACK at once; the rest over the duration
+                ack = rest_b // rest_n
+                later.append((r.ts + HANDSHAKE, 0, bulk, 1, ack))
+                rest_n, rest_b = rest_n - 1, rest_b - ack
+            later += [(t, 0, bulk, n, b) for t, n, b in _spread(r.ts, r.duration, rest_n, rest_b, interval)]
     if r_n:
         flags = RST_ACK if state == "REJ" else ACK if state in NO_SYNACK else SYN_ACK
         icmp_type = 0 if r.orig_p == 8 else 129 if r.orig_p == 128 else r.orig_p    # echo -> echo reply

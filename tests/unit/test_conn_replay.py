@@ -128,6 +128,29 @@ def test_conn_state_decides_the_answer():
     assert 0x02 not in {k[1] for k in _kinds(events(rec("OTH", 1), a, 1.0))}
 
 
+@pytest.mark.parametrize("state,opk,oby,rpk,rby,duration,failed", [
+    ("SF", 4, 216, 2, 112, 0.3, 0),        # a payload-free check (IoT-23's Echo): every packet 54 B
+    ("SF", 10, 566, 5, 987, 301.5, 0),     # answered, then slow: 9 packets over five minutes
+    ("S1", 3, 164, 2, 104, 40.0, 0),
+    ("S0", 3, 180, 0, 0, 3.0, 1),          # no answer: the same SYN three times
+    ("REJ", 1, 60, 1, 40, 0.0, 1),         # refused
+])
+def test_an_answered_connection_is_judged_answered_whatever_its_sizes_and_duration(
+        tmp_path, state, opk, oby, rpk, rby, duration, failed):
+    """Zeek gives totals, not packets: the emulated handshake ACK follows at once and the SYN
+    is SYN-sized, so the failed-connection judge (telemetry/outcomes.py) sees what a switch
+    would.  Spread evenly with the rest, both Echo connections above read as unanswered."""
+    rows = [row(T0 + 30 * k, DEV, 41000 + k, CLOUD, 443, "tcp", state, opk, oby, rpk, rby, duration)
+            for k in range(5)]
+    rows.append(row(T0 + 200, DEV, 50000, DNS, 53, "udp", "SF", 1, 60, 1, 120, 0.01))   # the clock runs on
+    log = tmp_path / "conn.log"
+    log.write_text(zeek_text(rows))
+    r = replay_conn_log(str(log), Config()).to_dict()
+    dev = next(d for d in r["devices"] if d["name"] == DEV)
+    assert dev["failed_connections"] == 5 * failed
+    assert dev["tx_packets"] == 5 * opk + 1
+
+
 def read_row(r: dict):
     import tempfile
     import os
