@@ -3,8 +3,8 @@
 os-ken builds an object per entry (match and instructions included) before a
 handler runs: about 7k entries/s, more than a 1 s poll budget for a big table.
 iotguard needs only the fixed 48-byte head of each `ofp_flow_stats` (cookies
-identify our flows), so it reads that straight from the bytes.  The only
-per-entry Python work is following the length fields.
+identify our flows), so it reads that straight from the bytes.  Following the
+length fields is done run by run with numpy (`_offsets`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ HEAD_SIZE = FLOW_STATS_HEAD.itemsize  # 48
 MIN_ENTRY = HEAD_SIZE + 8              # head plus an empty ofp_match
 _LEN = struct.Struct("!H")
 _WORDS = np.arange(HEAD_SIZE // 8)
+_RUN = 16        # steps of one length in a row before the rest of the run is read with numpy
+_PROBE = 64      # entries such a read covers first
+_SHORT = 256    # a run shorter than this joins the walked list instead of an array of its own
+_MAX_PROBE = 1 << 16                  # ... and at most (a longer run takes several)
+_ARANGE = np.arange(_MAX_PROBE, dtype=np.int64)
 
 
 class WireError(ValueError):
@@ -38,7 +43,7 @@ def flow_stats_heads(body: bytes | bytearray | memoryview) -> np.ndarray:
     offsets = _offsets(buf, n)
     if offsets is None:
         offsets = _checked_offsets(buf, n)      # raises WireError naming the first bad entry
-    if not offsets:
+    if len(offsets) == 0:
         return np.zeros(0, dtype=FLOW_STATS_HEAD)
     # Entries are multiples of 8 bytes from byte 0, so each head is 6 whole 8-byte words.
     words = np.frombuffer(buf, dtype=np.uint64)
@@ -46,27 +51,67 @@ def flow_stats_heads(body: bytes | bytearray | memoryview) -> np.ndarray:
     return rows.view(FLOW_STATS_HEAD).reshape(-1)
 
 
-def _offsets(buf: bytes, n: int) -> list[int] | None:
+def _offsets(buf: bytes, n: int) -> np.ndarray | None:
     """Each entry's offset, following the length fields; None if any entry is malformed.
 
-    The only per-entry Python of a poll, so it does the least per step (two byte reads, an
-    add); the rules it skips (multiple of 8, no overrun) are checked on all lengths at once.
+    The length chain is serial, and walking it in Python was the biggest single cost of a
+    poll of a big table.  But a table's entries come in runs of one length (every
+    forwarding entry of a kind has the same match fields), so once `_RUN` steps in a row
+    had one length L, the entries L, 2L, ... further on are read with numpy at once, as
+    far as they keep length L (`_PROBE` of them first, doubling while whole probes
+    match).  Lengths that keep changing are walked as before, at the cost of one compare
+    more per step.  The rules a step does not check (multiple of 8, no overrun) are
+    checked on all offsets at once at the end.
     """
-    offsets: list[int] = []
-    append = offsets.append
-    off = 0
+    if n % 8:
+        return None
+    lengths = np.frombuffer(buf, dtype=">u2", count=n // 2)    # lengths[off >> 1]: the length at byte off
+    parts: list = []
+    walked: list[int] = []
+    append = walked.append
+    off, prev, same, probe = 0, -1, 0, _PROBE
     try:
         while off < n:
-            append(off)
             step = buf[off] << 8 | buf[off + 1]
             if step < MIN_ENTRY:
                 return None
+            if step != prev:
+                prev = step
+                same = 0
+            elif same < _RUN:
+                same += 1
+            elif not (off | step) & 7:
+                k = min((n - off) // step, probe, _MAX_PROBE)
+                if k == 0:
+                    return None             # the entry overruns the body
+                half = step >> 1
+                eq = lengths[off >> 1:(off >> 1) + k * half:half] == step     # a strided view: no copy
+                m = k if eq.all() else int(eq.argmin())     # >= 1: the first is `step` long
+                if m < _SHORT:              # a short run: as Python ints, in C
+                    walked.extend(range(off, off + step * m, step))
+                else:
+                    if walked:
+                        parts.append(walked)
+                        walked = []
+                        append = walked.append
+                    parts.append(off + step * _ARANGE[:m])
+                off += step * m
+                if m == k:
+                    probe *= 2              # the run goes on: the next probe reads twice as far
+                else:
+                    same, probe = 0, _PROBE
+                continue
+            append(off)
             off += step
     except IndexError:              # a stray byte at the end
         return None
     if off != n:                    # the last entry overruns the body
         return None
-    if offsets and np.any(np.diff(np.asarray(offsets + [n], dtype=np.int64)) % 8):
+    if walked:
+        parts.append(walked)
+    offsets = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]) if parts \
+        else np.zeros(0, dtype=np.int64)
+    if len(offsets) and np.any(np.diff(np.append(offsets, n)) % 8):
         return None
     return offsets
 
