@@ -22,6 +22,11 @@ baselines without the covariance model (it needs 10 windows per feature, 150);
 `--learn-seconds 300 --train-windows 302` is the app's default warm-up, which has it.  Every
 measured window has every device scored against its own baseline.
 
+Tables are ordered as Open vSwitch dumps them, grouped by priority and match shape
+(`ovs_order`); `--interleaved` keeps each device's flows together instead, so that match
+shapes alternate every few entries: the raw parse's worst case, which walks every length
+field in Python.
+
 Polls: counters advance per entry as `SyntheticTable.advance` does (0-199
 packets of 60-1499 bytes each, per second); each rep is the next poll, so the
 tracker always has real deltas.  Times are medians of --reps reps after one
@@ -160,7 +165,7 @@ def single_switch_setup(core: Core, clock: Clock, n_entries: int, n_devices: int
         fid = rules.cookie_id(e.cookie)
         got = core.registry.id_for(table.registry.key_for(fid), clock())
         assert got == fid, "flow ids differ from the synthetic table's"
-    return Poller(table.entries, np.random.default_rng(seed))
+    return Poller(ovs_order(table.entries) if ORDER["ovs"] else table.entries, np.random.default_rng(seed))
 
 
 # 20 conversations of an IoT device: cloud, MQTT, DNS, NTP, HTTP, ping; replies from the
@@ -222,7 +227,20 @@ def fleet_setup(core: Core, clock: Clock, n_devices: int, per_device: int, n_swi
                 duration_nsec=int(rng.integers(0, 1_000_000_000)),
                 priority=rules.PRIO_FWD_IP if key.is_ip else rules.PRIO_FWD_L2, idle_timeout=10, flags=1,
                 table_id=rules.TABLE_FORWARD, match=key.match(), out_port=int(rng.integers(1, 49))))
-    return {d: Poller(entries, np.random.default_rng(seed + d)) for d, entries in per_switch.items()}
+    return {d: Poller(ovs_order(entries) if ORDER["ovs"] else entries, np.random.default_rng(seed + d))
+            for d, entries in per_switch.items()}
+
+
+ORDER = {"ovs": True}     # --interleaved sets it False
+
+
+def ovs_order(entries: list[wire.FlowEntry]) -> list[wire.FlowEntry]:
+    """The entries in the order Open vSwitch dumps a table: grouped by priority and match
+    shape (its classifier walks one subtable, i.e. one mask, after another), stable within
+    a group.  Checked on OVS 3.1 (ovs-ofctl dump-flows of 300 TCP, UDP, ARP and ICMP flows
+    added in random order: 3 runs, of 151, 75 and 74).  The order matters to the raw parse,
+    which confirms runs of one entry length at once (controller/openflow/wire.py)."""
+    return sorted(entries, key=lambda e: (-e.priority, tuple(name for name, _ in e.match)))
 
 
 # ---------------------------------------------------------------- training
@@ -496,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile'd extra round")
     ap.add_argument("--no-trace", action="store_true", help="fit the fleet without tracemalloc")
     ap.add_argument("--json", action="store_true", help="also print the results as one JSON object")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="order each table by device (its flows' match shapes alternate), not as OVS "
+                         "dumps it (grouped by shape): the raw parse's worst case")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error("--reps must be at least 1")
@@ -503,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--train-windows must exceed --learn-seconds + 1 (devices must finish learning)")
 
     logging.getLogger("iotguard").setLevel(logging.ERROR)   # alerts are counted, not logged
+    ORDER["ovs"] = not args.interleaved
+    print(f"tables ordered {'by device (match shapes interleaved)' if args.interleaved else 'as OVS dumps them (grouped by match shape)'}")
     t_start = time.perf_counter()
     one = single_switch(args)
     fl = fleet(args)

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Mapping, Union
 
 import numpy as np
 
@@ -35,8 +35,8 @@ from controller.detection.profiles import store_for
 from controller.detection.recording import Recorder
 from controller.response.service import Responder, is_response_message
 from controller.openflow.rules import Barrier, FlowSpec, MeterSpec, PacketOut
-from controller.telemetry.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler, TrafficTable,
-                              PortDelta, PortStatsTracker, by_device, edge_array)
+from controller.telemetry.stats import (DeviceTraffic, FlowStatsTracker, MultipartAssembler, SwitchTraffic,
+                              TrafficTable, PortDelta, PortStatsTracker, by_device, edge_array)
 from controller.network.topology import Topology
 
 LOG = logging.getLogger("iotguard.core")
@@ -84,7 +84,7 @@ class Core:
         self.assembler = MultipartAssembler()
         self.lldp = LldpSigner()
         self.switches: dict[int, SwitchState] = {}
-        self.traffic = TrafficTable()
+        self.traffic = TrafficTable(self.registry)
         self.started = wall()
         self._edges: np.ndarray = np.zeros(0, dtype=np.int64)
         self._edges_key: tuple[int, int] = (-1, -1)
@@ -496,13 +496,15 @@ class Core:
             self.notify_jobs += jobs
 
     # ------------------------------------------------------------ stats
-    def flow_stats_part(self, dpid: int, xid: int, body: bytes, more: bool) -> dict[str, DeviceTraffic] | None:
+    def flow_stats_part(self, dpid: int, xid: int, body: bytes, more: bool) -> SwitchTraffic | None:
         parts = self.assembler.add(dpid, xid, body, more)
         if parts is None:
             return None
         return self.flow_stats(dpid, b"".join(parts))
 
-    def flow_stats(self, dpid: int, body: bytes) -> dict[str, DeviceTraffic]:
+    def flow_stats(self, dpid: int, body: bytes) -> Mapping[str, DeviceTraffic]:
+        """One switch's whole flow-stats reply: its deltas go to the features, the
+        connection judge and the traffic table; returns the traffic of the devices there."""
         sw = self.switches.get(dpid)
         if sw is None:
             return {}
@@ -522,13 +524,7 @@ class Core:
         self.extractor.add(deltas, edges)
         self.outcomes.add(deltas)
         per_dev = by_device(deltas, self.registry, edges)
-        wall = self.wall()
-        for mac, t in per_dev.items():
-            self.traffic.update(mac, t, now)
-            if t.tx_packets:   # flows carry its traffic now, so packet-ins no longer say it is alive
-                rec = self.inventory.get(mac)
-                if rec is not None:
-                    rec.last_seen = wall
+        self.traffic.update(per_dev, now, self.wall())     # its windows with traffic say it is alive
         if len(deltas.vanished):
             self._retire.update(int(c) & rules.COOKIE_ID_MASK for c in deltas.vanished
                                 if rules.cookie_kind(int(c)) == rules.Kind.FORWARD)
@@ -571,8 +567,7 @@ class Core:
             edges = self._edge_array()
             self.extractor.add(delta, edges, tail=True)
             self.outcomes.add(delta)
-            for mac, t in by_device(delta, self.registry, edges).items():
-                self.traffic.fold(mac, t)     # the tail belongs to the device's last window
+            self.traffic.fold(by_device(delta, self.registry, edges))   # the tails belong to the last windows
 
     def port_stats_part(self, dpid: int, xid: int, ports: list, more: bool) -> list[PortDelta] | None:
         parts = self.assembler.add(dpid, xid, ports, more)

@@ -51,6 +51,10 @@ class FlowRegistry:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def index_of(self, mac: str) -> int | None:
+        """The device index of `mac`, or None if no flow ever named it (nothing is added)."""
+        return self._mac_idx.get(mac)
+
     def mac_index(self, mac: str) -> int:
         idx = self._mac_idx.get(mac)
         if idx is None:

@@ -2,7 +2,7 @@
 
 Pure and vectorised: the input is the numpy head array from `ofwire` (or any
 array with cookie/packet_count/byte_count/duration_sec/duration_nsec fields),
-the output plain dataclasses.  Handles the three ways counters lie:
+the output plain dataclasses and arrays.  Handles the three ways counters lie:
 
 * a flow deleted and re-added between polls (counters or duration go back):
   the delta is the new counter, not a negative number;
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from collections.abc import Mapping
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -152,51 +153,126 @@ class DeviceTraffic:
                 "packets_per_s": (self.tx_packets + self.rx_packets) / w}
 
 
+_TX_B, _TX_P, _RX_B, _RX_P, _FLOWS = range(5)      # rows of SwitchTraffic.counts
+
+
+class SwitchTraffic(Mapping):
+    """One poll's traffic of every device located at one switch, as arrays.
+
+    Reads as a mapping MAC -> DeviceTraffic, each built when asked for: a poll of a
+    big switch touches thousands of devices, and the detector needs none of these
+    objects (it reads the flow deltas), only the devices view does, on request."""
+
+    __slots__ = ("macs", "window", "idx", "counts", "_pos")
+
+    def __init__(self, macs: list[str], window: float, idx: np.ndarray, counts: np.ndarray) -> None:
+        self.macs = macs            # the registry's list of MACs (it only grows: indexes are stable)
+        self.window = window
+        self.idx = idx              # registry indexes of the devices, ascending
+        self.counts = counts        # (5, len(idx)) int64: tx bytes, tx packets, rx bytes, rx packets, flows
+        self._pos: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self.macs[i] for i in self.idx.tolist())
+
+    def __getitem__(self, mac: str) -> DeviceTraffic:
+        if self._pos is None:
+            self._pos = {self.macs[i]: j for j, i in enumerate(self.idx.tolist())}
+        j = self._pos[mac]
+        c = self.counts[:, j].tolist()
+        return DeviceTraffic(mac, self.window, *c)
+
+
 class TrafficTable:
     """Each device's last window of traffic, and the devices view built on it.
 
-    Telemetry owns the numbers; the inventory (names, addresses) and the topology
-    (where a device is) come from the network stage below it."""
+    Kept as arrays by registry index (`update` is one numpy assignment per poll, not an
+    object per device).  Telemetry owns the numbers; the inventory (names, addresses)
+    and the topology (where a device is) come from the network stage below it."""
 
-    def __init__(self) -> None:
-        self.last: dict[str, DeviceTraffic] = {}
-        self.time: dict[str, float] = {}       # monotonic time of each device's last window
+    def __init__(self, registry: FlowRegistry) -> None:
+        self.registry = registry
+        self._counts = np.zeros((0, 5), dtype=np.int64)
+        self._window = np.zeros(0)
+        self._time = np.zeros(0)         # monotonic time of each device's last window (nan: none)
+        self._sent = np.zeros(0)         # wall time of its last window in which it sent (nan: none)
 
-    def update(self, mac: str, traffic: DeviceTraffic, now: float) -> None:
-        self.last[mac] = traffic
-        self.time[mac] = now
+    def _grow(self, n: int) -> None:
+        have = len(self._time)
+        if n <= have:
+            return
+        cap = max(n, 2 * have, 64)
+        extra = cap - have
+        self._counts = np.concatenate([self._counts, np.zeros((extra, 5), dtype=np.int64)])
+        self._window = np.concatenate([self._window, np.ones(extra)])
+        self._time = np.concatenate([self._time, np.full(extra, np.nan)])
+        self._sent = np.concatenate([self._sent, np.full(extra, np.nan)])
 
-    def fold(self, mac: str, tail: DeviceTraffic) -> None:
-        """A removed flow's last counts belong to the device's last window."""
-        cur = self.last.get(mac)
-        if cur is not None:
-            cur.tx_bytes += tail.tx_bytes
-            cur.tx_packets += tail.tx_packets
-            cur.rx_bytes += tail.rx_bytes
-            cur.rx_packets += tail.rx_packets
+    def update(self, traffic: SwitchTraffic, now: float, wall: float) -> None:
+        """One switch's poll: the last window of every device located there."""
+        if not len(traffic):
+            return
+        self._grow(int(traffic.idx[-1]) + 1)
+        self._counts[traffic.idx] = traffic.counts.T
+        self._window[traffic.idx] = traffic.window
+        self._time[traffic.idx] = now
+        self._sent[traffic.idx[traffic.counts[_TX_P] > 0]] = wall
+
+    def fold(self, tail: SwitchTraffic) -> None:
+        """Removed flows' last counts belong to their devices' last windows."""
+        idx = tail.idx[tail.idx < len(self._time)]
+        if len(idx):
+            has = ~np.isnan(self._time[idx])
+            self._counts[idx[has]] += tail.counts[:, :len(idx)].T[has]
+
+    def get(self, mac: str) -> DeviceTraffic | None:
+        i = self.registry.index_of(mac)
+        if i is None or i >= len(self._time) or math.isnan(self._time[i]):
+            return None
+        return DeviceTraffic(mac, float(self._window[i]), *self._counts[i].tolist())
+
+    @property
+    def last(self) -> dict[str, DeviceTraffic]:
+        """Every device's last window, as objects (for views and tests)."""
+        macs = self.registry.macs
+        return {macs[i]: DeviceTraffic(macs[i], float(self._window[i]), *self._counts[i].tolist())
+                for i in np.flatnonzero(~np.isnan(self._time)).tolist()}
+
+    def last_sent(self, mac: str) -> float | None:
+        """Wall time of the device's last window in which its flows carried what it sent."""
+        i = self.registry.index_of(mac)
+        if i is None or i >= len(self._sent) or math.isnan(self._sent[i]):
+            return None
+        return float(self._sent[i])
 
     def rates(self, mac: str, now: float, stale: float) -> dict[str, float]:
         """Its last window's rates, zeros once it is older than `stale` seconds."""
-        t = self.last.get(mac)
-        if t is not None and now - self.time.get(mac, 0) <= stale:
-            return t.rates()
+        i = self.registry.index_of(mac)
+        if i is not None and i < len(self._time) and now - self._time[i] <= stale:
+            return self.get(mac).rates()
         return DeviceTraffic(mac, 1.0).rates()
 
     def devices_view(self, inventory, topology, configured, now: float, stale: float) -> list[dict]:
         """GET /api/v1/devices: every device seen, then configured ones never seen.
 
         `inventory` is a network.inventory.Inventory, `topology` a network.topology.Topology,
-        `configured` the config's devices."""
+        `configured` the config's devices.  `last_seen` is the later of its last packet-in
+        and its last window in which its flows carried traffic it sent."""
         rows = []
         seen_macs = set()
         for mac, rec in sorted(inventory.devices.items(), key=lambda kv: kv[1].name):
             seen_macs.add(mac)
             loc = topology.location(mac)
+            sent = self.last_sent(mac)
             rows.append({
                 "name": rec.name, "mac": mac, "ips": list(rec.ips), "tags": list(rec.tags),
                 "configured": rec.configured, "seen": True,
                 "dpid": f"{loc.dpid:016x}" if loc else None, "port": loc.port if loc else None,
-                "first_seen": rec.first_seen, "last_seen": rec.last_seen,
+                "first_seen": rec.first_seen,
+                "last_seen": rec.last_seen if sent is None else max(rec.last_seen, sent),
                 **{k: round(v, 3) for k, v in self.rates(mac, now, stale).items()},
             })
         seen_names = {r["name"] for r in rows}
@@ -362,11 +438,12 @@ def edge_array(registry: FlowRegistry, edge_dpid: Callable[[str], int | None]) -
                     dtype=np.int64)
 
 
-def by_device(deltas: FlowDeltas, registry: FlowRegistry, edges: np.ndarray) -> dict[str, DeviceTraffic]:
+def by_device(deltas: FlowDeltas, registry: FlowRegistry, edges: np.ndarray) -> SwitchTraffic:
     """Attribute forwarding-flow deltas to devices, each at its own edge switch.
 
     A conversation crosses several switches; counting it only where the source
     (for tx) or the destination (for rx) is plugged in counts it exactly once.
+    Every device located at the switch is in the result, with or without traffic.
     """
     c = deltas.cookie
     ours = (c & np.uint64(rules.COOKIE_KIND_MASK)) == np.uint64(rules.cookie(rules.Kind.FORWARD))
@@ -377,22 +454,20 @@ def by_device(deltas: FlowDeltas, registry: FlowRegistry, edges: np.ndarray) -> 
     pk, by = deltas.packets[ours], deltas.bytes[ours]
     n = len(registry.macs)
     if n == 0:
-        return {}
+        return SwitchTraffic(registry.macs, deltas.window, np.zeros(0, dtype=np.int64),
+                             np.zeros((5, 0), dtype=np.int64))
     here = np.zeros(n, dtype=bool)
     here[:len(edges)] = edges[:n] == deltas.dpid
     tx_mask = (src >= 0) & here[np.maximum(src, 0)]
     rx_mask = (dst >= 0) & here[np.maximum(dst, 0)]
-    tx_b = np.bincount(src[tx_mask], weights=by[tx_mask], minlength=n)
-    tx_p = np.bincount(src[tx_mask], weights=pk[tx_mask], minlength=n)
-    rx_b = np.bincount(dst[rx_mask], weights=by[rx_mask], minlength=n)
-    rx_p = np.bincount(dst[rx_mask], weights=pk[rx_mask], minlength=n)
-    nflows = np.bincount(src[tx_mask], minlength=n)
-    out: dict[str, DeviceTraffic] = {}
-    for i in np.flatnonzero(here):
-        out[registry.macs[i]] = DeviceTraffic(
-            registry.macs[i], deltas.window, int(tx_b[i]), int(tx_p[i]), int(rx_b[i]),
-            int(rx_p[i]), int(nflows[i]))
-    return out
+    idx = np.flatnonzero(here)
+    counts = np.empty((5, len(idx)), dtype=np.int64)
+    counts[_TX_B] = np.bincount(src[tx_mask], weights=by[tx_mask], minlength=n)[idx]
+    counts[_TX_P] = np.bincount(src[tx_mask], weights=pk[tx_mask], minlength=n)[idx]
+    counts[_RX_B] = np.bincount(dst[rx_mask], weights=by[rx_mask], minlength=n)[idx]
+    counts[_RX_P] = np.bincount(dst[rx_mask], weights=pk[rx_mask], minlength=n)[idx]
+    counts[_FLOWS] = np.bincount(src[tx_mask], minlength=n)[idx]
+    return SwitchTraffic(registry.macs, deltas.window, idx, counts)
 
 
 @dataclass
