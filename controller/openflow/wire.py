@@ -25,7 +25,7 @@ HEAD_SIZE = FLOW_STATS_HEAD.itemsize  # 48
 MIN_ENTRY = HEAD_SIZE + 8              # head plus an empty ofp_match
 _LEN = struct.Struct("!H")
 _WORDS = np.arange(HEAD_SIZE // 8)
-_RUN = 16        # steps of one length in a row before the rest of the run is read with numpy
+_RUN = 16        # steps between two looks for a run of one length (read with numpy if found)
 _PROBE = 64      # entries such a read covers first
 _SHORT = 256    # a run shorter than this joins the walked list instead of an array of its own
 _MAX_PROBE = 1 << 16                  # ... and at most (a longer run takes several)
@@ -55,13 +55,13 @@ def _offsets(buf: bytes, n: int) -> np.ndarray | None:
     """Each entry's offset, following the length fields; None if any entry is malformed.
 
     The length chain is serial, and walking it in Python was the biggest single cost of a
-    poll of a big table.  But a table's entries come in runs of one length (every
-    forwarding entry of a kind has the same match fields), so once `_RUN` steps in a row
-    had one length L, the entries L, 2L, ... further on are read with numpy at once, as
-    far as they keep length L (`_PROBE` of them first, doubling while whole probes
-    match).  Lengths that keep changing are walked as before, at the cost of one compare
-    more per step.  The rules a step does not check (multiple of 8, no overrun) are
-    checked on all offsets at once at the end.
+    poll of a big table.  But a table's entries come in runs of one length (Open vSwitch
+    dumps one match shape after another), so every `_RUN` steps the walk asks whether the
+    last `_RUN` entries spanned `_RUN` times the current length; if so, the entries L, 2L,
+    ... further on are read with numpy at once, as far as they keep length L (`_PROBE` of
+    them first, doubling while whole probes match).  Lengths that keep changing are walked
+    as before, at the cost of a countdown per step.  The rules a step does not check
+    (multiple of 8, no overrun) are checked on all offsets at once at the end.
     """
     if n % 8:
         return None
@@ -69,38 +69,39 @@ def _offsets(buf: bytes, n: int) -> np.ndarray | None:
     parts: list = []
     walked: list[int] = []
     append = walked.append
-    off, prev, same, probe = 0, -1, 0, _PROBE
+    off, countdown, probe = 0, _RUN, _PROBE
     try:
         while off < n:
             step = buf[off] << 8 | buf[off + 1]
             if step < MIN_ENTRY:
                 return None
-            if step != prev:
-                prev = step
-                same = 0
-            elif same < _RUN:
-                same += 1
-            elif not (off | step) & 7:
-                k = min((n - off) // step, probe, _MAX_PROBE)
-                if k == 0:
-                    return None             # the entry overruns the body
-                half = step >> 1
-                eq = lengths[off >> 1:(off >> 1) + k * half:half] == step     # a strided view: no copy
-                m = k if eq.all() else int(eq.argmin())     # >= 1: the first is `step` long
-                if m < _SHORT:              # a short run: as Python ints, in C
-                    walked.extend(range(off, off + step * m, step))
-                else:
-                    if walked:
-                        parts.append(walked)
-                        walked = []
-                        append = walked.append
-                    parts.append(off + step * _ARANGE[:m])
-                off += step * m
-                if m == k:
-                    probe *= 2              # the run goes on: the next probe reads twice as far
-                else:
-                    same, probe = 0, _PROBE
-                continue
+            countdown -= 1
+            if not countdown:
+                countdown = _RUN
+                # the last _RUN entries spanned _RUN of this one's length: likely a run
+                if not (off | step) & 7 and (probe > _PROBE or len(walked) >= _RUN
+                                             and off - walked[-_RUN] == _RUN * step):
+                    k = min((n - off) // step, probe, _MAX_PROBE)
+                    if k == 0:
+                        return None             # the entry overruns the body
+                    half = step >> 1
+                    eq = lengths[off >> 1:(off >> 1) + k * half:half] == step     # a strided view: no copy
+                    m = k if eq.all() else int(eq.argmin())     # >= 1: the first is `step` long
+                    if m < _SHORT:              # a short run: as Python ints, in C
+                        walked.extend(range(off, off + step * m, step))
+                    else:
+                        if walked:
+                            parts.append(walked)
+                            walked = []
+                            append = walked.append
+                        parts.append(off + step * _ARANGE[:m])
+                    off += step * m
+                    if m == k:
+                        probe *= 2              # the run goes on: the next probe reads twice as far
+                        countdown = 1
+                    else:
+                        probe = _PROBE
+                    continue
             append(off)
             off += step
     except IndexError:              # a stray byte at the end

@@ -265,3 +265,12 @@ def test_the_run_walk_finds_every_entry_of_any_length_pattern(shape: str) -> Non
         if want is None:        # a long entry that lands on garbage, or a length below the minimum
             with pytest.raises(ofwire.WireError):
                 ofwire.flow_stats_heads(bad)
+
+
+def test_a_run_longer_than_one_probe_is_read_whole() -> None:
+    """70,000 minimal entries of one length: more than the largest single probe reads."""
+    entry = _with_length(FlowEntry(rules.cookie(rules.Kind.PIPELINE, 1), 1, 2, 3, 4, 0, 0, 0, 0, 0).encode()[:56], 56)
+    body = entry * 70_000
+    got = ofwire._offsets(body, len(body))
+    assert got is not None and got.tolist() == list(range(0, len(body), 56))
+    assert ofwire._offsets(body + entry[:8], len(body) + 8) is None     # a stray 8 bytes at the end

@@ -5,7 +5,8 @@ from controller.openflow import rules
 from controller.network.forwarding import FlowRegistry
 from controller.openflow.wire import FLOW_STATS_HEAD
 from tests.unit.kinds import Kind
-from controller.telemetry.stats import FlowStatsTracker, MultipartAssembler, PortStatsTracker, by_device, edge_array
+from controller.telemetry.stats import (FlowStatsTracker, MultipartAssembler, PortStatsTracker, TrafficTable, by_device,
+                                        edge_array)
 
 CAM, NVR, INET = "00:00:00:00:00:01", "00:00:00:00:00:02", "00:00:00:00:00:03"
 
@@ -159,6 +160,28 @@ def test_by_device_ignores_unknown_cookies_and_unlocated_devices():
     per = by_device(d, reg, edge_array(reg, {CAM: 1}.get))
     assert set(per) == {CAM}
     assert per[CAM].tx_bytes == 300 and per[CAM].rx_bytes == 0
+
+
+def test_the_traffic_table_keeps_each_devices_last_window_and_folds_tails_into_it():
+    """One switch's poll updates the devices located there; a removed flow's tail adds to
+    its devices' last window; a device that sent is seen then (the devices view's
+    last_seen); one that only received is not."""
+    reg = FlowRegistry()
+    up = reg.id_for(rules.flow_key(CAM, NVR, 0x0800, "10.0.0.2", 6, 554))
+    edges = edge_array(reg, {CAM: 1, NVR: 1}.get)
+    t = FlowStatsTracker()
+    table = TrafficTable(reg)
+    t.update(1, heads([(fwd(up), 0, 0, 0)]), now=0.0)
+    d = t.update(1, heads([(fwd(up), 10, 5000, 2)]), now=2.0)
+    table.update(by_device(d, reg, edges), now=2.0, wall=1000.0)
+    assert table.get(CAM).tx_bytes == 5000 and table.get(NVR).rx_bytes == 5000
+    assert table.rates(CAM, now=3.0, stale=4.0)["tx_bytes_per_s"] == 2500.0
+    assert table.rates(CAM, now=9.0, stale=4.0)["tx_bytes_per_s"] == 0.0, "stale: zero"
+    assert table.last_sent(CAM) == 1000.0 and table.last_sent(NVR) is None
+    tail = t.removed(1, fwd(up), 14, 7000, 3.0, now=3.0)
+    table.fold(by_device(tail, reg, edges))
+    assert table.get(CAM).tx_bytes == 7000 and table.get(CAM).tx_packets == 14
+    assert set(table.last) == {CAM, NVR} and table.get("00:00:00:00:00:09") is None
 
 
 def test_multipart_assembly():
