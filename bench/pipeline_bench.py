@@ -155,7 +155,8 @@ def place(core: Core, mac: str, dpid: int, port: int, now: float) -> None:
     core.topology.observe(mac, dpid, port, now)
 
 
-def single_switch_setup(core: Core, clock: Clock, n_entries: int, n_devices: int, seed: int) -> Poller:
+def single_switch_setup(core: Core, clock: Clock, n_entries: int, n_devices: int, seed: int,
+                        interleaved: bool = False) -> Poller:
     """stats_bench's table 1 (wire.synthetic_table) on switch 1, re-registered in the Core."""
     table = wire.synthetic_table(n_entries, n_devices, seed)
     core.switch_connected(1)
@@ -165,7 +166,7 @@ def single_switch_setup(core: Core, clock: Clock, n_entries: int, n_devices: int
         fid = rules.cookie_id(e.cookie)
         got = core.registry.id_for(table.registry.key_for(fid), clock())
         assert got == fid, "flow ids differ from the synthetic table's"
-    return Poller(ovs_order(table.entries) if ORDER["ovs"] else table.entries, np.random.default_rng(seed))
+    return Poller(table.entries if interleaved else ovs_order(table.entries), np.random.default_rng(seed))
 
 
 # 20 conversations of an IoT device: cloud, MQTT, DNS, NTP, HTTP, ping; replies from the
@@ -183,7 +184,7 @@ _PATTERN = (
 
 
 def fleet_setup(core: Core, clock: Clock, n_devices: int, per_device: int, n_switches: int,
-                seed: int) -> dict[int, Poller]:
+                seed: int, interleaved: bool = False) -> dict[int, Poller]:
     """n_devices spread evenly over n_switches edge switches, per_device conversations each
     (the pattern above, cycled), every entry on the device's own edge switch."""
     rng = np.random.default_rng(seed)
@@ -227,11 +228,8 @@ def fleet_setup(core: Core, clock: Clock, n_devices: int, per_device: int, n_swi
                 duration_nsec=int(rng.integers(0, 1_000_000_000)),
                 priority=rules.PRIO_FWD_IP if key.is_ip else rules.PRIO_FWD_L2, idle_timeout=10, flags=1,
                 table_id=rules.TABLE_FORWARD, match=key.match(), out_port=int(rng.integers(1, 49))))
-    return {d: Poller(ovs_order(entries) if ORDER["ovs"] else entries, np.random.default_rng(seed + d))
+    return {d: Poller(entries if interleaved else ovs_order(entries), np.random.default_rng(seed + d))
             for d, entries in per_switch.items()}
-
-
-ORDER = {"ovs": True}     # --interleaved sets it False
 
 
 def ovs_order(entries: list[wire.FlowEntry]) -> list[wire.FlowEntry]:
@@ -366,7 +364,7 @@ def medians(rows: list[dict]) -> dict:
 def single_switch(args) -> dict:
     core, clock = make_core(args.learn_seconds)
     t_setup = time.perf_counter()
-    poller = single_switch_setup(core, clock, args.entries, args.devices, args.seed)
+    poller = single_switch_setup(core, clock, args.entries, args.devices, args.seed, args.interleaved)
     pollers = {1: poller}
     learn(core, clock, pollers, args.train_windows)
     fit = fit_all(core, clock, trace=False)
@@ -433,7 +431,8 @@ def profile_round(core: Core, clock: Clock, pollers: dict, dps: dict, meter: Met
 def fleet(args) -> dict:
     core, clock = make_core(args.learn_seconds)
     t0 = time.perf_counter()
-    pollers = fleet_setup(core, clock, args.fleet_devices, args.flows_per_device, args.switches, args.seed)
+    pollers = fleet_setup(core, clock, args.fleet_devices, args.flows_per_device, args.switches, args.seed,
+                          args.interleaved)
     t_build = time.perf_counter() - t0
     t0 = time.perf_counter()
     learn(core, clock, pollers, args.train_windows)
@@ -524,7 +523,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--train-windows must exceed --learn-seconds + 1 (devices must finish learning)")
 
     logging.getLogger("iotguard").setLevel(logging.ERROR)   # alerts are counted, not logged
-    ORDER["ovs"] = not args.interleaved
     print(f"tables ordered {'by device (match shapes interleaved)' if args.interleaved else 'as OVS dumps them (grouped by match shape)'}")
     t_start = time.perf_counter()
     one = single_switch(args)

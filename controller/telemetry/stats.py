@@ -228,18 +228,22 @@ class TrafficTable:
             has = ~np.isnan(self._time[idx])
             self._counts[idx[has]] += tail.counts[:, :len(idx)].T[has]
 
-    def get(self, mac: str) -> DeviceTraffic | None:
+    def _index(self, mac: str) -> int | None:
+        """The row of a device that has had a window, else None."""
         i = self.registry.index_of(mac)
-        if i is None or i >= len(self._time) or math.isnan(self._time[i]):
-            return None
-        return DeviceTraffic(mac, float(self._window[i]), *self._counts[i].tolist())
+        return None if i is None or i >= len(self._time) or math.isnan(self._time[i]) else i
+
+    def _record(self, i: int) -> DeviceTraffic:
+        return DeviceTraffic(self.registry.macs[i], float(self._window[i]), *self._counts[i].tolist())
+
+    def get(self, mac: str) -> DeviceTraffic | None:
+        i = self._index(mac)
+        return None if i is None else self._record(i)
 
     @property
     def last(self) -> dict[str, DeviceTraffic]:
         """Every device's last window, as objects (for views and tests)."""
-        macs = self.registry.macs
-        return {macs[i]: DeviceTraffic(macs[i], float(self._window[i]), *self._counts[i].tolist())
-                for i in np.flatnonzero(~np.isnan(self._time)).tolist()}
+        return {self.registry.macs[i]: self._record(i) for i in np.flatnonzero(~np.isnan(self._time)).tolist()}
 
     def last_sent(self, mac: str) -> float | None:
         """Wall time of the device's last window in which its flows carried what it sent."""
@@ -250,9 +254,9 @@ class TrafficTable:
 
     def rates(self, mac: str, now: float, stale: float) -> dict[str, float]:
         """Its last window's rates, zeros once it is older than `stale` seconds."""
-        i = self.registry.index_of(mac)
-        if i is not None and i < len(self._time) and now - self._time[i] <= stale:
-            return self.get(mac).rates()
+        i = self._index(mac)
+        if i is not None and now - self._time[i] <= stale:
+            return self._record(i).rates()
         return DeviceTraffic(mac, 1.0).rates()
 
     def devices_view(self, inventory, topology, configured, now: float, stale: float) -> list[dict]:

@@ -239,7 +239,8 @@ def _reference_offsets(body: bytes) -> list[int] | None:
 def test_the_run_walk_finds_every_entry_of_any_length_pattern(shape: str) -> None:
     """Runs of one length are confirmed with numpy; whatever the pattern (a table of one
     kind of entry, lengths that alternate, long and short runs, anything), the offsets are
-    exactly the plain walk's, and a corrupted length anywhere is refused as it is."""
+    exactly the plain walk's, and a corrupted length anywhere reads as it does there
+    (refused, or a long entry that lands on garbage)."""
     import random
     rng = random.Random(shape)
     pool = varied_entries()
