@@ -29,6 +29,7 @@ class AlertKind(str, Enum):
     PORT_PROBE = "port_probe"           # new ports on one host over 10 s / 60 s / 10 min beyond its churn
     NEW_SERVICE = "new_service"         # an appliance used a (protocol, port) it never used while learning
     FAILED_CONNECTIONS = "failed_connections"   # connections to new hosts or services failed, beyond its churn
+    ADDRESS_SCAN = "address_scan"       # failed connections on one port to 25 hosts in 5 min; never learned
     MANUAL = "manual"                   # an operator's response (POST /api/v1/responses)
 
     def __str__(self) -> str:
@@ -38,7 +39,7 @@ class AlertKind(str, Enum):
 # The kinds the detector raises (and POST /api/v1/alerts may inject, playbooks may name).
 DETECTED_KINDS: tuple[AlertKind, ...] = (AlertKind.ANOMALY, AlertKind.NEW_FLOW_BURST, AlertKind.OUTBREAK,
                                          AlertKind.LATERAL_PROBE, AlertKind.PORT_PROBE, AlertKind.NEW_SERVICE,
-                                         AlertKind.FAILED_CONNECTIONS)
+                                         AlertKind.FAILED_CONNECTIONS, AlertKind.ADDRESS_SCAN)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

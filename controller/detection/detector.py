@@ -31,6 +31,7 @@ from controller.detection.alert import Alert, AlertKind, Evidence
 from controller.detection.attribution import Attribution
 from controller.detection.novelty import FAILED, HORIZONS, Novelty, NoveltyMemory, service_name
 from controller.detection.profiles import BaselineStore
+from controller.detection.scans import HORIZON as SCAN_HORIZON, SCANNED, Scan, ScanCounter
 
 CLEAR_WINDOWS = 3        # normal windows before an anomaly alert closes
 # ... but the same story within this many seconds of its close reopens it: one alert, not
@@ -79,8 +80,10 @@ _NOVELTY_ALERTS = {"new_internal_peers": AlertKind.LATERAL_PROBE, "new_ports_one
                    FAILED: AlertKind.FAILED_CONNECTIONS}
 # A bot retrying a dead C&C every few minutes is one story: its alert stays open over the
 # whole horizon its failures are counted on, not the default minute.
-_QUIET = {AlertKind.FAILED_CONNECTIONS.value: HORIZONS[-1]}
-_NOVELTY_KINDS = frozenset({*(k.value for k in _NOVELTY_ALERTS.values()), AlertKind.NEW_SERVICE.value})
+# ... and a scan over the horizon its hosts are counted on.
+_QUIET = {AlertKind.FAILED_CONNECTIONS.value: HORIZONS[-1], AlertKind.ADDRESS_SCAN.value: SCAN_HORIZON}
+_NOVELTY_KINDS = frozenset({*(k.value for k in _NOVELTY_ALERTS.values()), AlertKind.NEW_SERVICE.value,
+                            AlertKind.ADDRESS_SCAN.value})
 
 
 # ------------------------------------------------------------------ words
@@ -207,6 +210,17 @@ def _failed_words(name: str, hits, count: int, h: float, r) -> str:
             + ("none of its connections failed" if learned == 0 else f"{_plural(learned, 'connection')} failed"))
 
 
+def _scan_words(name: str, s: Scan, learning: bool) -> str:
+    """"plug's Telnet connections to 31 hosts got no answer or were refused in the last 5 min
+    (198.51.100.9, 203.0.113.5, ...), hosts in 29 networks: an address scan"."""
+    where = "internal hosts" if s.internal >= s.hosts else "hosts"
+    spread = "" if s.internal >= s.hosts else f", in {s.networks} networks"
+    hosts = _examples([_dotted(ip) for ip in reversed(s.examples)])
+    return (f"{name}'s {service_name(rules.IPPROTO_TCP, s.port)} connections to {s.hosts} {where} got no "
+            f"answer or were refused in the last {_num(SCAN_HORIZON / 60)} min ({hosts}){spread}: an address scan"
+            + (" (it is still learning: a scan is never learned as normal)" if learning else ""))
+
+
 def _grown(window: dict[str, float], handed: dict | None) -> bool:
     """Whether a count in `window` is GROWTH times (and GROWING more than) what the window
     last handed to the playbooks carried: a raw condition may match only now."""
@@ -269,6 +283,8 @@ class Detector:
         self._marginal: dict[str, float] = {}              # when a device's window last crossed by a hair
         self.unconfirmed = 0                               # such windows not (yet) raised
         self._decided: dict[str, float] = {}               # time of the last snapshot decided on
+        self.scans = ScanCounter(self._is_internal)        # not learned: a warm-up cannot make a scan normal
+        self._scanning: dict[str, Scan] = {}               # the latest scan report per device, not yet decided
 
     def excluded(self, tags: tuple[str, ...]) -> bool:
         return any(t in self.config.exclude_tags for t in tags)
@@ -663,6 +679,9 @@ class Detector:
         _name, tags = self.who(mac)
         if self.excluded(tags):
             return
+        scan = self.scans.failed(mac, ip, port, now)
+        if scan is not None:
+            self._scanning[mac] = scan
         p = self.store.profiles.get(mac)
         report = self.novelty.failed(mac, ip, port, now, learning=p is None or p.learning)
         if report is not None:
@@ -688,8 +707,12 @@ class Detector:
     def decide_novelty(self, now: float) -> list[Alert]:
         """Raise or update lateral_probe, port_probe, failed_connections and new_service alerts from what the
         event path found new, once it is NOVELTY_GRACE old (a burst alert, decided within
-        1 s, speaks for a fast scan; a device with a burst open gets no novelty alert)."""
+        1 s, speaks for a fast scan; a device with a burst open gets no novelty alert), and
+        address_scan alerts from the scans the failed connections completed."""
         out: list[Alert] = []
+        for mac, scan in self._scanning.items():
+            out += self._scan(mac, scan, now)
+        self._scanning.clear()
         for mac in list(self._pending):
             q = self._pending[mac]
             report = None
@@ -724,6 +747,35 @@ class Detector:
             out += self._novelty_alert(mac, name, tags, AlertKind.NEW_SERVICE, "new_services", r, appliance,
                                        now, fresh=fresh)
         return out
+
+    def _scan(self, mac: str, s: Scan, now: float) -> list[Alert]:
+        """Raise or update a device's address_scan alert (scans.py).  Not judged against
+        its warm-up, so raised while it learns as well; a burst already open speaks for it."""
+        name, tags = self.who(mac)
+        burst = self._open.get((mac, "new_flow_burst"))
+        if burst is not None and now - burst.alert.last_time <= BURST_QUIET:
+            self.scans.forget(mac)
+            return []
+        p = self.store.profiles.get(mac)
+        text = _scan_words(name, s, learning=p is None or p.learning)
+        key = (mac, AlertKind.ADDRESS_SCAN.value)
+        opened = self._open.get(key)
+        if opened is not None:
+            grew = s.hosts > opened.alert.score
+            self._update(opened, count=opened.alert.count + 1, last_time=now,
+                         score=max(opened.alert.score, float(s.hosts)),
+                         window={**opened.alert.window, SCANNED: s.hosts},
+                         **({"explanation": text} if grew else {}))
+            return []
+        evidence = [{"feature": SCANNED, "observed": s.hosts, "low": 0, "high": self.scans.hosts - 1,
+                     "horizon_s": SCAN_HORIZON, "hosts": [_dotted(ip) for ip in s.examples],
+                     "internal_hosts": s.internal, "networks": s.networks, "top_port": s.port}]
+        alert = self._emit(Alert(
+            id=uuid.uuid4().hex[:12], time=now, kind=AlertKind.ADDRESS_SCAN, device=name, mac=mac,
+            score=float(s.hosts), threshold=float(self.scans.hosts), explanation=text, baseline="scan",
+            features=evidence, tags=tags, last_time=now, window={SCANNED: s.hosts}))
+        self._open[key] = _Open(alert)
+        return [alert] + self._correlate(now, mac, tags, (AlertKind.ADDRESS_SCAN.value,))
 
     def _novelty_alert(self, mac: str, name: str, tags: tuple[str, ...], kind: AlertKind, feature: str,
                        r: Novelty, appliance: bool, now: float, fresh=()) -> list[Alert]:

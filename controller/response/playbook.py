@@ -36,6 +36,7 @@ from controller.addresses import Subnets, ip_address
 from controller.config import Device
 from controller.detection.alert import DETECTED_KINDS, Alert, finite
 from controller.detection.novelty import NOVELTY_VALUES
+from controller.detection.scans import SCANNED
 from controller.response.actions import REGISTRY
 from controller.response.validation import (DEFAULT_TTL, MAX_TTL, REQUIRED, Checker, PlaybookError,
                                             Problem, Skip, child, duration, fmt_duration, host_name,
@@ -59,10 +60,10 @@ _duration, _fmt, _host_name, _mac, _name, _port, _tag = (duration, fmt_duration,
 # one-action playbook, so no loaded playbook could ever fire for kind manual)
 ALERT_KINDS: tuple[str, ...] = tuple(k.value for k in DETECTED_KINDS)
 # The window features, the burst's own measure, and the novelty counts per horizon
-# (new_internal_peers_60s, ...) that lateral_probe, port_probe and new_service alerts carry.
-# and rx_per_tx_bytes, bytes received per byte sent in the window (every anomaly window carries
+# (new_internal_peers_60s, ...) that lateral_probe, port_probe and new_service alerts carry,
+# the hosts an address_scan alert counted (scanned_hosts_5min), and rx_per_tx_bytes, bytes received per byte sent in the window (every anomaly window carries
 # it), which tells a flood (about 1 or less) from a download's acknowledgements (many).
-CONDITION_FEATURES: tuple[str, ...] = FEATURES + ("new_flows_per_s", RX_PER_TX) + NOVELTY_VALUES
+CONDITION_FEATURES: tuple[str, ...] = FEATURES + ("new_flows_per_s", RX_PER_TX) + NOVELTY_VALUES + (SCANNED,)
 MODES: tuple[str, ...] = ("enforce", "dry-run", "approve")
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}

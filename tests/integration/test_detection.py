@@ -1,5 +1,6 @@
 """Detection on real traffic: benign warm-up, a quiet soak, then a scan and a flood, and the
-issue's slow targets (an SSH/Telnet sweep one host every 2.5 s, a 3-ports-per-second scan).
+issue's slow targets (an SSH/Telnet sweep one host every 2.5 s, a 3-ports-per-second scan),
+and a Telnet scan of the internet two hosts a second (an address scan).
 
 One smart_home network and controller for the module, in test order: the soak
 must run before any attack, so the module's tests are ordered and share state.
@@ -194,15 +195,31 @@ def _release(ctl, t0, device):
             ctl.call("DELETE", f"/api/v1/responses/{r['id']}")
 
 
+def _connect_attempts(host, targets, gap: float, seconds: int):
+    """A Popen in `host`: a TCP connect to each (ip, port) in turn, one every `gap` s, each in
+    the background and given up after 2 s; all of it ended after `seconds`."""
+    tries = "; ".join(f"(timeout 2 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null &) ; sleep {gap}"
+                      for ip, port in targets)
+    return host.popen(["timeout", str(seconds), "bash", "-c", tries])
+
+
+def _assert_quarantined(ctl, host, t0, playbook):
+    """`playbook` quarantined `host` after t0, and the host no longer reaches the internet."""
+    q = ctl.wait_for(lambda: next((r for r in ctl.responses() if r["device"] == host.name
+                                   and r["action"] == "quarantine" and r["created"] >= t0), None),
+                     5, f"{playbook} to quarantine {host.name}")
+    assert q["playbook"] == playbook, q
+    out = host.cmd(f"timeout 5 curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{INET}/")
+    assert not out.strip().endswith("200"), f"a quarantined {host.name} still reaches the internet: {out!r}"
+
+
 def test_slow_ssh_telnet_sweep_is_alerted_within_15_s_and_block_lateral_iot_contains_it(lab):
     """The doorbell tries Telnet or SSH on one neighbour every 2.5 s; nothing listens, so each
     connect is refused.  One new peer per 1 s window is nothing; five in 60 s is the alert."""
     ctl, net, _ = lab
     bell, tv = net.get("doorbell"), net.get("tv")
-    tries = "; ".join(f"(timeout 2 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null &) ; sleep {SWEEP_GAP}"
-                      for ip, port in SWEEP)
     t0 = time.time()
-    sweep = bell.popen(["timeout", "30", "bash", "-c", tries])
+    sweep = _connect_attempts(bell, SWEEP, SWEEP_GAP, 30)
     try:
         alert = _wait_alert(ctl, t0, "doorbell", "lateral_probe", 25.0)
         latency = alert["time"] - t0
@@ -244,15 +261,42 @@ def test_slow_port_scan_of_one_host_is_alerted_within_20_s_and_quarantined(lab):
             in alert["explanation"], alert
         assert not [a for a in ctl.alerts(t0) if a["device"] == "speaker" and a["kind"] == "new_flow_burst"], \
             "3 ports per second is no burst"
-        q = ctl.wait_for(lambda: next((r for r in ctl.responses() if r["device"] == "speaker"
-                                       and r["action"] == "quarantine" and r["created"] >= t0), None),
-                         5, "quarantine-scanner-slow to quarantine the speaker")
-        assert q["playbook"] == "quarantine-scanner-slow", q
-        out = speaker.cmd(f"timeout 5 curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{INET}/")
-        assert not out.strip().endswith("200"), f"a quarantined speaker still reaches the internet: {out!r}"
+        _assert_quarantined(ctl, speaker, t0, "quarantine-scanner-slow")
     finally:
         if scan.poll() is None:
             os.killpg(scan.pid, signal.SIGKILL)
         scan.wait(5)
         _release(ctl, t0, "speaker")
     assert ctl.wait_for(lambda: ping(speaker, INET), 10, "the speaker's traffic restored on release")
+
+
+# Internet addresses all over the address space (no LAN, loopback or TEST-NET the lab uses):
+# the gateway has no route for them, so nothing answers a SYN.
+SCANNED = [f"{11 + 5 * k}.{37 * k % 256}.{91 * k % 256}.{1 + k}" for k in range(40)]
+SCAN_GAP = 0.5
+
+
+def test_a_telnet_scan_of_the_internet_is_an_address_scan_and_quarantined(lab):
+    """The bulb tries Telnet on a new internet address every 0.5 s, as Mirai does: far below
+    a burst, and each attempt fails.  The 25th host within 5 minutes is the alert, which no
+    warm-up could have learned away; quarantine-scanner-sweep cuts the bulb off."""
+    ctl, net, _ = lab
+    bulb = net.get("bulb3")
+    t0 = time.time()
+    scan = _connect_attempts(bulb, [(ip, 23) for ip in SCANNED], SCAN_GAP, 40)
+    try:
+        alert = _wait_alert(ctl, t0, "bulb3", "address_scan", 35.0)
+        latency = alert["time"] - t0
+        print(f"internet scan: address_scan {latency:.1f} s after the first attempt: {alert['explanation']}")
+        # the 25th host is tried at 12 s; its SYN is judged 2.5 s later, at the next window
+        assert latency <= 20.0, alert
+        assert alert["explanation"].startswith("bulb3's Telnet connections to 25 hosts got no answer or were "
+                                               "refused in the last 5 min ("), alert
+        assert alert["explanation"].endswith(": an address scan"), alert
+        _assert_quarantined(ctl, bulb, t0, "quarantine-scanner-sweep")
+    finally:
+        if scan.poll() is None:
+            os.killpg(scan.pid, signal.SIGKILL)
+        scan.wait(5)
+        _release(ctl, t0, "bulb3")
+    assert ctl.wait_for(lambda: ping(bulb, INET), 10, "the bulb's traffic restored on release")

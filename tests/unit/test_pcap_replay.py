@@ -544,3 +544,49 @@ def test_a_device_the_baselines_file_holds_still_learning_learns_afresh(tmp_path
     assert r["baselines"]["devices"] == 0
     d = device(r, DEV)
     assert not d["from_baselines"] and d["learned_at"] == pytest.approx(t1 + 100, abs=2)
+
+
+# ------------------------------------------------------------------ a capture that begins scanning
+
+def scanning_frames(start: float, seconds: float, rate: float = 1.0) -> list[tuple[float, bytes]]:
+    """A plug infected before the capture began: its heartbeat, and from its first second a
+    Telnet scan of random internet addresses (TCP/23, some TCP/2323), `rate` SYNs per second;
+    one host in ten refuses (RST), the others never answer."""
+    import random
+    rnd = random.Random(7)
+    out = heartbeat(start, seconds)
+    for k in range(int(seconds * rate)):
+        t = start + 0.5 + k / rate
+        host = f"{rnd.randint(1, 223)}.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}.{rnd.randint(1, 254)}"
+        port, sport = (23 if rnd.random() < 0.9 else 2323), 30000 + k
+        out.append((t, _eth(DEV, GW, _syn(DEV_IP, host, sport, port))))
+        if rnd.random() < 0.1:
+            out.append((t + 0.05, _eth(GW, DEV, _tcp(host, DEV_IP, port, sport, dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK))))
+    return sorted(out, key=lambda f: f[0])
+
+
+def test_a_capture_that_begins_with_a_telnet_scan_is_flagged_while_the_device_still_learns(tmp_path, capsys):
+    """Learning on an infected capture makes its scan a habit for every learned signal (the
+    first 400 s of this one raised nothing before address scans): the address scan is not
+    learned, so it is told within a minute of the capture's start, in words that name it."""
+    path = tmp_path / "scanning.pcap"
+    write_capture(path, scanning_frames(T0, 400))
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f'- {{name: plug, mac: "{DEV}", tags: [iot]}}\n- {{name: gw, mac: "{GW}", tags: [gateway]}}\n')
+    assert cli.main(["replay", "--pcap", str(path), "--devices", str(inv), "--learn", "300", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    d = device(r, DEV)
+    assert d["failed_connections"] >= 300, d
+    scans = [a for a in r["alerts"] if a["mac"] == DEV and a["kind"] == "address_scan"]
+    assert len(scans) == 1 and d["alerts"] == 1, [a["explanation"] for a in r["alerts"]]
+    a = scans[0]
+    assert a["time"] - T0 <= 40, a["time"] - T0         # 25 hosts on TCP/23 take about 28 s at 1 per second
+    assert a["explanation"].startswith("plug's Telnet connections to "), a["explanation"]
+    assert "got no answer or were refused in the last 5 min" in a["explanation"]
+    assert "an address scan (it is still learning: a scan is never learned as normal)" in a["explanation"]
+
+    # The clean heartbeat alone raises nothing: the alert is the scan's.
+    clean = tmp_path / "clean.pcap"
+    write_capture(clean, heartbeat(T0, 400))
+    assert cli.main(["replay", "--pcap", str(clean), "--devices", str(inv), "--learn", "300", "--json"]) == 0
+    assert device(json.loads(capsys.readouterr().out), DEV)["alerts"] == 0

@@ -61,7 +61,8 @@ def test_shipped_playbooks_load() -> None:
     books = {p.name: p for p in load_playbooks([str(SHIPPED)], known_hosts=HOSTS, known_tags=TAGS)}
     assert sorted(books) == ["block-c2-outbreak", "block-dead-c2", "block-exfiltration", "block-lateral-iot",
                              "block-lateral-iot-slow", "honeypot-bruteforce", "quarantine-scanner-burst",
-                             "quarantine-scanner-ports", "quarantine-scanner-slow", "ratelimit-flood"]
+                             "quarantine-scanner-ports", "quarantine-scanner-slow", "quarantine-scanner-sweep",
+                             "ratelimit-flood"]
     assert all(p.mode == "enforce" and p.description for p in books.values())
 
     burst, ports = books["quarantine-scanner-burst"], books["quarantine-scanner-ports"]
@@ -120,6 +121,8 @@ def test_shipped_playbooks_fire_on_the_alerts_they_are_for() -> None:
     assert [p.name for p in matching(books, slow, cam)] == ["block-lateral-iot-slow"]
     probe = alert(kind="port_probe", score=31.0, window={"new_ports_one_host_10s": 31})
     assert [p.name for p in matching(books, probe, cam)] == ["quarantine-scanner-slow"]
+    sweep = alert(kind="address_scan", score=31.0, window={"scanned_hosts_5min": 31})
+    assert [p.name for p in matching(books, sweep, cam)] == ["quarantine-scanner-sweep"]
     fact = alert(kind="new_service", score=1.0, window={"new_services_60s": 1})
     assert matching(books, fact, cam) == [], "a new service alone is a fact to look at, not to act on"
 
@@ -646,9 +649,10 @@ def test_cli_validates_shipped_playbooks() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 7 and done.stderr == ""
-    assert "playbooks/quarantine-scanner.yaml: ok, 3 playbooks: quarantine-scanner-burst (enforce, " \
+    assert "playbooks/quarantine-scanner.yaml: ok, 4 playbooks: quarantine-scanner-burst (enforce, " \
            "priority 800, 2 actions), quarantine-scanner-ports (enforce, priority 800, 2 actions), " \
-           "quarantine-scanner-slow (enforce, priority 800, 2 actions)" in lines
+           "quarantine-scanner-slow (enforce, priority 800, 2 actions), quarantine-scanner-sweep (enforce, " \
+           "priority 800, 2 actions)" in lines
     assert "playbooks/ratelimit-flood.yaml: ok, 1 playbook: ratelimit-flood (enforce, priority 400, 2 actions)" \
         in lines
 
@@ -659,7 +663,7 @@ def test_cli_reports_every_problem(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
         f"{bad}:4:15: playbooks[0].when.kinds[0]: unknown alert kind 'scan'; expected one of: anomaly, "
-        "new_flow_burst, outbreak, lateral_probe, port_probe, new_service, failed_connections",
+        "new_flow_burst, outbreak, lateral_probe, port_probe, new_service, failed_connections, address_scan",
         f"{bad}:6:27: playbooks[0].do[0].quarantine.ttl: a duration needs a unit (s, m, h or d): write 600s "
         "for seconds",
         "iotguard: 2 problems in 1 file"]
@@ -733,7 +737,7 @@ def test_shipped_playbooks_stay_usable_with_an_inventory_that_lacks_honeypot_and
     warnings: list[Problem] = []
     books = {b.name: b for b in load_playbooks([str(SHIPPED)], known_hosts={"gw", "cam"}, known_tags={"camera"},
                                               strict=False, warnings=warnings)}
-    assert len(books) == 10
+    assert len(books) == 11
     assert books["honeypot-bruteforce"].disabled == "unknown host 'honeypot'"
     assert books["block-lateral-iot"].disabled == "unknown tag 'iot'"
     assert {n for n, b in books.items() if b.disabled} == {"honeypot-bruteforce", "block-lateral-iot",

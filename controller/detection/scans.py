@@ -1,0 +1,110 @@
+"""Address scans: one service tried on many hosts, and the connections failed.
+
+Everything else in detection judges a device against what it did while it learned.
+A device that is already infected when iotguard first sees it (a bot on a device
+bought or deployed compromised, a capture that begins with the malware running,
+as most of IoT-23's do) teaches its scan as its habit: its warm-up is full of new
+hosts and failures, so its churn allows them for good, and no novelty or window
+alert ever comes (a telnet scan of random internet hosts from a capture's first
+second, at 0.5 to 20 SYNs per second, raised nothing).
+
+So this one signal is not learned.  As Zeek's scan policy (policy/misc/scan.zeek,
+`Scan::Address_Scan`), it counts, per device and destination port, the distinct
+hosts its failed TCP connections went to (no answer or refused, judged from the
+flow counters by `telemetry/outcomes.py`) over `HORIZON` (5 min), and trips at
+`HOSTS` (25, Zeek's default).  It is the same whether the device still learns
+or not.  Toward the internet the hosts must also lie in `NETWORKS` distinct /16
+networks: a scan picks addresses all over the address space, while a device
+whose cloud is unreachable retries the few networks of one provider.
+
+Blind spots: a scan slower than 25 hosts per 5 minutes on one port; a scan of
+one block of the internet, address by address (fewer than 16 /16 networks in 25
+hosts); UDP scans (UDP is never judged); a scanning SYN whose flow was installed
+already (the same host and port within its idle timeout) is not judged again.
+A device that scans the LAN on purpose (an inventory or monitoring host) should
+carry a tag in `detection.exclude_tags`.
+
+Pure Python, bounded: `MAX_PORTS` ports per device and `MAX_DEVICES` devices
+(least recently failing forgotten first), and per port the hosts of the last
+`HORIZON` only, at most `MAX_HOSTS`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["HORIZON", "HOSTS", "NETWORKS", "SCANNED", "Scan", "ScanCounter"]
+
+HORIZON = 300.0          # s: Zeek's scan_interval
+HOSTS = 25               # distinct hosts with failed connections on one port: Zeek's addr_scan_threshold
+NETWORKS = 16            # distinct /16 networks among them, when they are internet hosts
+MAX_HOSTS = 4 * HOSTS    # hosts kept per port (the newest): enough to count and to name
+MAX_PORTS = 16
+MAX_DEVICES = 65536
+SCANNED = "scanned_hosts_5min"   # the alert window value (playbook conditions may name it)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scan:
+    """A device's failed connections on one port reached the scan threshold."""
+
+    mac: str
+    time: float
+    port: int                     # TCP destination port
+    hosts: int                    # distinct hosts it failed on, within the horizon
+    internal: int                 # ... of which inside the LAN
+    networks: int                 # distinct /16 networks of the internet hosts
+    first: float                  # when the oldest counted failure came
+    examples: tuple[int, ...]     # the newest hosts, newest last (IPv4 ints)
+
+
+class ScanCounter:
+    """Per device and port, the hosts of its failed connections; `failed` reports a scan."""
+
+    def __init__(self, internal: Callable[[int], bool], hosts: int = HOSTS, networks: int = NETWORKS,
+                 horizon: float = HORIZON) -> None:
+        self._internal = internal
+        self.hosts, self.networks, self.horizon = int(hosts), int(networks), float(horizon)
+        # mac -> port -> ip -> time of its last failure (oldest first)
+        self._devices: OrderedDict[str, OrderedDict[int, OrderedDict[int, float]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def failed(self, mac: str, ip: int, port: int, now: float) -> Scan | None:
+        """A TCP connection of `mac` to `ip`:`port` failed (judged now).  Returns the scan
+        it belongs to if that port's hosts reach the threshold, else None."""
+        if ip == 0 or ip >= 0xE0000000:
+            return None
+        hosts = _recent(_recent(self._devices, mac, MAX_DEVICES), port, MAX_PORTS)
+        hosts[ip] = now
+        hosts.move_to_end(ip)
+        while hosts and (now - next(iter(hosts.values())) > self.horizon or len(hosts) > MAX_HOSTS):
+            hosts.popitem(last=False)
+        if len(hosts) < self.hosts:
+            return None
+        internal = sum(1 for h in hosts if self._internal(h))
+        networks = len({h >> 16 for h in hosts if not self._internal(h)})
+        if internal < self.hosts and networks < self.networks:
+            return None
+        return Scan(mac=mac, time=now, port=port, hosts=len(hosts), internal=internal, networks=networks,
+                    first=next(iter(hosts.values())), examples=tuple(list(hosts)[-8:]))
+
+    def forget(self, mac: str) -> None:
+        """What a device's ports counted so far was told (its scan alert is open, or a burst
+        spoke for it): later failures count afresh."""
+        self._devices.pop(mac, None)
+
+
+def _recent(d: OrderedDict, key, bound: int) -> OrderedDict:
+    """`d[key]` (a new OrderedDict if missing), now the most recent; beyond `bound`, the
+    least recent is forgotten."""
+    v = d.get(key)
+    if v is None:
+        v = d[key] = OrderedDict()
+        while len(d) > bound:
+            d.popitem(last=False)
+    d.move_to_end(key)
+    return v
