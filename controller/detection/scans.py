@@ -14,24 +14,26 @@ hosts its failed TCP connections went to (no answer or refused, judged from the
 flow counters by `telemetry/outcomes.py`) over `HORIZON` (5 min), and trips at
 `HOSTS` (25, Zeek's default).  It is the same whether the device still learns
 or not.  Toward the internet the hosts must also lie in `NETWORKS` distinct /16
-networks: a scan picks addresses all over the address space, while a device
-whose cloud is unreachable retries the few networks of one provider.
+networks, or 25 of them in one /24: a scan picks addresses all over the address
+space (Mirai), or walks a block address by address, while a device whose cloud
+is unreachable retries a few scattered addresses of one provider.
 
-Blind spots: a scan slower than 25 hosts per 5 minutes on one port; a scan of
-one block of the internet, address by address (fewer than 16 /16 networks in 25
-hosts); UDP scans (UDP is never judged); a scanning SYN whose flow was installed
+Blind spots: a scan slower than 25 hosts per 5 minutes on one port; one that
+stays within a few /16 networks but skips about a /24 (fewer than 16 networks,
+and fewer than 25 hosts in any /24); UDP scans (UDP is never judged); a scanning SYN whose flow was installed
 already (the same host and port within its idle timeout) is not judged again.
 A device that scans the LAN on purpose (an inventory or monitoring host) should
 carry a tag in `detection.exclude_tags`.
 
-Pure Python, bounded: `MAX_PORTS` ports per device and `MAX_DEVICES` devices
-(least recently failing forgotten first), and per port the hosts of the last
-`HORIZON` only, at most `MAX_HOSTS`.
+Pure Python, bounded: per port the hosts of the last `HORIZON` only, at most
+`MAX_HOSTS`; `MAX_PORTS` ports per device, `MAX_DEVICES` devices and `MAX_ENTRIES`
+hosts in all (the least recently failing forgotten first).  Not saved: after a
+restart counting starts at zero.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,9 +42,10 @@ __all__ = ["HORIZON", "HOSTS", "NETWORKS", "SCANNED", "Scan", "ScanCounter"]
 HORIZON = 300.0          # s: Zeek's scan_interval
 HOSTS = 25               # distinct hosts with failed connections on one port: Zeek's addr_scan_threshold
 NETWORKS = 16            # distinct /16 networks among them, when they are internet hosts
-MAX_HOSTS = 4 * HOSTS    # hosts kept per port (the newest): enough to count and to name
-MAX_PORTS = 16
-MAX_DEVICES = 65536
+MAX_HOSTS = 2 * HOSTS    # hosts kept per port (the newest): enough to count and to name
+MAX_PORTS = 8            # ports kept per device (the most recently failing)
+MAX_DEVICES = 4096       # devices kept (the most recently failing)
+MAX_ENTRIES = 65536      # hosts kept in all (a few MB); past it the least recently failing device is forgotten
 SCANNED = "scanned_hosts_5min"   # the alert window value (playbook conditions may name it)
 
 
@@ -53,9 +56,11 @@ class Scan:
     mac: str
     time: float
     port: int                     # TCP destination port
-    hosts: int                    # distinct hosts it failed on, within the horizon
+    hosts: int                    # distinct hosts it failed on, within the horizon (at most MAX_HOSTS)
     internal: int                 # ... of which inside the LAN
     networks: int                 # distinct /16 networks of the internet hosts
+    block: int                    # the /24 holding most of the internet hosts (its network address)
+    in_block: int                 # ... and how many of them
     first: float                  # when the oldest counted failure came
     examples: tuple[int, ...]     # the newest hosts, newest last (IPv4 ints)
 
@@ -69,6 +74,7 @@ class ScanCounter:
         self.hosts, self.networks, self.horizon = int(hosts), int(networks), float(horizon)
         # mac -> port -> ip -> time of its last failure (oldest first)
         self._devices: OrderedDict[str, OrderedDict[int, OrderedDict[int, float]]] = OrderedDict()
+        self.entries = 0          # hosts held over all devices and ports
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -78,33 +84,46 @@ class ScanCounter:
         it belongs to if that port's hosts reach the threshold, else None."""
         if ip == 0 or ip >= 0xE0000000:
             return None
-        hosts = _recent(_recent(self._devices, mac, MAX_DEVICES), port, MAX_PORTS)
+        ports = self._recent(self._devices, mac, MAX_DEVICES)
+        hosts = self._recent(ports, port, MAX_PORTS)
+        if ip not in hosts:
+            self.entries += 1
         hosts[ip] = now
         hosts.move_to_end(ip)
         while hosts and (now - next(iter(hosts.values())) > self.horizon or len(hosts) > MAX_HOSTS):
             hosts.popitem(last=False)
+            self.entries -= 1
+        while self.entries > MAX_ENTRIES and len(self._devices) > 1:
+            self._drop(self._devices.popitem(last=False)[1])
         if len(hosts) < self.hosts:
             return None
-        internal = sum(1 for h in hosts if self._internal(h))
-        networks = len({h >> 16 for h in hosts if not self._internal(h)})
-        if internal < self.hosts and networks < self.networks:
+        external = [h for h in hosts if not self._internal(h)]
+        internal = len(hosts) - len(external)
+        networks = len({h >> 16 for h in external})
+        block, in_block = Counter(h >> 8 for h in external).most_common(1)[0] if external else (0, 0)
+        if internal < self.hosts and networks < self.networks and in_block < self.hosts:
             return None
         return Scan(mac=mac, time=now, port=port, hosts=len(hosts), internal=internal, networks=networks,
-                    first=next(iter(hosts.values())), examples=tuple(list(hosts)[-8:]))
+                    block=block << 8, in_block=in_block, first=next(iter(hosts.values())),
+                    examples=tuple(list(hosts)[-8:]))
 
     def forget(self, mac: str) -> None:
-        """What a device's ports counted so far was told (its scan alert is open, or a burst
-        spoke for it): later failures count afresh."""
-        self._devices.pop(mac, None)
+        """What a device's ports counted so far was told (a burst spoke for its scan): later
+        failures count afresh."""
+        self._drop(self._devices.pop(mac, {}))
 
+    def _recent(self, d: OrderedDict, key, bound: int) -> OrderedDict:
+        """`d[key]` (a new OrderedDict if missing), now the most recent; beyond `bound`, the
+        least recent is forgotten."""
+        v = d.get(key)
+        if v is None:
+            v = d[key] = OrderedDict()
+            while len(d) > bound:
+                self._drop(d.popitem(last=False)[1])
+        d.move_to_end(key)
+        return v
 
-def _recent(d: OrderedDict, key, bound: int) -> OrderedDict:
-    """`d[key]` (a new OrderedDict if missing), now the most recent; beyond `bound`, the
-    least recent is forgotten."""
-    v = d.get(key)
-    if v is None:
-        v = d[key] = OrderedDict()
-        while len(d) > bound:
-            d.popitem(last=False)
-    d.move_to_end(key)
-    return v
+    def _drop(self, forgotten: OrderedDict) -> None:
+        """Account for a forgotten device (ports of hosts) or port (hosts)."""
+        for v in forgotten.values():
+            self.entries -= len(v) if isinstance(v, OrderedDict) else 1

@@ -54,6 +54,13 @@ def test_a_cloud_that_does_not_answer_is_an_outage_not_a_scan():
     assert all(x is None for x in feed(c, provider, port=443))
 
 
+def test_a_walk_through_one_block_of_the_internet_is_a_scan():
+    c = counter()
+    got = feed(c, [ip(f"203.0.113.{k}") for k in range(1, 1 + HOSTS)])
+    assert got[-2] is None and got[-1] is not None
+    assert got[-1].networks == 1 and got[-1].in_block == HOSTS and got[-1].block == ip("203.0.113.0")
+
+
 def test_a_sweep_of_the_lan_is_a_scan_however_close_its_hosts():
     c = counter()
     got = feed(c, [ip(f"192.168.1.{k}") for k in range(2, 2 + HOSTS)], port=22)
@@ -67,6 +74,20 @@ def test_the_counter_is_bounded():
     assert len(c._devices[DEV]) == scans.MAX_PORTS
     feed(c, random_hosts(3 * scans.MAX_HOSTS), gap=0.01)
     assert len(c._devices[DEV][23]) == scans.MAX_HOSTS
+    assert c.entries == scans.MAX_PORTS - 1 + scans.MAX_HOSTS, "every host held is counted, once"
+    c.forget(DEV)
+    assert c.entries == 0 and len(c) == 0
+
+
+def test_all_devices_together_hold_at_most_max_entries_hosts(monkeypatch):
+    monkeypatch.setattr(scans, "MAX_ENTRIES", 100)
+    c = counter()
+    for d in range(10):
+        feed(c, random_hosts(30, seed=d), mac=f"02:00:00:00:01:{d:02x}", start=d * 10.0, gap=0.1)
+    assert c.entries <= 100, c.entries
+    assert list(c._devices) == [f"02:00:00:00:01:{d:02x}" for d in (7, 8, 9)], \
+        "the least recently failing devices are forgotten"
+    assert c.entries == sum(len(h) for p in c._devices.values() for h in p.values())
     assert c.failed(DEV, 0, 23, 1.0) is None and c.failed(DEV, ip("224.0.0.1"), 23, 1.0) is None
 
 
@@ -113,3 +134,20 @@ def test_a_scan_a_burst_already_told_is_not_told_again():
     failures(r, CAM, hosts[:30], 23, start + 2.0, 0.05)
     r.run_until(start + 6)
     assert [a.kind for a in r.alerts] == ["new_flow_burst"], "the burst spoke for the scan"
+
+
+@pytest.mark.parametrize("hosts, port, words", [
+    ([ip(f"203.0.113.{k}") for k in range(1, 1 + HOSTS)], 80,
+     "camera's HTTP connections to 25 hosts got no answer or were refused in the last 5 min (203.0.113.25, "
+     "203.0.113.24, 203.0.113.23, …), 25 of them in 203.0.113.0/24: an address scan"),
+    ([ip(f"10.0.0.{k}") for k in range(100, 100 + HOSTS)], 22,
+     "camera's SSH connections to 25 internal hosts got no answer or were refused in the last 5 min "
+     "(10.0.0.124, 10.0.0.123, 10.0.0.122, …): an address scan"),
+], ids=["one-block", "lan"])
+def test_the_words_say_where_the_scan_went(hosts, port, words):
+    r = Replay().warm()
+    start = r.t + 0.5
+    failures(r, CAM, hosts, port, start, 1.0)
+    r.run_until(start + len(hosts) + 2)
+    (a,) = [a for a in r.alerts if a.kind == "address_scan"]
+    assert a.explanation == words, a.explanation
