@@ -21,7 +21,9 @@ here re-implements detection: a `Core` (controller/core.py) runs as it runs in
   flood costs one call, not one per packet;
 * every `poll_interval` of capture time the core gets `poll_sent` and a flow-stats
   reply built from the table in the wire format (`openflow.wire`), which closes
-  the window exactly as a live poll does.
+  the window exactly as a live poll does; after the last frame, up to
+  JUDGE_AFTER more, while connections its last SYNs opened await judgement (they
+  are judged at a window, JUDGE_AFTER after the SYN).
 
 The clock (`clock=` and `wall=`) is the capture's timestamps, so learning lasts
 `detection.learn_seconds` of capture time and alerts carry capture times.  Responses
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -58,6 +61,7 @@ from controller.openflow import rules
 from controller.openflow.packets import parse_frame, wire_length
 from controller.openflow.rules import FlowKey, FlowSpec
 from controller.telemetry.features import INDEX
+from controller.telemetry.outcomes import JUDGE_AFTER
 
 DPID = 1
 _ENTRY = struct.Struct("!HBxIIHHHH4xQQQ")     # ofp_flow_stats up to the match
@@ -513,6 +517,13 @@ class Replay:
         self._k += 1
         self._poll(self._k)                 # the last frames' window
         interval = self.config.poll_interval
+        # ... and the polls that judge the connections the last frames opened (a SYN is
+        # judged JUDGE_AFTER after it, at a window): a bot's last attempts count too.
+        for _ in range(math.ceil(JUDGE_AFTER / interval) + 1):
+            if not len(self.core.outcomes):
+                break
+            self._k += 1
+            self._poll(self._k)
         if self.skipped_polls:
             warnings.append(f"{path}: skipped {self.skipped_polls:,} polls ({self.skipped_polls * interval:,.0f} s) "
                             f"of an empty switch in silences longer than {SILENCE_POLLED:g} s (the longest: "

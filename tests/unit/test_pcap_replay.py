@@ -590,3 +590,18 @@ def test_a_capture_that_begins_with_a_telnet_scan_is_flagged_while_the_device_st
     write_capture(clean, heartbeat(T0, 400))
     assert cli.main(["replay", "--pcap", str(clean), "--devices", str(inv), "--learn", "300", "--json"]) == 0
     assert device(json.loads(capsys.readouterr().out), DEV)["alerts"] == 0
+
+
+def test_connections_opened_by_the_last_frames_are_judged_too(tmp_path, capsys):
+    """A SYN is judged 2.5 s after it, at a window: the replay polls on after the last frame
+    until the connections it opened are judged (before, the capture's last SYNs never were)."""
+    path = tmp_path / "tail.pcap"
+    frames = heartbeat(T0, 120)
+    end = max(t for t, _ in frames)
+    frames += [(end + 0.2, _eth(DEV, GW, _syn(DEV_IP, C2, 43000, 443))),
+               (end + 0.3, _eth(DEV, GW, _syn(DEV_IP, C2, 43001, 8443)))]
+    write_capture(path, frames)
+    assert cli.main(["replay", "--pcap", str(path), "--learn", "60", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert device(r, DEV)["failed_connections"] == 2
+    assert r["end"] == pytest.approx(end + 0.3), "the capture still ends at its last frame"
