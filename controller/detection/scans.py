@@ -65,6 +65,45 @@ class Scan:
     examples: tuple[int, ...]     # the newest hosts, newest last (IPv4 ints)
 
 
+class _Port:
+    """One device's failed hosts on one port, with what the rule asks kept up to date (so a
+    failure costs a few dictionary operations, not a pass over the hosts)."""
+
+    __slots__ = ("hosts", "internal", "networks", "blocks")
+
+    def __init__(self) -> None:
+        self.hosts: OrderedDict[int, tuple[float, bool]] = OrderedDict()   # ip -> (last failure, internal)
+        self.internal = 0
+        self.networks: Counter = Counter()     # /16 of each internet host -> hosts in it
+        self.blocks: Counter = Counter()       # /24 of each internet host -> hosts in it
+
+    def add(self, ip: int, now: float, internal: bool) -> bool:
+        """Count a failure to `ip` (now the most recent); True if the host is new here."""
+        old = self.hosts.pop(ip, None)
+        self.hosts[ip] = (now, internal)
+        if old is not None:
+            return False
+        if internal:
+            self.internal += 1
+        else:
+            self.networks[ip >> 16] += 1
+            self.blocks[ip >> 8] += 1
+        return True
+
+    def drop_oldest(self) -> None:
+        ip, (_, internal) = self.hosts.popitem(last=False)
+        if internal:
+            self.internal -= 1
+            return
+        for c, k in ((self.networks, ip >> 16), (self.blocks, ip >> 8)):
+            c[k] -= 1
+            if not c[k]:
+                del c[k]
+
+    def oldest(self) -> float:
+        return next(iter(self.hosts.values()))[0]
+
+
 class ScanCounter:
     """Per device and port, the hosts of its failed connections; `failed` reports a scan."""
 
@@ -72,8 +111,7 @@ class ScanCounter:
                  horizon: float = HORIZON) -> None:
         self._internal = internal
         self.hosts, self.networks, self.horizon = int(hosts), int(networks), float(horizon)
-        # mac -> port -> ip -> time of its last failure (oldest first)
-        self._devices: OrderedDict[str, OrderedDict[int, OrderedDict[int, float]]] = OrderedDict()
+        self._devices: OrderedDict[str, OrderedDict[int, _Port]] = OrderedDict()   # mac -> port -> hosts
         self.entries = 0          # hosts held over all devices and ports
 
     def __len__(self) -> int:
@@ -84,46 +122,41 @@ class ScanCounter:
         it belongs to if that port's hosts reach the threshold, else None."""
         if ip == 0 or ip >= 0xE0000000:
             return None
-        ports = self._recent(self._devices, mac, MAX_DEVICES)
-        hosts = self._recent(ports, port, MAX_PORTS)
-        if ip not in hosts:
-            self.entries += 1
-        hosts[ip] = now
-        hosts.move_to_end(ip)
-        while hosts and (now - next(iter(hosts.values())) > self.horizon or len(hosts) > MAX_HOSTS):
-            hosts.popitem(last=False)
+        ports = self._recent(self._devices, mac, MAX_DEVICES, OrderedDict)
+        p = self._recent(ports, port, MAX_PORTS, _Port)
+        internal = p.hosts[ip][1] if ip in p.hosts else self._internal(ip)
+        self.entries += p.add(ip, now, internal)
+        while p.hosts and (now - p.oldest() > self.horizon or len(p.hosts) > MAX_HOSTS):
+            p.drop_oldest()
             self.entries -= 1
         while self.entries > MAX_ENTRIES and len(self._devices) > 1:
             self._drop(self._devices.popitem(last=False)[1])
-        if len(hosts) < self.hosts:
+        n = len(p.hosts)
+        if n < self.hosts:
             return None
-        external = [h for h in hosts if not self._internal(h)]
-        internal = len(hosts) - len(external)
-        networks = len({h >> 16 for h in external})
-        block, in_block = Counter(h >> 8 for h in external).most_common(1)[0] if external else (0, 0)
-        if internal < self.hosts and networks < self.networks and in_block < self.hosts:
+        block, in_block = p.blocks.most_common(1)[0] if p.blocks else (0, 0)
+        if p.internal < self.hosts and len(p.networks) < self.networks and in_block < self.hosts:
             return None
-        return Scan(mac=mac, time=now, port=port, hosts=len(hosts), internal=internal, networks=networks,
-                    block=block << 8, in_block=in_block, first=next(iter(hosts.values())),
-                    examples=tuple(list(hosts)[-8:]))
+        return Scan(mac=mac, time=now, port=port, hosts=n, internal=p.internal, networks=len(p.networks),
+                    block=block << 8, in_block=in_block, first=p.oldest(), examples=tuple(list(p.hosts)[-8:]))
 
     def forget(self, mac: str) -> None:
         """What a device's ports counted so far was told (a burst spoke for its scan): later
         failures count afresh."""
         self._drop(self._devices.pop(mac, {}))
 
-    def _recent(self, d: OrderedDict, key, bound: int) -> OrderedDict:
-        """`d[key]` (a new OrderedDict if missing), now the most recent; beyond `bound`, the
-        least recent is forgotten."""
+    def _recent(self, d: OrderedDict, key, bound: int, make):
+        """`d[key]` (`make()` if missing), now the most recent; beyond `bound`, the least
+        recent is forgotten."""
         v = d.get(key)
         if v is None:
-            v = d[key] = OrderedDict()
+            v = d[key] = make()
             while len(d) > bound:
                 self._drop(d.popitem(last=False)[1])
         d.move_to_end(key)
         return v
 
-    def _drop(self, forgotten: OrderedDict) -> None:
-        """Account for a forgotten device (ports of hosts) or port (hosts)."""
-        for v in forgotten.values():
-            self.entries -= len(v) if isinstance(v, OrderedDict) else 1
+    def _drop(self, forgotten) -> None:
+        """Account for a forgotten device (its ports) or port."""
+        ports = [forgotten] if isinstance(forgotten, _Port) else forgotten.values()
+        self.entries -= sum(len(p.hosts) for p in ports)

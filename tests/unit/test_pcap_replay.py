@@ -558,7 +558,7 @@ def scanning_frames(start: float, seconds: float, rate: float = 1.0) -> list[tup
     for k in range(int(seconds * rate)):
         t = start + 0.5 + k / rate
         host = f"{rnd.randint(1, 223)}.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}.{rnd.randint(1, 254)}"
-        port, sport = (23 if rnd.random() < 0.9 else 2323), 30000 + k
+        port, sport = (23 if rnd.random() < 0.9 else 2323), 30000 + k % 30000
         out.append((t, _eth(DEV, GW, _syn(DEV_IP, host, sport, port))))
         if rnd.random() < 0.1:
             out.append((t + 0.05, _eth(GW, DEV, _tcp(host, DEV_IP, port, sport, dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK))))

@@ -2,6 +2,7 @@
 hosts, a fact that no warm-up makes normal; the counter, the alert and its words."""
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_the_counter_is_bounded():
         c.failed(DEV, ip("198.51.100.1"), 1000 + k, 0.0)
     assert len(c._devices[DEV]) == scans.MAX_PORTS
     feed(c, random_hosts(3 * scans.MAX_HOSTS), gap=0.01)
-    assert len(c._devices[DEV][23]) == scans.MAX_HOSTS
+    assert len(c._devices[DEV][23].hosts) == scans.MAX_HOSTS
     assert c.entries == scans.MAX_PORTS - 1 + scans.MAX_HOSTS, "every host held is counted, once"
     c.forget(DEV)
     assert c.entries == 0 and len(c) == 0
@@ -87,7 +88,7 @@ def test_all_devices_together_hold_at_most_max_entries_hosts(monkeypatch):
     assert c.entries <= 100, c.entries
     assert list(c._devices) == [f"02:00:00:00:01:{d:02x}" for d in (7, 8, 9)], \
         "the least recently failing devices are forgotten"
-    assert c.entries == sum(len(h) for p in c._devices.values() for h in p.values())
+    assert c.entries == sum(len(h.hosts) for p in c._devices.values() for h in p.values())
     assert c.failed(DEV, 0, 23, 1.0) is None and c.failed(DEV, ip("224.0.0.1"), 23, 1.0) is None
 
 
@@ -151,3 +152,19 @@ def test_the_words_say_where_the_scan_went(hosts, port, words):
     r.run_until(start + len(hosts) + 2)
     (a,) = [a for a in r.alerts if a.kind == "address_scan"]
     assert a.explanation == words, a.explanation
+
+
+def test_the_counts_kept_up_to_date_match_the_hosts_held():
+    """The per-port counts are updated on each failure and eviction, not recounted: after
+    LAN and internet hosts, repeats, expiry and the bound, they still match what is held."""
+    c = counter()
+    rnd = random.Random(5)
+    pool = random_hosts(40) + [ip(f"192.168.1.{k}") for k in range(1, 30)] + [ip(f"203.0.113.{k}") for k in range(60)]
+    for k in range(2000):
+        c.failed(DEV, rnd.choice(pool), 23, k * 0.7)
+    p = c._devices[DEV][23]
+    held = list(p.hosts)
+    assert p.internal == sum(1 for h in held if h in LAN)
+    assert dict(p.networks) == dict(Counter(h >> 16 for h in held if h not in LAN))
+    assert dict(p.blocks) == dict(Counter(h >> 8 for h in held if h not in LAN))
+    assert c.entries == len(held) <= scans.MAX_HOSTS
