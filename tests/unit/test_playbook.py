@@ -677,7 +677,8 @@ def test_cli_checks_hosts_and_tags_against_a_config(tmp_path: Path) -> None:
         "playbooks/block-lateral-iot.yaml:9:14: playbooks[0].when.tags[0]: unknown tag 'iot'",
         "playbooks/block-lateral-iot.yaml:28:14: playbooks[1].when.tags[0]: unknown tag 'iot'",
         "playbooks/honeypot-bruteforce.yaml:17:15: playbooks[0].do[0].redirect.to: unknown host 'honeypot'",
-        "iotguard: 4 problems in 3 files"]
+        "playbooks/quarantine-scanner.yaml:68:14: playbooks[3].when.tags[0]: unknown tag 'iot'",
+        "iotguard: 5 problems in 4 files"]
     # without --strict the same references disable those playbooks, with a warning each
     done = run_cli("validate", "--config", "iotguard.example.yaml", "playbooks")
     assert done.returncode == 0
@@ -689,7 +690,9 @@ def test_cli_checks_hosts_and_tags_against_a_config(tmp_path: Path) -> None:
         "warning: playbooks/block-lateral-iot.yaml:28:14: playbooks[1].when.tags[0]: unknown tag 'iot': "
         "the inventory has no such tag",
         "warning: playbooks/honeypot-bruteforce.yaml:17:15: playbooks[0].do[0].redirect.to: unknown host "
-        "'honeypot': the inventory has no such host"]
+        "'honeypot': the inventory has no such host",
+        "warning: playbooks/quarantine-scanner.yaml:68:14: playbooks[3].when.tags[0]: unknown tag 'iot': "
+        "the inventory has no such tag"]
     assert "honeypot-bruteforce (enforce, priority 700, 2 actions; DISABLED: unknown host 'honeypot')" \
         in done.stdout
     config = write(tmp_path, "devices:\n  - {name: honeypot, ip: 10.0.0.66, tags: [iot]}\n", "site.yaml")
@@ -741,9 +744,11 @@ def test_shipped_playbooks_stay_usable_with_an_inventory_that_lacks_honeypot_and
     assert books["honeypot-bruteforce"].disabled == "unknown host 'honeypot'"
     assert books["block-lateral-iot"].disabled == "unknown tag 'iot'"
     assert {n for n, b in books.items() if b.disabled} == {"honeypot-bruteforce", "block-lateral-iot",
-                                                            "block-lateral-iot-slow", "block-dead-c2"}
+                                                            "block-lateral-iot-slow", "block-dead-c2",
+                                                            "quarantine-scanner-sweep"}
     assert sorted(w.field for w in warnings) == ["playbooks[0].do[0].redirect.to", "playbooks[0].when.tags[0]",
-                                                 "playbooks[0].when.tags[0]", "playbooks[1].when.tags[0]"]
+                                                 "playbooks[0].when.tags[0]", "playbooks[1].when.tags[0]",
+                                                 "playbooks[3].when.tags[0]"]
     assert not books["quarantine-scanner-burst"].disabled                  # the rest still answer
     from controller.detection.alert import Alert
     alert = Alert(id="a", time=0.0, kind="anomaly", device="cam", mac=None, score=99.0, threshold=1.0,
