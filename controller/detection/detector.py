@@ -1,12 +1,15 @@
 """Alerts: scoring each window, new-flow bursts, outbreaks, and the words for them.
 
-Two paths raise alerts about a device:
+Three paths raise alerts about a device:
 
 * periodic: every poll window, each active device's feature vector is scored
   against its baseline (or its class/global prior while it learns);
 * event-driven: every new conversation a device starts arrives as a packet-in;
   more distinct destinations within one second than its burst threshold raises
-  `new_flow_burst` at once, without waiting for the next poll.
+  `new_flow_burst` at once, without waiting for the next poll;
+* novelty (`novelty.py`): what is new to a device over 10 s to 10 min, beyond
+  its learned churn, and address scans (`scans.py`): failed connections on one
+  port to many hosts, which are not judged against the warm-up at all.
 
 An alert stays open while its device stays anomalous (later windows update it
 rather than repeat it), and several devices of one class anomalous on the same
