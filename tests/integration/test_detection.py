@@ -9,6 +9,7 @@ must run before any attack, so the module's tests are ordered and share state.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -290,8 +291,10 @@ def test_a_telnet_scan_of_the_internet_is_an_address_scan_and_quarantined(lab):
         print(f"internet scan: address_scan {latency:.1f} s after the first attempt: {alert['explanation']}")
         # the 25th host is tried at 12 s; its SYN is judged 2.5 s later, at the next window
         assert latency <= 20.0, alert
-        assert alert["explanation"].startswith("bulb3's Telnet connections to 25 hosts got no answer or were "
-                                               "refused in the last 5 min ("), alert
+        # the alert may have grown by a host or two before it is read: the view is its current version
+        words = re.match(r"bulb3's Telnet connections to (\d+) hosts got no answer or were refused in the "
+                         r"last 5 min \(", alert["explanation"])
+        assert words and int(words.group(1)) >= 25, alert
         assert alert["explanation"].endswith(": an address scan"), alert
         _assert_quarantined(ctl, bulb, t0, "quarantine-scanner-sweep")
     finally:
