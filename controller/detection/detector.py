@@ -216,13 +216,12 @@ def _failed_words(name: str, hits, count: int, h: float, r) -> str:
 def _scan_words(name: str, s: Scan, learning: bool) -> str:
     """"plug's Telnet connections to 31 hosts got no answer or were refused in the last 5 min
     (198.51.100.9, 203.0.113.5, ...), spread over 29 /16 networks: an address scan"."""
-    where = "internal hosts" if s.internal >= s.hosts else "hosts"
     if s.internal >= s.hosts:
-        spread = ""
+        where, spread = "internal hosts", ""
     elif s.in_block >= s.hosts:
-        spread = f", {s.in_block} of them in {_dotted(s.block)}/24"
+        where, spread = "hosts", f", {s.in_block} of them in {_dotted(s.block)}/24"
     else:
-        spread = f", spread over {s.networks} /16 networks"
+        where, spread = "hosts", f", spread over {s.networks} /16 networks"
     hosts = _examples([_dotted(ip) for ip in reversed(s.examples)])
     return (f"{name}'s {service_name(rules.IPPROTO_TCP, s.port)} connections to {s.hosts} {where} got no "
             f"answer or were refused in the last {_num(SCAN_HORIZON / 60)} min ({hosts}){spread}: an address scan"

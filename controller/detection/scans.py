@@ -34,6 +34,7 @@ restart counting starts at zero.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from itertools import islice
 from dataclasses import dataclass
 from typing import Callable
 
@@ -138,7 +139,8 @@ class ScanCounter:
         if p.internal < self.hosts and len(p.networks) < self.networks and in_block < self.hosts:
             return None
         return Scan(mac=mac, time=now, port=port, hosts=n, internal=p.internal, networks=len(p.networks),
-                    block=block << 8, in_block=in_block, first=p.oldest(), examples=tuple(list(p.hosts)[-8:]))
+                    block=block << 8, in_block=in_block, first=p.oldest(),
+                    examples=tuple(reversed(tuple(islice(reversed(p.hosts), 8)))))
 
     def forget(self, mac: str) -> None:
         """What a device's ports counted so far was told (a burst spoke for its scan): later
